@@ -94,7 +94,7 @@ def main():
     ids = [pipe.tokenizer.convert_tokens_to_ids(token), pipe.tokenizer_2.convert_tokens_to_ids(token)]
     grads = [e.get_input_embeddings().weight.grad for e in (pipe.text_encoder, pipe.text_encoder_2)]
     results["style_row_grad_norms"] = [float(g[i].float().norm()) for g, i in zip(grads, ids)]
-    results["loss"] = float(loss)
+    results["loss"] = float(loss.detach())
     print("trained", results, flush=True)
     del pipe, grads
     if cuda: torch.cuda.empty_cache()
