@@ -1,0 +1,123 @@
+"""Stage 5 (export): every export validates; the mp4 has one video frame per keyframe; errors name what is missing."""
+import json
+
+import pytest
+from PIL import Image
+
+from dreamframe.export import (QA_JSONL_KEYS, ExportConfig, export_cli, export_run, frame_path, llava_records, load_qa,
+                               long_video_inputs, srt_text, validate_llava, validate_long_video, validate_qa_jsonl,
+                               validate_srt, video_frame_count)
+from dreamframe.schema import sample_movie
+
+
+def make_run(tmp_path, size=(64, 48), n_substories=3):
+    movie = sample_movie(n_substories=n_substories)
+    movie.save(tmp_path)
+    for k, frame in enumerate(movie.frames):
+        path = frame_path(tmp_path, frame.id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", size, (10 * k % 256, 100, 200)).save(path)
+    items = [{"id": "qa0001", "type": "dialogue_attribution", "question": 'Who says "Line 1 of shot 1 in part 1."?', "answer": "Mara",
+              "frame_ids": ["s01.t01.f01"], "choices": ["Mara", "Tom"], "turns": None, "source": "structure"},
+             {"id": "qa0002", "type": "temporal_order", "question": 'Which happens first: "B" or "A"?', "answer": "A",
+              "frame_ids": ["s01.t01.f02", "s02.t01.f01"], "choices": ["B", "A"], "turns": None, "source": "structure"},
+             {"id": "qa0003", "type": "overview", "question": "What is it about?", "answer": "A message.", "frame_ids": [],
+              "choices": None, "turns": None, "source": "llm"}]
+    items += [{"id": f"qa{k:04d}", "type": "dialogue", "question": "Q1", "answer": "A1", "frame_ids": ["s03.t02.f04"], "choices": None,
+               "source": "llm", "turns": [{"question": f"Q{t}", "answer": f"A{t}"} for t in range(1, 6)]} for k in (4, 5)]
+    (tmp_path / "qa.json").write_text(json.dumps(items))
+    return movie
+
+
+def test_export_run_validates_everything(tmp_path):
+    movie = make_run(tmp_path)
+    written = export_run(ExportConfig(rounds_per_record=3), tmp_path)
+    assert sorted(written) == ["llava", "long_video", "qa_jsonl", "srt", "video"]
+    llava = json.loads(written["llava"].read_text())
+    assert validate_llava(llava, root=tmp_path) == len(llava)
+    rounds = sum(len(r["conversations"]) // 2 for r in llava)
+    assert rounds == 3 + 5 + 5 and all(len(r["conversations"]) <= 6 for r in llava)
+    assert all(r["conversations"][0]["value"].startswith("<image>\n") for r in llava)
+    assert sum(r["conversations"][0]["value"].count("<image>") for r in llava) == len(llava)
+    long_video = json.loads(written["long_video"].read_text())
+    assert validate_long_video(long_video, root=tmp_path) == len(movie.frames)
+    flat = [json.loads(line) for line in written["qa_jsonl"].read_text().splitlines()]
+    assert validate_qa_jsonl(flat, movie) == 5 and all(tuple(r) == QA_JSONL_KEYS for r in flat)
+    assert flat[1]["frame_paths"] == ["frames/s01.t01.f02.png", "frames/s02.t01.f01.png"]
+    assert validate_srt(written["srt"].read_text()) == len(movie.lines)
+    assert video_frame_count(written["video"]) == len(movie.frames)
+    assert json.loads((tmp_path / "config.json").read_text())["export"]["rounds_per_record"] == 3
+
+
+def test_mp4_repeats_and_odd_sizes(tmp_path):
+    movie = make_run(tmp_path, size=(65, 49))  # odd sides: yuv420p needs them even
+    written = export_run(ExportConfig(seconds_per_frame=2, video_fps=1), tmp_path)
+    assert video_frame_count(written["video"]) == 2 * len(movie.frames)
+    import imageio_ffmpeg
+    reader = imageio_ffmpeg.read_frames(str(written["video"]))
+    meta = next(reader)
+    assert meta["size"] == (64, 48)
+    assert sum(1 for _ in reader) == 2 * len(movie.frames)
+
+
+def test_missing_frame_is_named(tmp_path):
+    make_run(tmp_path)
+    frame_path(tmp_path, "s02.t02.f03").unlink()
+    with pytest.raises(FileNotFoundError, match=r"frame s02\.t02\.f03 has no image at .*s02\.t02\.f03\.png"):
+        export_run(ExportConfig(), tmp_path)
+    assert not (tmp_path / "export").exists()   # nothing written before the check
+    assert export_cli([str(tmp_path)]) == 2
+
+
+def test_bad_qa_frame_ids(tmp_path):
+    make_run(tmp_path)
+    items = json.loads((tmp_path / "qa.json").read_text())
+    items[0]["frame_ids"] = ["s09.t01.f01"]
+    (tmp_path / "qa.json").write_text(json.dumps(items))
+    with pytest.raises(ValueError, match=r"item qa0001 points at frames \['s09.t01.f01'\]"):
+        export_run(ExportConfig(), tmp_path)
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda r: r[0]["conversations"][0].update(value="no token"), "exactly once"),
+    (lambda r: r[0]["conversations"][0].update(value="<image>\n<image>\nQ"), "exactly once"),
+    (lambda r: r[0]["conversations"][-1].update(value=r[0]["conversations"][-1]["value"] + "<image>"), "only appear in the first human turn"),
+    (lambda r: r[0]["conversations"].pop(), "human/gpt pairs"),
+    (lambda r: r[0].update(image="x.png"), "exactly one of 'video' or 'image'"),
+    (lambda r: r[1].update(id=r[0]["id"]), "duplicate id"),
+])
+def test_validate_llava_rejects(tmp_path, mutate, message):
+    movie = make_run(tmp_path)
+    records = llava_records(movie, load_qa(tmp_path), ExportConfig(rounds_per_record=2))
+    validate_llava(records)
+    mutate(records)
+    with pytest.raises(ValueError, match=message): validate_llava(records)
+
+
+def test_image_media(tmp_path):
+    movie = make_run(tmp_path)
+    records = llava_records(movie, load_qa(tmp_path), ExportConfig(media="image"))
+    assert validate_llava(records, root=tmp_path) == len(records)
+    assert {r["image"] for r in records} == {"frames/s01.t01.f01.png", "frames/s01.t01.f02.png", "frames/s03.t02.f04.png"}
+
+
+def test_long_video_inputs_and_srt_timing(tmp_path):
+    movie = make_run(tmp_path)
+    inputs = long_video_inputs(movie)
+    chunks = inputs.split("<image>")[1:]
+    assert len(chunks) == len(movie.frames)
+    for k, frame in enumerate(movie.frames):
+        assert chunks[k] == " ".join(f"{l.speaker}: {l.text}" for l in movie.lines if l.frame_id == frame.id)
+    assert long_video_inputs(movie, speaker_names=False).split("<image>")[1] == "Line 1 of shot 1 in part 1."
+    srt = srt_text(movie, ExportConfig(seconds_per_frame=2, video_fps=1)).strip().split("\n\n")
+    index = [f.id for f in movie.frames].index(movie.lines[1].frame_id)
+    assert srt[1].splitlines()[1].startswith(f"00:00:{2 * index:02d},000 --> ")
+
+
+def test_qa_jsonl_loads_with_datasets(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    make_run(tmp_path)
+    written = export_run(ExportConfig(write_video=False), tmp_path)
+    ds = datasets.load_dataset("json", data_files=str(written["qa_jsonl"]), split="train", cache_dir=str(tmp_path / "hf"))
+    assert len(ds) == 5 and ds.column_names == list(QA_JSONL_KEYS)
+    assert ds[3]["turns"][4] == {"question": "Q5", "answer": "A5"}

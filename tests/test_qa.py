@@ -1,0 +1,203 @@
+"""Stage 4 (QA): every structural type gives the exact answer on a hand-made movie; LLM items via the local server."""
+import hashlib
+import json
+import random
+from collections import Counter
+
+import pytest
+
+from dreamframe.llm import LLM, LLMConfig, LocalLLMServer
+from dreamframe.llm_testing import schema_instance, theme_words
+from dreamframe.qa import (LLM_TYPES, QA_TYPES, STRUCTURAL_TYPES, QAConfig, QAItem, balance, before_after_qa, build_qa,
+                           characters_together_qa, check_qa, dedup, dialogue_attribution_qa, llm_check, next_location_qa,
+                           qa_cli, range_summary_qa, response_model, scene_count_qa, story_qa, temporal_order_qa)
+from dreamframe.schema import QA, Character, Frame, Line, Location, Movie, Shot, Substory
+
+
+def F(prompt, *who, where=None): return Frame(prompt=prompt, characters=list(who), location=where)
+
+
+def hand_made() -> Movie:
+    "8 frames, 3 parts, 5 scenes (3 at the harbour), 5 lines with known speakers."
+    return Movie(
+        title="Harbour Lights", overview="Ann comes home before a storm.", style_keyword="ink",
+        characters=[Character(name=n, look=f"a person who looks like {n}") for n in ("Ann", "Ben", "Cal")],
+        locations=[Location(name="harbour"), Location(name="library"), Location(name="tower")],
+        substories=[
+            Substory(title="Arrival", content="Ann arrives and meets Ben and Cal.", shots=[
+                Shot(title="Ann arrives", location="harbour", content="Ann walks on the pier and greets Ben.",
+                     frames=[F("Ann walks on the pier", "Ann"), F("Ann and Ben talk", "Ann", "Ben")],
+                     lines=[Line(text="Hello, Ben.", speaker="Ann", after_frame=0), Line(text="Welcome back.", speaker="Ben", after_frame=1)],
+                     qa=[QA(question="Who meets Ann?", answer="Ben.")]),
+                Shot(title="The old books", location="library", content="Ben reads while Cal watches.",
+                     frames=[F("Ben reads a book", "Ben"), F("Cal looks at Ben", "Ben", "Cal")],
+                     lines=[Line(text="What are you reading?", speaker="Cal", after_frame=1)])],
+                qa=[QA(question="Where does Ann arrive?", answer="At the harbour.")]),
+            Substory(title="Storm", content="A storm comes; the three meet at the harbour.", shots=[
+                Shot(title="Back at the harbour", location="harbour", content="Ann warns the others.",
+                     frames=[F("Ann holds a lamp", "Ann"), F("Ann, Ben and Cal stand together", "Ann", "Ben", "Cal")],
+                     lines=[Line(text="The storm is coming.", speaker="Ann", after_frame=0)]),
+                Shot(title="The tower", location="tower", content="Cal climbs the tower.", frames=[F("Cal climbs the stairs", "Cal")])]),
+            Substory(title="Calm", content="The morning after.", shots=[
+                Shot(title="Morning", location="harbour", content="Ben rests.", frames=[F("Ben sits on the pier", "Ben")],
+                     lines=[Line(text="It is over.", speaker="Ben", after_frame=0)])])],
+        movie_qa=[QA(question="What is the movie about?", answer="A storm at a harbour.")])
+
+
+@pytest.fixture
+def movie(): return hand_made()
+
+
+def by(items, key=lambda i: i.question): return {key(i): i for i in items}
+
+
+def test_scene_count(movie):
+    items = by(scene_count_qa(movie, random.Random(0), None))
+    assert {q: i.answer for q, i in items.items()} == {"How many scenes take place in the harbour?": "3",
+                                                        "How many scenes take place in the library?": "1",
+                                                        "How many scenes take place in the tower?": "1"}
+    assert items["How many scenes take place in the harbour?"].frame_ids == ["s01.t01.f01", "s01.t01.f02", "s02.t01.f01", "s02.t01.f02", "s03.t01.f01"]
+
+
+def test_next_location(movie):
+    items = next_location_qa(movie, random.Random(0), None, n_choices=3)
+    assert [(i.question.split('"')[1], i.answer) for i in items] == [
+        ("Ann arrives", "library"), ("The old books", "harbour"), ("Back at the harbour", "tower"), ("The tower", "harbour")]
+    assert items[0].frame_ids == ["s01.t01.f02", "s01.t02.f01"]
+    assert all(i.answer in i.choices and len(i.choices) == 3 for i in items)
+
+
+def test_characters_together(movie):
+    items = characters_together_qa(movie, random.Random(0), None)
+    assert [(i.question, i.answer, i.frame_ids) for i in items] == [
+        ('Which characters appear together in the scene "Ann arrives"?', "Ann and Ben", ["s01.t01.f02"]),
+        ('Which characters appear together in the scene "The old books"?', "Ben and Cal", ["s01.t02.f02"]),
+        ('Which characters appear together in the scene "Back at the harbour"?', "Ann, Ben and Cal", ["s02.t01.f02"])]
+
+
+def test_dialogue_attribution(movie):
+    items = dialogue_attribution_qa(movie, random.Random(0), None)
+    assert [(i.question, i.answer, i.frame_ids) for i in items] == [
+        ('Who says "Hello, Ben."?', "Ann", ["s01.t01.f01"]), ('Who says "Welcome back."?', "Ben", ["s01.t01.f02"]),
+        ('Who says "What are you reading?"?', "Cal", ["s01.t02.f02"]), ('Who says "The storm is coming."?', "Ann", ["s02.t01.f01"]),
+        ('Who says "It is over."?', "Ben", ["s03.t01.f01"])]
+    assert all(i.choices == ["Ann", "Ben", "Cal"] for i in items)
+
+
+def test_temporal_order(movie):
+    position = {f.prompt: k for k, f in enumerate(movie.frames)}
+    position |= {s.title: k for k, s in enumerate(movie.shots)}
+    items = temporal_order_qa(movie, random.Random(1), 30)
+    assert len(items) == 30 and len({i.question for i in items}) == 30
+    for item in items:
+        first, second = sorted(item.choices, key=position.get)
+        assert item.answer == first and f'"{first}"' in item.question and f'"{second}"' in item.question
+        assert position[first] < position[second]
+    assert {"Which happens first", "Which comes first"} == {i.question.split(":")[0].rsplit(" in the movie", 1)[0] for i in items}
+    frame_level = next(i for i in items if i.question.startswith("Which happens first"))
+    assert frame_level.frame_ids == sorted(frame_level.frame_ids, key=[f.id for f in movie.frames].index)
+
+
+def test_before_after(movie):
+    prompts = [f.prompt for f in movie.frames]
+    items = before_after_qa(movie, random.Random(0), None)
+    assert len(items) == len(prompts)
+    for item in items:
+        word, anchor = item.question.split('"')[0].split()[-1], item.question.split('"')[1]
+        expected = prompts[prompts.index(anchor) + (1 if word == "after" else -1)]
+        assert item.answer == expected
+    assert items[0].question == 'What happens right after "Ann walks on the pier"?' and items[0].answer == "Ann and Ben talk"
+    assert items[0].frame_ids == ["s01.t01.f01", "s01.t01.f02"]
+
+
+def test_range_summary(movie):
+    items = by(range_summary_qa(movie, random.Random(0), None))
+    assert items['What happens in the scene "The tower"?'].answer == "Cal climbs the tower."
+    assert items['What happens in the scene "The tower"?'].frame_ids == ["s02.t02.f01"]
+    storm = items['What happens in the part of the movie called "Storm"?']
+    assert storm.answer == "A storm comes; the three meet at the harbour."
+    assert storm.frame_ids == ["s02.t01.f01", "s02.t01.f02", "s02.t02.f01"]
+
+
+def test_story_qa_levels(movie):
+    items = story_qa(movie)
+    assert [(i.type, i.frame_ids) for i in items] == [("story_movie", []), ("story_substory", ["s01.t01.f01", "s01.t01.f02", "s01.t02.f01", "s01.t02.f02"]),
+                                                      ("story_shot", ["s01.t01.f01", "s01.t01.f02"])]
+
+
+def test_deterministic_and_seeded(movie):
+    a = [i.model_dump() for i in temporal_order_qa(movie, random.Random("0:x"), 10)]
+    assert a == [i.model_dump() for i in temporal_order_qa(movie, random.Random("0:x"), 10)]
+    assert a != [i.model_dump() for i in temporal_order_qa(movie, random.Random("1:x"), 10)]
+
+
+def test_dedup_and_balance():
+    items = [QAItem(type="a", question=f"Q {k}?", answer="x") for k in range(50)] + [QAItem(type="a", question="q 0", answer="y")]
+    items += [QAItem(type=t, question=f"{t} {k}", answer="x") for t in "bcd" for k in range(3 + "bcd".index(t))]
+    kept = balance(dedup(items), 0.35, random.Random(0))
+    counts = Counter(i.type for i in kept)
+    assert max(counts.values()) / len(kept) <= 0.35 and counts["b"] == 3 and counts["d"] == 5
+    assert len(dedup(items)) == len(items) - 1
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="unknown QA types"): QAConfig(mix={"why": 1})
+    with pytest.raises(ValueError, match="max_share"): QAConfig(max_share=1.5)
+    with pytest.raises(ValueError, match="dialogue_turns"): QAConfig(dialogue_turns=1)
+
+
+def test_mc_check_and_frame_enum(movie):
+    model = response_model("multiple_choice", 1, ["s01.t01.f01"], QAConfig(n_choices=3))
+    with pytest.raises(Exception): model(items=[dict(question="q", correct_answer="a", distractors=["b", "c"], frame_ids=["s09.t01.f01"])])
+    obj = model(items=[dict(question="q", correct_answer="a", distractors=["A!", "c"], frame_ids=["s01.t01.f01"])])
+    assert llm_check("multiple_choice", movie)(obj) == ["item 0: the distractors must differ from the correct answer and from each other"]
+
+
+def numbered_writer(request: dict) -> str:
+    "Schema-filled answers whose questions never repeat (a stand-in LLM)."
+    spec = request["response_format"]["json_schema"]
+    value = schema_instance(spec["schema"], seed=hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest(),
+                            words=theme_words(request["messages"]))
+    count = iter(range(1, 1_000_000))
+    def number(node):
+        if isinstance(node, dict): return {k: f"{v} ({spec['name']} #{next(count)})" if k == "question" else number(v) for k, v in node.items()}
+        return [number(v) for v in node] if isinstance(node, list) else node
+    return json.dumps(number(value))
+
+
+def local(base_url): return LLMConfig(model="local-test", base_url=base_url, timeout_s=5, retry_base_s=0.01, retry_max_s=0.05)
+
+
+def test_build_qa_with_local_server(movie, tmp_path):
+    movie.save(tmp_path)
+    with LocalLLMServer(answer=numbered_writer) as server:
+        llm = LLM(local(server.base_url), cache_dir=tmp_path / "llm")
+        qaset = build_qa(QAConfig(llm_items=4, items_per_call=2), llm, tmp_path)
+    saved = json.loads((tmp_path / "qa.json").read_text())
+    assert [i["id"] for i in saved] == [f"qa{k:04d}" for k in range(1, len(saved) + 1)]
+    counts = Counter(i["type"] for i in saved)
+    assert set(counts) == set(QA_TYPES)
+    assert max(counts.values()) / len(saved) <= 0.35
+    assert check_qa(movie, qaset.items) == []
+    parts = {s.id: {f.id for sh in s.shots for f in sh.frames} for s in movie.substories}
+    for item in qaset.items:
+        if item.source == "llm" and item.type not in ("overview", "style"):
+            assert item.frame_ids and any(set(item.frame_ids) <= ids for ids in parts.values())   # within one part
+        if item.type == "multiple_choice": assert len(item.choices) == 4 and item.answer in item.choices
+        if item.type == "dialogue": assert len(item.turns) == 3 and item.turns[0].question == item.question
+        if item.type == "character": assert any(n in item.question + item.answer for n in ("Ann", "Ben", "Cal"))
+    # resumable: a second run answers every request from RUN/llm/ and writes the same file
+    again = LLM(local("http://127.0.0.1:9/v1"), cache_dir=tmp_path / "llm")
+    build_qa(QAConfig(llm_items=4, items_per_call=2), again, tmp_path)
+    assert again.stats.sent == 0 and json.loads((tmp_path / "qa.json").read_text()) == saved
+    assert json.loads((tmp_path / "config.json").read_text())["qa"]["llm_items"] == 4
+
+
+def test_qa_cli(movie, tmp_path):
+    with pytest.raises(SystemExit): qa_cli([str(tmp_path / "nothing"), "--no-llm"])
+    movie.save(tmp_path)
+    assert qa_cli([str(tmp_path), "--no-llm"]) == 0
+    assert {i["source"] for i in json.loads((tmp_path / "qa.json").read_text())} == {"structure", "story"}
+    with LocalLLMServer(answer=numbered_writer) as server:
+        assert qa_cli([str(tmp_path), "--base-url", server.base_url, "--model", "local-test", "--llm-items", "2"]) == 0
+    assert {i["type"] for i in json.loads((tmp_path / "qa.json").read_text())} >= set(LLM_TYPES) | set(STRUCTURAL_TYPES)
