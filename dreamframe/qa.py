@@ -6,12 +6,14 @@ Docs: https://dreamframe.github.io/dreamframe/qa.html.md"""
 
 # %% auto #0
 __all__ = ['STRUCTURAL_TYPES', 'LLM_TYPES', 'STORY_TYPES', 'QA_TYPES', 'DEFAULT_MIX', 'Turn', 'QAItem', 'QAConfig',
-           'temporal_order_qa', 'before_after_qa', 'next_location_qa', 'scene_count_qa', 'characters_together_qa',
-           'dialogue_attribution_qa', 'range_summary_qa', 'structural_qa', 'story_qa', 'response_model', 'llm_check',
-           'llm_qa', 'dedup', 'balance', 'QASet', 'check_qa', 'build_qa', 'qa_cli']
+           'moment_labels', 'temporal_order_qa', 'before_after_qa', 'next_location_qa', 'scene_count_qa',
+           'characters_together_qa', 'dialogue_attribution_qa', 'range_summary_qa', 'structural_qa', 'story_qa',
+           'response_model', 'llm_check', 'llm_qa', 'dedup', 'balance', 'QASet', 'check_qa', 'build_qa',
+           'numbered_answers', 'qa_cli']
 
-# %% ../nbs/06_qa.ipynb #5403a298
+# %% ../nbs/06_qa.ipynb #e4ddfb1e
 import asyncio
+import dataclasses
 import random
 import re
 import warnings
@@ -25,7 +27,7 @@ from pydantic import BaseModel, Field, create_model
 from .schema import Frame, Movie, Shot, atomic_write_json, save_stage_config
 from .llm import LLM, LLMAnswerError, LLMConfig, run_sync
 
-# %% ../nbs/06_qa.ipynb #8187efb3
+# %% ../nbs/06_qa.ipynb #337a9cf0
 STRUCTURAL_TYPES = ("temporal_order", "before_after", "next_location", "scene_count",
                     "characters_together", "dialogue_attribution", "range_summary")
 LLM_TYPES = ("overview", "causal", "character", "style", "dialogue", "multiple_choice")
@@ -35,7 +37,7 @@ QA_TYPES = STRUCTURAL_TYPES + LLM_TYPES + STORY_TYPES
 DEFAULT_MIX = {"temporal_order": 40, "before_after": 40, "next_location": 20, "scene_count": 20,
                "characters_together": 30, "dialogue_attribution": 40, "range_summary": 40}
 
-# %% ../nbs/06_qa.ipynb #2f17743b
+# %% ../nbs/06_qa.ipynb #8cdbf57e
 class Turn(BaseModel):
     "One round of a multi-turn dialogue about the movie."
     question: str = Field(min_length=1)
@@ -52,7 +54,7 @@ class QAItem(BaseModel):
     turns: list[Turn] | None = None   # multi-turn dialogue; question/answer repeat turns[0]
     source: Literal["structure", "llm", "story"] = "structure"
 
-# %% ../nbs/06_qa.ipynb #715a3fd9
+# %% ../nbs/06_qa.ipynb #30bcd362
 @dataclass
 class QAConfig:
     "Settings of the QA stage (saved to `RUN/config.json` under `qa`)."
@@ -82,8 +84,22 @@ class QAConfig:
         "The most items of `qa_type` kept before balancing (None: no cap)."
         return self.mix.get(qa_type)
 
-# %% ../nbs/06_qa.ipynb #b851a099
+# %% ../nbs/06_qa.ipynb #a1cfef7f
 def _describe(frame: Frame) -> str: return frame.prompt.strip().rstrip(".")
+
+def moment_labels(movie: Movie) -> dict[str, str]:
+    "frame id -> a description that names that frame alone (frames with no unambiguous description are left out)."
+    shots = _shots(movie)
+    in_movie = _unique(_describe(f) for f in movie.frames)
+    titles = _unique(s.title for s in shots)
+    labels = {}
+    for shot in shots:
+        in_shot = _unique(_describe(f) for f in shot.frames)
+        for frame in shot.frames:
+            text = _describe(frame)
+            if text in in_movie: labels[frame.id] = text
+            elif text in in_shot and shot.title in titles: labels[frame.id] = f"{text} (in the scene '{shot.title}')"
+    return labels
 
 def _place(name: str) -> str:
     "A location name readable after 'in': 'lighthouse' -> 'the lighthouse', 'Paris' stays."
@@ -103,13 +119,12 @@ def _pick(items: list, n: int | None, rng: random.Random) -> list:
 
 def _shots(movie: Movie) -> list[Shot]: return [s for s in movie.shots if s.frames]
 
-# %% ../nbs/06_qa.ipynb #cd6f0566
+# %% ../nbs/06_qa.ipynb #0a489d6a
 def temporal_order_qa(movie: Movie, rng: random.Random, n: int | None = 40) -> list[QAItem]:
     "Which of two moments (frames or scenes) happens first; the answer is the earlier one."
-    frames, shots = movie.frames, _shots(movie)
-    frame_ok = _unique(_describe(f) for f in frames)
+    frames, shots, labels = movie.frames, _shots(movie), moment_labels(movie)
     shot_ok = _unique(s.title for s in shots)
-    frames = [f for f in frames if _describe(f) in frame_ok]
+    frames = [f for f in frames if f.id in labels]
     shots = [s for s in shots if s.title in shot_ok]
     wanted = n if n is not None else len(frames) + len(shots)
     items, seen = [], set()
@@ -121,7 +136,7 @@ def temporal_order_qa(movie: Movie, rng: random.Random, n: int | None = 40) -> l
             template = 'Which comes first in the movie: the scene "{}" or the scene "{}"?'
         elif len(frames) >= 2:
             a, b = (frames[i] for i in sorted(rng.sample(range(len(frames)), 2)))
-            first, second, ids = _describe(a), _describe(b), [a.id, b.id]
+            first, second, ids = labels[a.id], labels[b.id], [a.id, b.id]
             template = 'Which happens first: "{}" or "{}"?'
         else: break
         if (first, second) in seen: continue
@@ -133,19 +148,18 @@ def temporal_order_qa(movie: Movie, rng: random.Random, n: int | None = 40) -> l
 
 def before_after_qa(movie: Movie, rng: random.Random, n: int | None = 40) -> list[QAItem]:
     "What happens right after (or right before) a moment; the answer is the neighbouring frame."
-    frames = movie.frames
-    ok = _unique(_describe(f) for f in frames)
+    frames, labels = movie.frames, moment_labels(movie)
     items = []
     for i, frame in enumerate(frames):
-        if _describe(frame) not in ok or len(frames) < 2: continue
+        if frame.id not in labels or len(frames) < 2: continue
         after = i + 1 < len(frames) and (i == 0 or rng.random() < 0.5)
         other = frames[i + 1] if after else frames[i - 1]
         word = "after" if after else "before"
-        items.append(QAItem(type="before_after", question=f'What happens right {word} "{_describe(frame)}"?',
-                            answer=_describe(other), frame_ids=sorted([frame.id, other.id], key=[f.id for f in frames].index)))
+        items.append(QAItem(type="before_after", question=f'What happens right {word} "{labels[frame.id]}"?',
+                            answer=_describe(other), frame_ids=[frame.id, other.id] if after else [other.id, frame.id]))
     return _pick(items, n, rng)
 
-# %% ../nbs/06_qa.ipynb #b7341681
+# %% ../nbs/06_qa.ipynb #727f5407
 def next_location_qa(movie: Movie, rng: random.Random, n: int | None = 20, n_choices: int = 4) -> list[QAItem]:
     "After a scene, which location the story moves to next (the first later scene elsewhere)."
     shots = _shots(movie)
@@ -176,7 +190,7 @@ def scene_count_qa(movie: Movie, rng: random.Random, n: int | None = 20) -> list
                             frame_ids=[f.id for s in where for f in s.frames]))
     return _pick(items, n, rng)
 
-# %% ../nbs/06_qa.ipynb #a27f154a
+# %% ../nbs/06_qa.ipynb #bef18776
 def characters_together_qa(movie: Movie, rng: random.Random, n: int | None = 30) -> list[QAItem]:
     "Which characters appear together (in one frame) in a scene."
     order = [c.name for c in movie.characters]
@@ -200,7 +214,7 @@ def dialogue_attribution_qa(movie: Movie, rng: random.Random, n: int | None = 40
              for line in movie.lines if line.speaker in names and line.text.strip() in ok]
     return _pick(items, n, rng)
 
-# %% ../nbs/06_qa.ipynb #53fec87c
+# %% ../nbs/06_qa.ipynb #b39b85d5
 def range_summary_qa(movie: Movie, rng: random.Random, n: int | None = 40) -> list[QAItem]:
     "What happens in a scene or a part of the movie; the answer is the story's own text for that range."
     shots = _shots(movie)
@@ -213,7 +227,7 @@ def range_summary_qa(movie: Movie, rng: random.Random, n: int | None = 40) -> li
             items.append(QAItem(type="range_summary", question=f'What happens in the part of the movie called "{sub.title}"?', answer=sub.content.strip(), frame_ids=ids))
     return _pick(items, n, rng)
 
-# %% ../nbs/06_qa.ipynb #95157ce1
+# %% ../nbs/06_qa.ipynb #20a9c92a
 _STRUCTURAL = {"temporal_order": temporal_order_qa, "before_after": before_after_qa, "next_location": next_location_qa,
                "scene_count": scene_count_qa, "characters_together": characters_together_qa,
                "dialogue_attribution": dialogue_attribution_qa, "range_summary": range_summary_qa}
@@ -229,7 +243,7 @@ def structural_qa(movie: Movie, cfg: QAConfig) -> list[QAItem]:
         items += make(movie, _rng(cfg, movie, name), cfg.cap(name), **kwargs)
     return items
 
-# %% ../nbs/06_qa.ipynb #6efc47eb
+# %% ../nbs/06_qa.ipynb #44a27a36
 def story_qa(movie: Movie) -> list[QAItem]:
     "The story's own QAs, typed by level, pointing at the frames of their substory or shot."
     frames_of = {sub.id: [f.id for shot in sub.shots for f in shot.frames] for sub in movie.substories}
@@ -242,7 +256,7 @@ def story_qa(movie: Movie) -> list[QAItem]:
                             frame_ids=qa.frame_ids or frames_of.get(owner, []), choices=qa.choices))
     return items
 
-# %% ../nbs/06_qa.ipynb #32c9e1c0
+# %% ../nbs/06_qa.ipynb #3850cafc
 _SYSTEM = ("You write question-answer data about a movie, used to train video-understanding models. Use only facts "
            "from the story below; never invent characters, places or events. Refer to characters by their names.")
 
@@ -272,7 +286,7 @@ def _context(movie: Movie, sub=None) -> str:
             out += [f'    {l.speaker or "someone"} says: "{l.text}"' for l in shot.lines if l.frame_id == frame.id]
     return "\n".join(out)
 
-# %% ../nbs/06_qa.ipynb #a7fe6945
+# %% ../nbs/06_qa.ipynb #ab04b505
 def _ids_field(frame_ids: list[str]) -> tuple:
     return (list[Literal[tuple(frame_ids)]], Field(min_length=1, description="ids of the frames this is about"))
 
@@ -293,7 +307,7 @@ def response_model(qa_type: str, n: int, frame_ids: list[str], cfg: QAConfig, na
     item = create_model(f"{tag}Item", **fields)
     return create_model(f"{tag}Items", items=(list[item], Field(min_length=n, max_length=n)))
 
-# %% ../nbs/06_qa.ipynb #ccae6f4d
+# %% ../nbs/06_qa.ipynb #ab00288c
 def _norm(text: str) -> str: return re.sub(r"\s+", " ", re.sub(r"[^\w\s]", " ", text.lower())).strip()
 
 def llm_check(qa_type: str, movie: Movie):
@@ -310,7 +324,7 @@ def llm_check(qa_type: str, movie: Movie):
         return problems
     return check
 
-# %% ../nbs/06_qa.ipynb #3b4ecb06
+# %% ../nbs/06_qa.ipynb #5db05965
 def _requests(movie: Movie, cfg: QAConfig) -> list[tuple[str, Any, int, str]]:
     "Every LLM request of the stage: (qa_type, substory or None, n_items, request name)."
     parts = [s for s in movie.substories if any(shot.frames for shot in s.shots)]
@@ -359,7 +373,7 @@ async def llm_qa(movie: Movie, cfg: QAConfig, llm, failed: list[str] | None = No
     if requests and not any(results): raise RuntimeError(f"every one of the {len(requests)} LLM QA requests failed its checks; see the warnings")
     return [item for batch in results for item in batch]
 
-# %% ../nbs/06_qa.ipynb #99ae0fc5
+# %% ../nbs/06_qa.ipynb #a7a734eb
 def _key(item: QAItem) -> str:
     return " | ".join(_norm(t.question) for t in item.turns) if item.turns else _norm(item.question)
 
@@ -387,7 +401,7 @@ def balance(items: list[QAItem], max_share: float, rng: random.Random) -> list[Q
         keep.update(positions if count <= cap else rng.sample(positions, cap))
     return [item for i, item in enumerate(items) if i in keep]
 
-# %% ../nbs/06_qa.ipynb #b674aca3
+# %% ../nbs/06_qa.ipynb #b67261ea
 class QASet(BaseModel):
     "The QA items of one movie, with a balance report."
     movie_id: str
@@ -395,6 +409,7 @@ class QASet(BaseModel):
     failed_requests: list[str] = []  # LLM requests whose answer never passed the checks (their items are missing)
 
     def __len__(self) -> int: return len(self.items)
+    def __repr__(self) -> str: return f"QASet({self.movie_id!r}: {len(self)} items, " + ", ".join(f"{t} {n}" for t, n in self.counts().items()) + ")"
     def counts(self) -> dict[str, int]:
         "Items per type, in taxonomy order."
         counts = Counter(i.type for i in self.items)
@@ -423,7 +438,7 @@ def check_qa(movie: Movie, items: list[QAItem]) -> list[str]:
             problems.append(f"{where}: question/answer must repeat the first turn")
     return problems
 
-# %% ../nbs/06_qa.ipynb #5ff52d54
+# %% ../nbs/06_qa.ipynb #1c24644a
 def build_qa(cfg: QAConfig, llm, run_dir: str | Path) -> QASet:
     "Stage 4: write `RUN/qa.json` (structural + story + LLM items, deduplicated and balanced); `llm=None`: no LLM items."
     run_dir = Path(run_dir)
@@ -441,10 +456,25 @@ def build_qa(cfg: QAConfig, llm, run_dir: str | Path) -> QASet:
     for k, item in enumerate(items): item.id = f"qa{k + 1:04d}"
     qaset = QASet(movie_id=movie.id, items=items, failed_requests=failed)
     atomic_write_json(run_dir / "qa.json", [item.model_dump() for item in items])
-    save_stage_config(run_dir, "qa", cfg)
+    used = getattr(llm, "cfg", None) if llm is not None and cfg.use_llm else None
+    save_stage_config(run_dir, "qa", dataclasses.replace(cfg, llm=used) if isinstance(used, LLMConfig) else cfg)  # the settings really used
     return qaset
 
-# %% ../nbs/06_qa.ipynb #dc02f220
+# %% ../nbs/06_qa.ipynb #2fdd168e
+def numbered_answers(request: dict) -> str:
+    "A `LocalLLMServer(answer=...)` function: schema-filled answers whose questions never repeat (tests and demos)."
+    import hashlib, json
+    from dreamframe.llm_testing import schema_instance, theme_words
+    spec = request["response_format"]["json_schema"]
+    value = schema_instance(spec["schema"], seed=hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest(),
+                            words=theme_words(request["messages"]))
+    count = iter(range(1, 1_000_000))
+    def number(node):
+        if isinstance(node, dict): return {k: f"{v} ({spec['name']} #{next(count)})" if k == "question" else number(v) for k, v in node.items()}
+        return [number(v) for v in node] if isinstance(node, list) else node
+    return json.dumps(number(value))
+
+# %% ../nbs/06_qa.ipynb #b2d95c6f
 def qa_cli(argv: list[str]) -> int:
     "`dreamframe qa RUN`: build RUN/qa.json (structural, story and LLM QA items)."
     import argparse, sys

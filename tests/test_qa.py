@@ -1,5 +1,4 @@
 """Stage 4 (QA): every structural type gives the exact answer on a hand-made movie; LLM items via the local server."""
-import hashlib
 import json
 import random
 from collections import Counter
@@ -7,9 +6,8 @@ from collections import Counter
 import pytest
 
 from dreamframe.llm import LLM, LLMConfig, LocalLLMServer
-from dreamframe.llm_testing import schema_instance, theme_words
 from dreamframe.qa import (LLM_TYPES, QA_TYPES, STRUCTURAL_TYPES, QAConfig, QAItem, balance, before_after_qa, build_qa,
-                           characters_together_qa, check_qa, dedup, dialogue_attribution_qa, llm_check, next_location_qa,
+                           characters_together_qa, check_qa, dedup, numbered_answers, dialogue_attribution_qa, llm_check, next_location_qa,
                            qa_cli, range_summary_qa, response_model, scene_count_qa, story_qa, temporal_order_qa)
 from dreamframe.schema import QA, Character, Frame, Line, Location, Movie, Shot, Substory
 
@@ -153,24 +151,12 @@ def test_mc_check_and_frame_enum(movie):
     assert llm_check("multiple_choice", movie)(obj) == ["item 0: the distractors must differ from the correct answer and from each other"]
 
 
-def numbered_writer(request: dict) -> str:
-    "Schema-filled answers whose questions never repeat (a stand-in LLM)."
-    spec = request["response_format"]["json_schema"]
-    value = schema_instance(spec["schema"], seed=hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest(),
-                            words=theme_words(request["messages"]))
-    count = iter(range(1, 1_000_000))
-    def number(node):
-        if isinstance(node, dict): return {k: f"{v} ({spec['name']} #{next(count)})" if k == "question" else number(v) for k, v in node.items()}
-        return [number(v) for v in node] if isinstance(node, list) else node
-    return json.dumps(number(value))
-
-
 def local(base_url): return LLMConfig(model="local-test", base_url=base_url, timeout_s=5, retry_base_s=0.01, retry_max_s=0.05)
 
 
 def test_build_qa_with_local_server(movie, tmp_path):
     movie.save(tmp_path)
-    with LocalLLMServer(answer=numbered_writer) as server:
+    with LocalLLMServer(answer=numbered_answers) as server:
         llm = LLM(local(server.base_url), cache_dir=tmp_path / "llm")
         qaset = build_qa(QAConfig(llm_items=4, items_per_call=2), llm, tmp_path)
     saved = json.loads((tmp_path / "qa.json").read_text())
@@ -198,6 +184,20 @@ def test_qa_cli(movie, tmp_path):
     movie.save(tmp_path)
     assert qa_cli([str(tmp_path), "--no-llm"]) == 0
     assert {i["source"] for i in json.loads((tmp_path / "qa.json").read_text())} == {"structure", "story"}
-    with LocalLLMServer(answer=numbered_writer) as server:
+    with LocalLLMServer(answer=numbered_answers) as server:
         assert qa_cli([str(tmp_path), "--base-url", server.base_url, "--model", "local-test", "--llm-items", "2"]) == 0
     assert {i["type"] for i in json.loads((tmp_path / "qa.json").read_text())} >= set(LLM_TYPES) | set(STRUCTURAL_TYPES)
+
+
+def test_repeated_prompts_are_qualified_or_skipped(movie):
+    from dreamframe.qa import moment_labels
+    movie.substories[2].shots[0].frames[0].prompt = "Ann walks on the pier"   # the same moment again, in "Morning"
+    movie.substories[1].shots[1].frames.append(Frame(prompt="Cal climbs the stairs", characters=["Cal"]))  # twice in one scene
+    movie = Movie.model_validate(movie.model_dump())
+    labels = moment_labels(movie)
+    assert labels["s01.t01.f01"] == "Ann walks on the pier (in the scene 'Ann arrives')"
+    assert labels["s03.t01.f01"] == "Ann walks on the pier (in the scene 'Morning')"
+    assert "s02.t02.f01" not in labels and "s02.t02.f02" not in labels
+    items = before_after_qa(movie, random.Random(0), None)
+    assert not any("Cal climbs the stairs" in i.question for i in items)
+    assert by(items)["What happens right after \"Ann walks on the pier (in the scene 'Ann arrives')\"?"].answer == "Ann and Ben talk"
