@@ -10,7 +10,7 @@ __all__ = ['QA_JSONL_KEYS', 'ExportConfig', 'QATurn', 'QARecord', 'load_qa', 'fr
            'qa_jsonl_records', 'validate_qa_jsonl', 'write_video', 'video_frame_count', 'srt_text', 'validate_srt',
            'export_run', 'export_cli']
 
-# %% ../nbs/07_export.ipynb #e4e6feea
+# %% ../nbs/07_export.ipynb #eb476162
 import argparse
 import json
 import os
@@ -24,10 +24,11 @@ import imageio_ffmpeg
 import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from tqdm.auto import tqdm
 
 from .schema import Movie, atomic_write_json, atomic_write_text, save_stage_config
 
-# %% ../nbs/07_export.ipynb #aff2c60d
+# %% ../nbs/07_export.ipynb #3586e69e
 @dataclass
 class ExportConfig:
     "Settings of the export stage (saved to `RUN/config.json` under `export`)."
@@ -41,6 +42,7 @@ class ExportConfig:
     shuffle_seed: int | None = 0      # QA items are packed into records in this seeded order (None: qa.json order)
     speaker_names: bool = True        # "Mara: …" in subtitles and long-video inputs (False: the words only)
     write_video: bool = True          # False: skip movie.mp4 (the slowest part)
+    progress: bool = True             # a progress bar while the mp4 is encoded
 
     def __post_init__(self):
         if not self.seconds_per_frame > 0: raise ValueError(f"ExportConfig.seconds_per_frame must be > 0, got {self.seconds_per_frame!r}")
@@ -61,7 +63,7 @@ class ExportConfig:
         "Video frames per keyframe."
         return round(self.seconds_per_frame * self.video_fps)
 
-# %% ../nbs/07_export.ipynb #d673705b
+# %% ../nbs/07_export.ipynb #971de423
 class QATurn(BaseModel):
     "One round of a dialogue item."
     question: str = Field(min_length=1)
@@ -105,7 +107,7 @@ def check_frames(movie: Movie, run_dir: str | Path) -> list[Path]:
     if not paths: raise ValueError(f"movie {movie.id!r} has no frames to export")
     return paths
 
-# %% ../nbs/07_export.ipynb #8b678fdb
+# %% ../nbs/07_export.ipynb #86f67bc0
 _LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 def qa_rounds(item: QARecord) -> list[tuple[str, str]]:
@@ -151,7 +153,7 @@ def llava_records(movie: Movie, items: list[QARecord], cfg: ExportConfig, media_
             records.append({"id": f"{movie.id}-{len(records):05d}", media: path, "conversations": _conversation(rounds)})
     return records
 
-# %% ../nbs/07_export.ipynb #d4f134a0
+# %% ../nbs/07_export.ipynb #da3eb2bc
 def validate_llava(records: list, root: str | Path | None = None) -> int:
     "Check LLaVA/LLaMA-VID conversation records (and, with `root`, that their media exist); returns the count."
     if not isinstance(records, list) or not records: raise ValueError("llava records must be a non-empty JSON list")
@@ -181,7 +183,7 @@ def validate_llava(records: list, root: str | Path | None = None) -> int:
                 raise ValueError(f"{where}: turn {t} has <image> {count} time(s); {rule}")
     return len(records)
 
-# %% ../nbs/07_export.ipynb #f947c1f4
+# %% ../nbs/07_export.ipynb #e3491315
 def long_video_inputs(movie: Movie, speaker_names: bool = True) -> str:
     "LLaMA-VID's long-video `inputs`: `<image>` per keyframe, each followed by the lines spoken after it."
     after: dict[str, list[str]] = {}
@@ -211,7 +213,7 @@ def validate_long_video(export: dict, root: str | Path | None = None) -> int:
     if any(r.get("video") != export["video"] for r in export["records"]): raise ValueError("long-video export: every record must point at the feature file in 'video'")
     return len(frames)
 
-# %% ../nbs/07_export.ipynb #b12fda0a
+# %% ../nbs/07_export.ipynb #5983095e
 QA_JSONL_KEYS = ("movie_id", "id", "type", "question", "answer", "choices", "frame_ids", "frame_paths", "turns")
 
 def qa_jsonl_records(movie: Movie, items: list[QARecord], cfg: ExportConfig) -> list[dict]:
@@ -236,7 +238,7 @@ def validate_qa_jsonl(records: list[dict], movie: Movie | None = None) -> int:
         if frame_ids is not None and (bad := [f for f in r["frame_ids"] if f not in frame_ids]): raise ValueError(f"{where}: unknown frame ids {bad}")
     return len(records)
 
-# %% ../nbs/07_export.ipynb #5d14d381
+# %% ../nbs/07_export.ipynb #74054ee8
 def _even_size(path: Path, max_side: int | None) -> tuple[int, int]:
     width, height = Image.open(path).size
     if max_side and max(width, height) > max_side:
@@ -249,12 +251,12 @@ def write_video(paths: list[Path], out: str | Path, cfg: ExportConfig) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     size = _even_size(paths[0], cfg.max_side)
-    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
-    writer = imageio_ffmpeg.write_frames(str(tmp), size, fps=cfg.video_fps, codec="libx264", pix_fmt_out="yuv420p",
-                                         quality=cfg.quality, macro_block_size=1, ffmpeg_log_level="error")
+    tmp = out.with_name(f".{out.name}.tmp")  # the container is named explicitly (-f mp4): the suffix is .tmp
+    writer = imageio_ffmpeg.write_frames(str(tmp), size, fps=cfg.video_fps, codec="libx264", pix_fmt_out="yuv420p", quality=cfg.quality,
+                                         macro_block_size=1, ffmpeg_log_level="error", output_params=["-f", "mp4"])
     try:
         writer.send(None)
-        for path in paths:
+        for path in tqdm(paths, desc=out.name, unit="frame", disable=not cfg.progress):
             image = Image.open(path).convert("RGB")
             if image.size != size: image = image.resize(size, Image.LANCZOS)
             pixels = np.ascontiguousarray(np.asarray(image))
@@ -306,7 +308,7 @@ def validate_srt(text: str) -> int:
         last = start
     return len(blocks)
 
-# %% ../nbs/07_export.ipynb #d8cc8c77
+# %% ../nbs/07_export.ipynb #a840eaee
 def export_run(cfg: ExportConfig, run_dir: str | Path) -> dict[str, Path]:
     "Stage 5: write `RUN/export/` (llava.json, long_video.json, qa.jsonl, movie.srt, movie.mp4); returns their paths."
     run_dir = Path(run_dir)
@@ -337,7 +339,7 @@ def export_run(cfg: ExportConfig, run_dir: str | Path) -> dict[str, Path]:
     save_stage_config(run_dir, "export", cfg)
     return written
 
-# %% ../nbs/07_export.ipynb #4f3574a9
+# %% ../nbs/07_export.ipynb #94ea2ffb
 def export_cli(argv: list[str]) -> int:
     "`dreamframe export RUN`: write the training exports of a run folder."
     parser = argparse.ArgumentParser(prog="dreamframe export", description="Write LLaVA / LLaMA-VID JSON, qa.jsonl, movie.mp4 and movie.srt into RUN/export/.")
@@ -349,10 +351,12 @@ def export_cli(argv: list[str]) -> int:
     parser.add_argument("--max-side", type=int, default=None, help="shrink keyframes in the mp4 to this longer side")
     parser.add_argument("--path-prefix", default="", help="prepended to every media path in the JSON files")
     parser.add_argument("--no-video", action="store_true", help="skip movie.mp4")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
         cfg = ExportConfig(seconds_per_frame=args.seconds_per_frame, video_fps=args.fps, rounds_per_record=args.rounds, media=args.media,
-                           max_side=args.max_side, path_prefix=args.path_prefix, write_video=not args.no_video)
+                           max_side=args.max_side, path_prefix=args.path_prefix, write_video=not args.no_video,
+                           progress=not args.quiet)
         written = export_run(cfg, args.run)
     except (ValueError, FileNotFoundError) as error:
         print(f"dreamframe export: {error}", file=__import__("sys").stderr)

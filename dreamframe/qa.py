@@ -11,7 +11,7 @@ __all__ = ['STRUCTURAL_TYPES', 'LLM_TYPES', 'STORY_TYPES', 'QA_TYPES', 'DEFAULT_
            'response_model', 'llm_check', 'llm_qa', 'dedup', 'balance', 'QASet', 'check_qa', 'build_qa',
            'numbered_answers', 'qa_cli']
 
-# %% ../nbs/06_qa.ipynb #e4ddfb1e
+# %% ../nbs/06_qa.ipynb #d0c69dfb
 import asyncio
 import dataclasses
 import random
@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, create_model
+from tqdm.auto import tqdm
 
 from .schema import Frame, Movie, Shot, atomic_write_json, save_stage_config
 from .llm import LLM, LLMAnswerError, LLMConfig, run_sync
 
-# %% ../nbs/06_qa.ipynb #337a9cf0
+# %% ../nbs/06_qa.ipynb #796ae287
 STRUCTURAL_TYPES = ("temporal_order", "before_after", "next_location", "scene_count",
                     "characters_together", "dialogue_attribution", "range_summary")
 LLM_TYPES = ("overview", "causal", "character", "style", "dialogue", "multiple_choice")
@@ -37,7 +38,7 @@ QA_TYPES = STRUCTURAL_TYPES + LLM_TYPES + STORY_TYPES
 DEFAULT_MIX = {"temporal_order": 40, "before_after": 40, "next_location": 20, "scene_count": 20,
                "characters_together": 30, "dialogue_attribution": 40, "range_summary": 40}
 
-# %% ../nbs/06_qa.ipynb #8cdbf57e
+# %% ../nbs/06_qa.ipynb #b87ba411
 class Turn(BaseModel):
     "One round of a multi-turn dialogue about the movie."
     question: str = Field(min_length=1)
@@ -54,7 +55,7 @@ class QAItem(BaseModel):
     turns: list[Turn] | None = None   # multi-turn dialogue; question/answer repeat turns[0]
     source: Literal["structure", "llm", "story"] = "structure"
 
-# %% ../nbs/06_qa.ipynb #30bcd362
+# %% ../nbs/06_qa.ipynb #8134e113
 @dataclass
 class QAConfig:
     "Settings of the QA stage (saved to `RUN/config.json` under `qa`)."
@@ -67,6 +68,7 @@ class QAConfig:
     dialogue_turns: int = 3        # question/answer rounds in one multi-turn dialogue
     use_llm: bool = True           # False: structural and story items only
     include_story_qa: bool = True  # carry over the story's own QAs (types story_movie/substory/shot)
+    progress: bool = True          # a progress bar over the LLM requests
     llm: LLMConfig = field(default_factory=LLMConfig)  # model, base_url, concurrency, ... (no secrets)
 
     def __post_init__(self):
@@ -84,7 +86,7 @@ class QAConfig:
         "The most items of `qa_type` kept before balancing (None: no cap)."
         return self.mix.get(qa_type)
 
-# %% ../nbs/06_qa.ipynb #a1cfef7f
+# %% ../nbs/06_qa.ipynb #d3494f41
 def _describe(frame: Frame) -> str: return frame.prompt.strip().rstrip(".")
 
 def moment_labels(movie: Movie) -> dict[str, str]:
@@ -119,7 +121,7 @@ def _pick(items: list, n: int | None, rng: random.Random) -> list:
 
 def _shots(movie: Movie) -> list[Shot]: return [s for s in movie.shots if s.frames]
 
-# %% ../nbs/06_qa.ipynb #0a489d6a
+# %% ../nbs/06_qa.ipynb #9ee738f5
 def temporal_order_qa(movie: Movie, rng: random.Random, n: int | None = 40) -> list[QAItem]:
     "Which of two moments (frames or scenes) happens first; the answer is the earlier one."
     frames, shots, labels = movie.frames, _shots(movie), moment_labels(movie)
@@ -159,7 +161,7 @@ def before_after_qa(movie: Movie, rng: random.Random, n: int | None = 40) -> lis
                             answer=_describe(other), frame_ids=[frame.id, other.id] if after else [other.id, frame.id]))
     return _pick(items, n, rng)
 
-# %% ../nbs/06_qa.ipynb #727f5407
+# %% ../nbs/06_qa.ipynb #ea6b696c
 def next_location_qa(movie: Movie, rng: random.Random, n: int | None = 20, n_choices: int = 4) -> list[QAItem]:
     "After a scene, which location the story moves to next (the first later scene elsewhere)."
     shots = _shots(movie)
@@ -190,7 +192,7 @@ def scene_count_qa(movie: Movie, rng: random.Random, n: int | None = 20) -> list
                             frame_ids=[f.id for s in where for f in s.frames]))
     return _pick(items, n, rng)
 
-# %% ../nbs/06_qa.ipynb #bef18776
+# %% ../nbs/06_qa.ipynb #6f6f9519
 def characters_together_qa(movie: Movie, rng: random.Random, n: int | None = 30) -> list[QAItem]:
     "Which characters appear together (in one frame) in a scene."
     order = [c.name for c in movie.characters]
@@ -214,7 +216,7 @@ def dialogue_attribution_qa(movie: Movie, rng: random.Random, n: int | None = 40
              for line in movie.lines if line.speaker in names and line.text.strip() in ok]
     return _pick(items, n, rng)
 
-# %% ../nbs/06_qa.ipynb #b39b85d5
+# %% ../nbs/06_qa.ipynb #baf64051
 def range_summary_qa(movie: Movie, rng: random.Random, n: int | None = 40) -> list[QAItem]:
     "What happens in a scene or a part of the movie; the answer is the story's own text for that range."
     shots = _shots(movie)
@@ -227,7 +229,7 @@ def range_summary_qa(movie: Movie, rng: random.Random, n: int | None = 40) -> li
             items.append(QAItem(type="range_summary", question=f'What happens in the part of the movie called "{sub.title}"?', answer=sub.content.strip(), frame_ids=ids))
     return _pick(items, n, rng)
 
-# %% ../nbs/06_qa.ipynb #20a9c92a
+# %% ../nbs/06_qa.ipynb #9f4972be
 _STRUCTURAL = {"temporal_order": temporal_order_qa, "before_after": before_after_qa, "next_location": next_location_qa,
                "scene_count": scene_count_qa, "characters_together": characters_together_qa,
                "dialogue_attribution": dialogue_attribution_qa, "range_summary": range_summary_qa}
@@ -243,7 +245,7 @@ def structural_qa(movie: Movie, cfg: QAConfig) -> list[QAItem]:
         items += make(movie, _rng(cfg, movie, name), cfg.cap(name), **kwargs)
     return items
 
-# %% ../nbs/06_qa.ipynb #44a27a36
+# %% ../nbs/06_qa.ipynb #f8318a43
 def story_qa(movie: Movie) -> list[QAItem]:
     "The story's own QAs, typed by level, pointing at the frames of their substory or shot."
     frames_of = {sub.id: [f.id for shot in sub.shots for f in shot.frames] for sub in movie.substories}
@@ -256,7 +258,7 @@ def story_qa(movie: Movie) -> list[QAItem]:
                             frame_ids=qa.frame_ids or frames_of.get(owner, []), choices=qa.choices))
     return items
 
-# %% ../nbs/06_qa.ipynb #3850cafc
+# %% ../nbs/06_qa.ipynb #be1664d6
 _SYSTEM = ("You write question-answer data about a movie, used to train video-understanding models. Use only facts "
            "from the story below; never invent characters, places or events. Refer to characters by their names.")
 
@@ -286,7 +288,7 @@ def _context(movie: Movie, sub=None) -> str:
             out += [f'    {l.speaker or "someone"} says: "{l.text}"' for l in shot.lines if l.frame_id == frame.id]
     return "\n".join(out)
 
-# %% ../nbs/06_qa.ipynb #ab04b505
+# %% ../nbs/06_qa.ipynb #206935d2
 def _ids_field(frame_ids: list[str]) -> tuple:
     return (list[Literal[tuple(frame_ids)]], Field(min_length=1, description="ids of the frames this is about"))
 
@@ -307,7 +309,7 @@ def response_model(qa_type: str, n: int, frame_ids: list[str], cfg: QAConfig, na
     item = create_model(f"{tag}Item", **fields)
     return create_model(f"{tag}Items", items=(list[item], Field(min_length=n, max_length=n)))
 
-# %% ../nbs/06_qa.ipynb #ab00288c
+# %% ../nbs/06_qa.ipynb #5c5abe39
 def _norm(text: str) -> str: return re.sub(r"\s+", " ", re.sub(r"[^\w\s]", " ", text.lower())).strip()
 
 def llm_check(qa_type: str, movie: Movie):
@@ -324,7 +326,7 @@ def llm_check(qa_type: str, movie: Movie):
         return problems
     return check
 
-# %% ../nbs/06_qa.ipynb #5db05965
+# %% ../nbs/06_qa.ipynb #4587f36d
 def _requests(movie: Movie, cfg: QAConfig) -> list[tuple[str, Any, int, str]]:
     "Every LLM request of the stage: (qa_type, substory or None, n_items, request name)."
     parts = [s for s in movie.substories if any(shot.frames for shot in s.shots)]
@@ -363,17 +365,20 @@ async def _ask(llm, movie: Movie, cfg: QAConfig, qa_type: str, sub, n: int, name
 async def llm_qa(movie: Movie, cfg: QAConfig, llm, failed: list[str] | None = None) -> list[QAItem]:
     "Every LLM QA type, all requests at once (the client bounds concurrency and caches answers)."
     requests = _requests(movie, cfg)
+    bar = tqdm(total=len(requests), desc="QA requests", unit="request", disable=not cfg.progress)
     async def one(request):
         try: return await _ask(llm, movie, cfg, *request)
         except LLMAnswerError as error:  # one request that never passes its checks costs its items, not the run
             warnings.warn(f"QA: dropped the items of LLM request {request[3]!r}: {str(error).splitlines()[0]}")
             if failed is not None: failed.append(request[3])
             return []
-    results = await asyncio.gather(*(one(request) for request in requests))
+        finally: bar.update()
+    try: results = await asyncio.gather(*(one(request) for request in requests))
+    finally: bar.close()
     if requests and not any(results): raise RuntimeError(f"every one of the {len(requests)} LLM QA requests failed its checks; see the warnings")
     return [item for batch in results for item in batch]
 
-# %% ../nbs/06_qa.ipynb #a7a734eb
+# %% ../nbs/06_qa.ipynb #0f4e4268
 def _key(item: QAItem) -> str:
     return " | ".join(_norm(t.question) for t in item.turns) if item.turns else _norm(item.question)
 
@@ -401,7 +406,7 @@ def balance(items: list[QAItem], max_share: float, rng: random.Random) -> list[Q
         keep.update(positions if count <= cap else rng.sample(positions, cap))
     return [item for i, item in enumerate(items) if i in keep]
 
-# %% ../nbs/06_qa.ipynb #b67261ea
+# %% ../nbs/06_qa.ipynb #0f480947
 class QASet(BaseModel):
     "The QA items of one movie, with a balance report."
     movie_id: str
@@ -438,7 +443,7 @@ def check_qa(movie: Movie, items: list[QAItem]) -> list[str]:
             problems.append(f"{where}: question/answer must repeat the first turn")
     return problems
 
-# %% ../nbs/06_qa.ipynb #1c24644a
+# %% ../nbs/06_qa.ipynb #6e2fe9f4
 def build_qa(cfg: QAConfig, llm, run_dir: str | Path) -> QASet:
     "Stage 4: write `RUN/qa.json` (structural + story + LLM items, deduplicated and balanced); `llm=None`: no LLM items."
     run_dir = Path(run_dir)
@@ -460,7 +465,7 @@ def build_qa(cfg: QAConfig, llm, run_dir: str | Path) -> QASet:
     save_stage_config(run_dir, "qa", dataclasses.replace(cfg, llm=used) if isinstance(used, LLMConfig) else cfg)  # the settings really used
     return qaset
 
-# %% ../nbs/06_qa.ipynb #2fdd168e
+# %% ../nbs/06_qa.ipynb #5560137c
 def numbered_answers(request: dict) -> str:
     "A `LocalLLMServer(answer=...)` function: schema-filled answers whose questions never repeat (tests and demos)."
     import hashlib, json
@@ -474,7 +479,7 @@ def numbered_answers(request: dict) -> str:
         return [number(v) for v in node] if isinstance(node, list) else node
     return json.dumps(number(value))
 
-# %% ../nbs/06_qa.ipynb #b2d95c6f
+# %% ../nbs/06_qa.ipynb #3e025fb4
 def qa_cli(argv: list[str]) -> int:
     "`dreamframe qa RUN`: build RUN/qa.json (structural, story and LLM QA items)."
     import argparse, sys
@@ -489,6 +494,7 @@ def qa_cli(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     parser.add_argument("--max-share", type=float, default=0.35, help="largest share of one QA type (default 0.35)")
     parser.add_argument("--llm-items", type=int, default=QAConfig.llm_items, help=f"LLM items per LLM type (default {QAConfig.llm_items})")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     run_dir = Path(args.run)
     if not (run_dir / "movie.json").exists(): parser.error(f"{run_dir / 'movie.json'} not found; write the story first (`dreamframe story {run_dir} --theme ...`)")
@@ -497,7 +503,8 @@ def qa_cli(argv: list[str]) -> int:
         if args.model: llm_cfg.model = args.model
         if args.base_url: llm_cfg.base_url = args.base_url
         llm_cfg = LLMConfig(**vars(llm_cfg))  # validate the overrides
-        cfg = QAConfig(seed=args.seed, max_share=args.max_share, llm_items=args.llm_items, use_llm=not args.no_llm, llm=llm_cfg)
+        cfg = QAConfig(seed=args.seed, max_share=args.max_share, llm_items=args.llm_items, use_llm=not args.no_llm, llm=llm_cfg,
+                       progress=not args.quiet)
         llm = None if args.no_llm else ScriptedLLM(seed=args.seed, cache_dir=run_dir / "llm", cfg=LLMConfig(model="scripted", concurrency=64, repair_attempts=6)) if args.scripted else LLM(llm_cfg, cache_dir=run_dir / "llm")
         qaset = build_qa(cfg, llm, run_dir)
     except (ValueError, TypeError) as error:
