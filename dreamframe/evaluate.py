@@ -11,7 +11,7 @@ __all__ = ['CLIP_MEAN', 'CLIP_STD', 'IMAGENET_MEAN', 'IMAGENET_STD', 'METRICS', 
            'adjacent_cosine', 'pairwise_mean_cosine', 'summary_table', 'EvalResult', 'plot_eval', 'evaluate_run',
            'eval_cli']
 
-# %% ../nbs/09_eval.ipynb #37242da6
+# %% ../nbs/09_eval.ipynb #cb78641c
 import argparse
 import io
 import json
@@ -28,7 +28,7 @@ from PIL import Image
 
 from .schema import Movie, atomic_write_bytes, atomic_write_json, save_stage_config
 
-# %% ../nbs/09_eval.ipynb #89452630
+# %% ../nbs/09_eval.ipynb #e39db7b8
 @dataclass
 class EvalConfig:
     "How to measure a run's keyframes."
@@ -50,7 +50,7 @@ class EvalConfig:
         if self.lpips_size is not None and self.lpips_size < 16: raise ValueError(f"lpips_size must be ≥ 16 pixels or None, got {self.lpips_size}")
         if self.dtype != "float32" and self.device == "cpu": raise ValueError(f"dtype {self.dtype} needs a GPU; use dtype='float32' on CPU")
 
-# %% ../nbs/09_eval.ipynb #d92fadbd
+# %% ../nbs/09_eval.ipynb #ef703c89
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -71,7 +71,7 @@ def to_pixels(images: list[Image.Image], size: int, mean=None, std=None, crop: b
     if mean is None: return batch * 2 - 1
     return (batch - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
 
-# %% ../nbs/09_eval.ipynb #7921ab61
+# %% ../nbs/09_eval.ipynb #5bcff330
 _LPIPS_SHIFT, _LPIPS_SCALE = (-0.030, -0.088, -0.188), (0.458, 0.448, 0.450)
 _TORCHVISION_URLS = {"alex": "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
                      "vgg": "https://download.pytorch.org/models/vgg16-397923af.pth"}
@@ -147,7 +147,7 @@ class LPIPS(torch.nn.Module):
             total += (diff * weight).sum(1).mean((1, 2))
         return total
 
-# %% ../nbs/09_eval.ipynb #f051581a
+# %% ../nbs/09_eval.ipynb #ad09ae03
 def _weights(path_or_none: str | None, url: str, file_name: str, what: str, flag: str) -> dict:
     if path_or_none: return torch.load(path_or_none, map_location="cpu", weights_only=True)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / file_name
@@ -177,7 +177,7 @@ def load_lpips(cfg: EvalConfig) -> LPIPS:
             lin = _lin_weights(_weights(cfg.lpips_weights, _LPIPS_LIN_URL.format(name), f"lpips_v0.1_{name}.pth", f"LPIPS v0.1 lin weights for {name}", "--lpips-weights FILE"))
     return LPIPS(features, lin, name=name)
 
-# %% ../nbs/09_eval.ipynb #ba9ec56a
+# %% ../nbs/09_eval.ipynb #64acfae6
 @dataclass
 class EvalModels:
     "The loaded networks of an evaluation."
@@ -217,7 +217,7 @@ def load_eval_models(cfg: EvalConfig) -> EvalModels:
     names["lpips"] = lpips.name + (" (LPIPS v0.1)" if lpips.calibrated else " (LPIPS-style, uniform weights)")
     return EvalModels(clip.to(device, dtype).eval(), tok, dino.to(device, dtype).eval(), lpips.to(device), names, device, dtype)
 
-# %% ../nbs/09_eval.ipynb #4568b6f3
+# %% ../nbs/09_eval.ipynb #7cba431e
 def _pooled(out) -> torch.Tensor: return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 def _batches(items: list, size: int):
@@ -258,7 +258,7 @@ def lpips_pairs(models: EvalModels, first: list[Image.Image], second: list[Image
         out.append(models.lpips(to_pixels(a, side, crop=False).to(models.device), to_pixels(b, side, crop=False).to(models.device)))
     return torch.cat(out) if out else torch.zeros(0)
 
-# %% ../nbs/09_eval.ipynb #c8c28992
+# %% ../nbs/09_eval.ipynb #7979675e
 def adjacent_cosine(features: torch.Tensor) -> torch.Tensor:
     "Cosine similarity of each row of unit-length `features` with the next row (N-1 values)."
     return (features[:-1] * features[1:]).sum(-1)
@@ -270,9 +270,9 @@ def pairwise_mean_cosine(features: torch.Tensor) -> float | None:
     gram = features @ features.T
     return ((gram.sum() - gram.diagonal().sum()) / (n * (n - 1))).item()
 
-# %% ../nbs/09_eval.ipynb #179a97ff
+# %% ../nbs/09_eval.ipynb #4662ca52
 def _run_frames(run_dir: Path) -> list[dict]:
-    "Rendered frames in story order: frame_id, shot_id, path, prompt."
+    "Rendered frames in story order: frame_id, shot_id, path, prompt (with look-alike text, without the style template)."
     manifest = {}
     path = run_dir / "frames" / "manifest.jsonl"
     if path.exists():
@@ -285,7 +285,7 @@ def _run_frames(run_dir: Path) -> list[dict]:
         candidates = [run_dir / entry["path"]] if entry.get("path") else []
         found = next((c for c in candidates + [run_dir / "frames" / f"{frame.id}.png"] if c.is_file()), None)
         if found: frames.append({"frame_id": frame.id, "shot_id": frame.id.rsplit(".", 1)[0], "path": found,
-                                 "prompt": entry.get("prompt") or movie.render_prompt(frame)})
+                                 "prompt": movie.render_prompt(frame)})
     return frames
 
 def _mean(values) -> float | None:
@@ -315,7 +315,7 @@ def _measure(cfg: EvalConfig, models: EvalModels, run_dir: Path) -> dict:
              "dino_set": pairwise_mean_cosine(dino), "clip_text_raw": _mean(clip_text)}
     return {"run": run_dir.resolve().name, "run_dir": str(run_dir), "models": models.names, "movie": movie, "shots": shots, "frames": per_frame}
 
-# %% ../nbs/09_eval.ipynb #5abe05c8
+# %% ../nbs/09_eval.ipynb #bb42af6e
 METRICS = {"clip_adjacent": ("CLIP image–image, adjacent frames", "higher"), "lpips_adjacent": ("LPIPS, adjacent frames", "lower"),
            "dino_set": ("DINO pairwise set consistency", "higher"), "clip_text_raw": ("CLIP-T image–prompt (raw cosine)", "higher")}
 
@@ -368,7 +368,7 @@ def evaluate_run(cfg: EvalConfig, run_dir: str | Path, against: str | Path | Non
     save_stage_config(run_dir, "eval", cfg)
     return result
 
-# %% ../nbs/09_eval.ipynb #7577cff1
+# %% ../nbs/09_eval.ipynb #9b5e609d
 def eval_cli(argv: list[str]) -> int:
     "`dreamframe eval RUN [--against RUN2] ...`: write RUN/eval/metrics.json and a plot, print the summary."
     d = EvalConfig()

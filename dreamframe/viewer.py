@@ -8,7 +8,7 @@ Docs: https://dreamframe.github.io/dreamframe/viewer.html.md"""
 __all__ = ['FrameView', 'read_manifest', 'run_frames', 'image_bytes', 'data_uri', 'FramePlayer', 'frames_to_html', 'view_cli',
            'plot_shot_grid', 'plot_loss_curve', 'plot_metrics']
 
-# %% ../nbs/08_viewer.ipynb #a627cd4c
+# %% ../nbs/08_viewer.ipynb #44c0970b
 import argparse
 import base64
 import html
@@ -24,7 +24,7 @@ from PIL import Image
 
 from .schema import Movie, atomic_write_text
 
-# %% ../nbs/08_viewer.ipynb #fef2d5a5
+# %% ../nbs/08_viewer.ipynb #e7ffae76
 @dataclass
 class FrameView:
     "One rendered frame and the text shown with it."
@@ -36,6 +36,7 @@ class FrameView:
     substory_id: str = ""
     substory_title: str = ""
     lines: list[tuple[str, str]] = field(default_factory=list)  # (speaker or "", text) spoken after the frame
+    sdxl_prompt: str = ""  # the full prompt SDXL was given, from the manifest (template and style token included)
 
 def read_manifest(run_dir: str | Path) -> dict[str, dict]:
     "The entries of `RUN/frames/manifest.jsonl` by frame id (empty if there is none yet)."
@@ -71,20 +72,21 @@ def run_frames(run_dir: str | Path) -> list[FrameView]:
                     entry = manifest.get(frame.id)
                     path = _frame_path(run_dir, frame.id, entry)
                     if path is None: continue
-                    prompt = (entry or {}).get("prompt") or movie.render_prompt(frame)
                     lines = [(l.speaker or "", l.text) for l in shot.lines if l.frame_id == frame.id]
-                    views.append(FrameView(frame.id, path, prompt, shot.id, shot.title, sub.id, sub.title, lines))
+                    views.append(FrameView(frame.id, path, movie.render_prompt(frame), shot.id, shot.title, sub.id, sub.title, lines,
+                                           (entry or {}).get("prompt", "")))
     else:
         ids = sorted(set(manifest) | {p.stem for p in (run_dir / "frames").glob("*.png")})
         for frame_id in ids:
             path = _frame_path(run_dir, frame_id, manifest.get(frame_id))
             if path is None: continue
             shot_id = frame_id.rsplit(".", 1)[0]
-            views.append(FrameView(frame_id, path, manifest.get(frame_id, {}).get("prompt", ""), shot_id, substory_id=shot_id.split(".")[0]))
+            prompt = manifest.get(frame_id, {}).get("prompt", "")
+            views.append(FrameView(frame_id, path, prompt, shot_id, substory_id=shot_id.split(".")[0], sdxl_prompt=prompt))
     if not views: raise FileNotFoundError(f"no frames in {run_dir / 'frames'}; run `dreamframe keyframes {run_dir}` first")
     return views
 
-# %% ../nbs/08_viewer.ipynb #38ab72aa
+# %% ../nbs/08_viewer.ipynb #af79e420
 def image_bytes(path: str | Path, size: int, fmt: str = "JPEG") -> bytes:
     "The image at `path` shrunk to fit `size`×`size` (never enlarged), encoded as JPEG or PNG."
     img = Image.open(path).convert("RGB")
@@ -97,12 +99,13 @@ def data_uri(path: str | Path, size: int, fmt: str = "JPEG") -> str:
     "A `data:` URI of the shrunk image, for self-contained HTML."
     return f"data:image/{fmt.lower()};base64," + base64.b64encode(image_bytes(path, size, fmt)).decode()
 
-# %% ../nbs/08_viewer.ipynb #3ac8663b
+# %% ../nbs/08_viewer.ipynb #6f1c983d
 def _caption_html(view: FrameView) -> str:
     head = f"<b>{html.escape(view.frame_id)}</b>"
     if view.shot_title: head += f" · {html.escape(view.substory_title)} › {html.escape(view.shot_title)}"
     lines = "".join(f"<div style='border-left:3px solid #e63;padding-left:.5em'><b>{html.escape(s)}</b>{': ' if s else ''}{html.escape(t)}</div>" for s, t in view.lines)
-    return f"<div style='max-width:60em'>{head}<br><i>{html.escape(view.prompt)}</i>{lines}</div>"
+    tip = f" title='SDXL prompt: {html.escape(view.sdxl_prompt, quote=True)}'" if view.sdxl_prompt else ""
+    return f"<div style='max-width:60em'>{head}<br><i{tip}>{html.escape(view.prompt)}</i>{lines}</div>"
 
 def _jump_options(views: list[FrameView]) -> list[tuple[str, int]]:
     options, seen = [], set()
@@ -183,7 +186,7 @@ class FramePlayer:
 
     def _repr_mimebundle_(self, **kwargs): return self.widget._repr_mimebundle_(**kwargs)
 
-# %% ../nbs/08_viewer.ipynb #71c5c2d9
+# %% ../nbs/08_viewer.ipynb #73f27e76
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>__TITLE__</title>
 <style>
@@ -227,7 +230,7 @@ function show(i) { current = (i + F.length) % F.length; const f = F[current];
   mains.forEach((img, r) => { img.src = f.src[r] || ""; img.alt = f.src[r] ? f.id : "(not rendered)"; });
   $("slider").value = current; $("counter").textContent = (current + 1) + " / " + F.length;
   $("frameid").textContent = f.id + (f.shot_title ? " · " + f.substory_title + " › " + f.shot_title : "");
-  $("prompt").textContent = f.prompt; $("lines").replaceChildren(...f.lines.map(([who, text]) => el("div", {className: "line", textContent: (who ? who + ": " : "") + text})));
+  $("prompt").textContent = f.prompt; $("prompt").title = f.sdxl_prompt ? "SDXL prompt: " + f.sdxl_prompt : ""; $("lines").replaceChildren(...f.lines.map(([who, text]) => el("div", {className: "line", textContent: (who ? who + ": " : "") + text})));
   const start = F.findIndex(g => g.shot === f.shot); $("jump").value = String(start);
   thumbs.forEach((t, k) => t.classList.toggle("current", k === current));
   thumbs[current].scrollIntoView({block: "nearest", inline: "center"}); }
@@ -238,7 +241,8 @@ $("speed").onchange = () => { if (timer) play(true); };
 document.onkeydown = e => { if (e.target.tagName === "SELECT") return;
   if (e.key === " ") { e.preventDefault(); play(!timer); } else if (e.key === "ArrowRight") show(current + 1); else if (e.key === "ArrowLeft") show(current - 1); };
 const start = F.findIndex(f => "#" + f.id === decodeURIComponent(location.hash));  // links like view.html#s01.t02.f03
-show(Math.max(0, start)); document.body.dataset.ready = String(F.length);
+show(Math.max(0, start)); if (new URLSearchParams(location.search).has("play")) play(true);  // view.html?play autoplays
+document.body.dataset.ready = String(F.length);
 </script></body></html>
 """
 
@@ -264,7 +268,7 @@ def frames_to_html(run_dir: str | Path, out_path: str | Path | None = None, comp
     frames = []
     for v in views:
         paths = [v.path] + ([other[v.frame_id].path if v.frame_id in other else None] if other is not None else [])
-        frames.append({"id": v.frame_id, "prompt": v.prompt, "shot": v.shot_id, "shot_title": v.shot_title,
+        frames.append({"id": v.frame_id, "prompt": v.prompt, "sdxl_prompt": v.sdxl_prompt, "shot": v.shot_id, "shot_title": v.shot_title,
                        "substory": v.substory_id, "substory_title": v.substory_title, "lines": v.lines,
                        "src": [_src(p, image_size, embed, out_dir) for p in paths], "thumb": _src(v.path, thumb_size, embed, out_dir)})
     runs = [run_dir.resolve().name] + ([Path(compare).resolve().name] if compare else [])
@@ -277,7 +281,7 @@ def frames_to_html(run_dir: str | Path, out_path: str | Path | None = None, comp
     if out_path: atomic_write_text(out_path, page)
     return page
 
-# %% ../nbs/08_viewer.ipynb #6520569f
+# %% ../nbs/08_viewer.ipynb #0efd8cf2
 def view_cli(argv: list[str]) -> int:
     "`dreamframe view RUN [--html FILE] [--against RUN2]`: write a standalone HTML player for a run."
     parser = argparse.ArgumentParser(prog="dreamframe view", description="Write a standalone HTML frame player for a run folder.")
@@ -297,7 +301,7 @@ def view_cli(argv: list[str]) -> int:
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB); open it in a browser")
     return 0
 
-# %% ../nbs/08_viewer.ipynb #dde1c690
+# %% ../nbs/08_viewer.ipynb #25f7a377
 def plot_shot_grid(run_dir: str | Path, shot_id: str, ncols: int = 4, size: float = 2.4, wrap: int = 34):
     "The rendered frames of shot `shot_id` as a grid, each titled with its frame number and prompt."
     import textwrap
@@ -313,7 +317,7 @@ def plot_shot_grid(run_dir: str | Path, shot_id: str, ncols: int = 4, size: floa
     fig.tight_layout()
     return fig
 
-# %% ../nbs/08_viewer.ipynb #a5f0d12f
+# %% ../nbs/08_viewer.ipynb #3f8c9bcd
 def plot_loss_curve(run_dir: str | Path, smoothing: float = 0.9):
     "The style-training loss from `RUN/style/loss.json` (a list of {step, loss}), raw and smoothed."
     path = Path(run_dir) / "style" / "loss.json"
@@ -335,7 +339,7 @@ def plot_loss_curve(run_dir: str | Path, smoothing: float = 0.9):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/08_viewer.ipynb #621d938c
+# %% ../nbs/08_viewer.ipynb #7f6ecaa4
 _METRIC_LABELS = {"clip_adjacent": "CLIP image–image, adjacent ↑", "lpips_adjacent": "LPIPS, adjacent ↓",
                   "dino_set": "DINO set consistency ↑", "clip_text_raw": "CLIP-T (raw cosine) ↑"}
 

@@ -35,7 +35,8 @@ def make_run(run_dir: Path, size: int = 64, n_substories: int = 2, shift: int = 
             img = Image.new("RGB", (size, size), ((60 + 80 * s + shift) % 256, (200 - 40 * s) % 256, (120 + 50 * f - shift) % 256))
             ImageDraw.Draw(img).ellipse([4 + 10 * f, 20, 24 + 10 * f, 40], fill=(255, 250, 220))
             img.save(run_dir / "frames" / f"{frame.id}.png")
-            manifest.append({"frame_id": frame.id, "prompt": movie.render_prompt(frame), "path": f"frames/{frame.id}.png"})
+            manifest.append({"frame_id": frame.id, "prompt": f"generate an image in <tok> style: {movie.render_prompt(frame)}",
+                             "path": f"frames/{frame.id}.png"})
     atomic_write_text(run_dir / "frames" / "manifest.jsonl", "".join(json.dumps(m) + "\n" for m in manifest))
     return run_dir
 
@@ -94,13 +95,19 @@ def test_html_in_headless_chromium(page, tmp_path):
     for line in movie.lines:
         assert f"{line.speaker}: {line.text}" in text, line.id
     first = movie.frames[0]
-    assert re.search(r'id="prompt">' + re.escape(movie.render_prompt(first)) + "<", text), "caption under the big view"
+    assert re.search(r'id="prompt" title="SDXL prompt: generate an image in <tok> style: [^"]*">' + re.escape(movie.render_prompt(first)) + "<", text), \
+        "caption under the big view, with the exact SDXL prompt as tooltip"
     assert text.count('<figure class="view">') == 2  # side by side
 
     later = movie.frames[6]  # a link to a frame opens the player there, caption and all
     dom = html.unescape(chromium("--dump-dom", out.as_uri() + "#" + later.id, tmp_path=tmp_path).stdout)
-    assert re.search(r'id="prompt">' + re.escape(movie.render_prompt(later)) + "<", dom)
+    assert re.search(r'id="prompt"(?: title="[^"]*")?>' + re.escape(movie.render_prompt(later)) + "<", dom)
     assert re.search(r'id="counter">7 / 16<', dom)
+
+    playing = html.unescape(chromium("--dump-dom", out.as_uri() + "?play", tmp_path=tmp_path).stdout)  # 3 s of virtual time at 2 fps
+    shown = int(re.search(r'id="counter">(\d+) / 16<', playing).group(1))
+    assert shown > 3, f"playing did not advance the frames (at frame {shown})"
+    assert re.search(r'id="prompt"(?: title="[^"]*")?>' + re.escape(movie.render_prompt(movie.frames[shown - 1])) + "<", playing), "caption follows playback"
 
 
 def test_widget_state_in_nbconvert_html(tmp_path):
@@ -121,3 +128,6 @@ def test_widget_state_in_nbconvert_html(tmp_path):
         assert json.loads(view)["model_id"] in state["state"]
     links = [m["state"] for m in state["state"].values() if m["model_name"] == "LinkModel"]
     assert any(l["source"][1] == "value" and l["target"][1] == "selected_index" for l in links), "slider→stack link missing"
+    kinds = {m_id: m["model_name"] for m_id, m in state["state"].items()}
+    assert any(kinds[l["source"][0].removeprefix("IPY_MODEL_")] == "PlayModel" and kinds[l["target"][0].removeprefix("IPY_MODEL_")] == "IntSliderModel"
+               for l in links), "play→slider link missing"
