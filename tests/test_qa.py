@@ -201,3 +201,17 @@ def test_repeated_prompts_are_qualified_or_skipped(movie):
     items = before_after_qa(movie, random.Random(0), None)
     assert not any("Cal climbs the stairs" in i.question for i in items)
     assert by(items)["What happens right after \"Ann walks on the pier (in the scene 'Ann arrives')\"?"].answer == "Ann and Ben talk"
+
+
+def test_scene_dialogue(movie):
+    from dreamframe.qa import scene_dialogue_qa
+    items = by(scene_dialogue_qa(movie, random.Random(0), None), key=lambda i: i.question)
+    first = items['Where does the scene "Ann arrives" take place?']
+    assert [(t.question, t.answer) for t in first.turns] == [
+        ('Where does the scene "Ann arrives" take place?', "In the harbour."), ("Who appears in it?", "Ann and Ben."),
+        ("What is said there, and by whom?", 'Ann: "Hello, Ben." Ben: "Welcome back."'),
+        ("Where does the story go after that scene?", "To the library.")]
+    assert first.frame_ids == ["s01.t01.f01", "s01.t01.f02", "s01.t02.f01"]
+    last = items['Where does the scene "Morning" take place?']
+    assert [t.answer for t in last.turns] == ["In the harbour.", "Ben.", 'Ben: "It is over."']
+    assert last.frame_ids == ["s03.t01.f01"]
