@@ -11,7 +11,7 @@ __all__ = ['CLIP_MEAN', 'CLIP_STD', 'IMAGENET_MEAN', 'IMAGENET_STD', 'METRICS', 
            'adjacent_cosine', 'pairwise_mean_cosine', 'summary_table', 'EvalResult', 'plot_eval', 'evaluate_run',
            'eval_cli']
 
-# %% ../nbs/09_eval.ipynb #cb78641c
+# %% ../nbs/09_eval.ipynb #044a1c90
 import argparse
 import io
 import json
@@ -25,10 +25,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from tqdm.auto import tqdm
 
 from .schema import Movie, atomic_write_bytes, atomic_write_json, save_stage_config
 
-# %% ../nbs/09_eval.ipynb #e39db7b8
+# %% ../nbs/09_eval.ipynb #404d5897
 @dataclass
 class EvalConfig:
     "How to measure a run's keyframes."
@@ -43,6 +44,7 @@ class EvalConfig:
     dtype: str = "float32"            # "float16"/"bfloat16" on GPU
     tiny: bool = False                # tiny random-weight models instead of the three above (offline tests and demos)
     seed: int = 0                     # seed of the tiny models
+    progress: bool = True             # show a progress bar
 
     def __post_init__(self):
         if self.dtype not in ("float32", "float16", "bfloat16"): raise ValueError(f"dtype must be float32, float16 or bfloat16, got {self.dtype!r}")
@@ -50,7 +52,7 @@ class EvalConfig:
         if self.lpips_size is not None and self.lpips_size < 16: raise ValueError(f"lpips_size must be ≥ 16 pixels or None, got {self.lpips_size}")
         if self.dtype != "float32" and self.device == "cpu": raise ValueError(f"dtype {self.dtype} needs a GPU; use dtype='float32' on CPU")
 
-# %% ../nbs/09_eval.ipynb #ef703c89
+# %% ../nbs/09_eval.ipynb #ceda20f5
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -71,7 +73,7 @@ def to_pixels(images: list[Image.Image], size: int, mean=None, std=None, crop: b
     if mean is None: return batch * 2 - 1
     return (batch - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
 
-# %% ../nbs/09_eval.ipynb #5bcff330
+# %% ../nbs/09_eval.ipynb #6d1b1d4c
 _LPIPS_SHIFT, _LPIPS_SCALE = (-0.030, -0.088, -0.188), (0.458, 0.448, 0.450)
 _TORCHVISION_URLS = {"alex": "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
                      "vgg": "https://download.pytorch.org/models/vgg16-397923af.pth"}
@@ -147,7 +149,7 @@ class LPIPS(torch.nn.Module):
             total += (diff * weight).sum(1).mean((1, 2))
         return total
 
-# %% ../nbs/09_eval.ipynb #ad09ae03
+# %% ../nbs/09_eval.ipynb #6611056a
 def _weights(path_or_none: str | None, url: str, file_name: str, what: str, flag: str) -> dict:
     if path_or_none: return torch.load(path_or_none, map_location="cpu", weights_only=True)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / file_name
@@ -177,7 +179,7 @@ def load_lpips(cfg: EvalConfig) -> LPIPS:
             lin = _lin_weights(_weights(cfg.lpips_weights, _LPIPS_LIN_URL.format(name), f"lpips_v0.1_{name}.pth", f"LPIPS v0.1 lin weights for {name}", "--lpips-weights FILE"))
     return LPIPS(features, lin, name=name)
 
-# %% ../nbs/09_eval.ipynb #64acfae6
+# %% ../nbs/09_eval.ipynb #8f2d0a44
 @dataclass
 class EvalModels:
     "The loaded networks of an evaluation."
@@ -217,7 +219,7 @@ def load_eval_models(cfg: EvalConfig) -> EvalModels:
     names["lpips"] = lpips.name + (" (LPIPS v0.1)" if lpips.calibrated else " (LPIPS-style, uniform weights)")
     return EvalModels(clip.to(device, dtype).eval(), tok, dino.to(device, dtype).eval(), lpips.to(device), names, device, dtype)
 
-# %% ../nbs/09_eval.ipynb #7cba431e
+# %% ../nbs/09_eval.ipynb #8c6eedd9
 def _pooled(out) -> torch.Tensor: return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 def _batches(items: list, size: int):
@@ -258,7 +260,7 @@ def lpips_pairs(models: EvalModels, first: list[Image.Image], second: list[Image
         out.append(models.lpips(to_pixels(a, side, crop=False).to(models.device), to_pixels(b, side, crop=False).to(models.device)))
     return torch.cat(out) if out else torch.zeros(0)
 
-# %% ../nbs/09_eval.ipynb #7979675e
+# %% ../nbs/09_eval.ipynb #d6f8aa36
 def adjacent_cosine(features: torch.Tensor) -> torch.Tensor:
     "Cosine similarity of each row of unit-length `features` with the next row (N-1 values)."
     return (features[:-1] * features[1:]).sum(-1)
@@ -270,7 +272,7 @@ def pairwise_mean_cosine(features: torch.Tensor) -> float | None:
     gram = features @ features.T
     return ((gram.sum() - gram.diagonal().sum()) / (n * (n - 1))).item()
 
-# %% ../nbs/09_eval.ipynb #4662ca52
+# %% ../nbs/09_eval.ipynb #7c402c70
 def _run_frames(run_dir: Path) -> list[dict]:
     "Rendered frames in story order: frame_id, shot_id, path, prompt (with look-alike text, without the style template)."
     manifest = {}
@@ -295,12 +297,19 @@ def _mean(values) -> float | None:
 def _measure(cfg: EvalConfig, models: EvalModels, run_dir: Path) -> dict:
     frames = _run_frames(run_dir)
     if len(frames) < 2: raise ValueError(f"{run_dir}: {len(frames)} rendered frame(s); evaluation needs at least 2 (run `dreamframe keyframes {run_dir}`)")
-    images = [Image.open(f["path"]).convert("RGB") for f in frames]
-    clip = clip_image_features(models, images, cfg.batch_size)
+    clip, dino, lpips_next, previous = [], [], [], None
+    with tqdm(total=len(frames), desc=f"eval {run_dir.name}", unit="frame", **({} if cfg.progress else {"disable": True})) as bar:
+        for start in range(0, len(frames), cfg.batch_size):  # one batch of images in memory at a time
+            images = [Image.open(f["path"]).convert("RGB") for f in frames[start:start + cfg.batch_size]]
+            clip.append(clip_image_features(models, images, cfg.batch_size))
+            dino.append(dino_features(models, images, cfg.batch_size))
+            chain = ([previous] if previous is not None else []) + images
+            lpips_next += lpips_pairs(models, chain[:-1], chain[1:], cfg.lpips_size, cfg.batch_size).tolist()
+            previous = images[-1]
+            bar.update(len(images))
+    clip, dino = torch.cat(clip), torch.cat(dino)
     text = clip_text_features(models, [f["prompt"] for f in frames], cfg.batch_size)
-    dino = dino_features(models, images, cfg.batch_size)
     clip_next = adjacent_cosine(clip).tolist()
-    lpips_next = lpips_pairs(models, images[:-1], images[1:], cfg.lpips_size, cfg.batch_size).tolist()
     clip_text = (clip * text).sum(-1).tolist()
     per_frame = [{"frame_id": f["frame_id"], "clip_text_raw": clip_text[i],
                   "clip_next": clip_next[i] if i < len(clip_next) else None, "lpips_next": lpips_next[i] if i < len(lpips_next) else None}
@@ -315,7 +324,7 @@ def _measure(cfg: EvalConfig, models: EvalModels, run_dir: Path) -> dict:
              "dino_set": pairwise_mean_cosine(dino), "clip_text_raw": _mean(clip_text)}
     return {"run": run_dir.resolve().name, "run_dir": str(run_dir), "models": models.names, "movie": movie, "shots": shots, "frames": per_frame}
 
-# %% ../nbs/09_eval.ipynb #bb42af6e
+# %% ../nbs/09_eval.ipynb #8addc730
 METRICS = {"clip_adjacent": ("CLIP image–image, adjacent frames", "higher"), "lpips_adjacent": ("LPIPS, adjacent frames", "lower"),
            "dino_set": ("DINO pairwise set consistency", "higher"), "clip_text_raw": ("CLIP-T image–prompt (raw cosine)", "higher")}
 
@@ -368,7 +377,7 @@ def evaluate_run(cfg: EvalConfig, run_dir: str | Path, against: str | Path | Non
     save_stage_config(run_dir, "eval", cfg)
     return result
 
-# %% ../nbs/09_eval.ipynb #9b5e609d
+# %% ../nbs/09_eval.ipynb #fab1e79f
 def eval_cli(argv: list[str]) -> int:
     "`dreamframe eval RUN [--against RUN2] ...`: write RUN/eval/metrics.json and a plot, print the summary."
     d = EvalConfig()
