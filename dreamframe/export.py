@@ -6,11 +6,11 @@ Docs: https://dreamframe.github.io/dreamframe/export.html.md"""
 
 # %% auto #0
 __all__ = ['QA_JSONL_KEYS', 'ExportConfig', 'QATurn', 'QARecord', 'load_qa', 'frame_path', 'check_frames', 'qa_rounds',
-           'llava_records', 'validate_llava', 'long_video_inputs', 'long_video_export', 'validate_long_video',
-           'qa_jsonl_records', 'validate_qa_jsonl', 'write_video', 'video_frame_count', 'srt_text', 'validate_srt',
-           'export_run', 'export_cli']
+           'clip_path', 'llava_records', 'validate_llava', 'long_video_inputs', 'long_video_export',
+           'validate_long_video', 'qa_jsonl_records', 'validate_qa_jsonl', 'write_video', 'video_frame_count',
+           'srt_text', 'validate_srt', 'export_run', 'export_cli']
 
-# %% ../nbs/07_export.ipynb #f03f2a31
+# %% ../nbs/07_export.ipynb #674cef6b
 import argparse
 import json
 import os
@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from .schema import Movie, atomic_write_json, atomic_write_text, save_stage_config
 
-# %% ../nbs/07_export.ipynb #9f8e6370
+# %% ../nbs/07_export.ipynb #dba8cf6a
 @dataclass
 class ExportConfig:
     "Settings of the export stage (saved to `RUN/config.json` under `export`)."
@@ -37,7 +37,7 @@ class ExportConfig:
     max_side: int | None = None       # shrink keyframes so the longer side is at most this in the mp4 (None: as rendered)
     quality: int = 8                  # mp4 quality, 0 (worst) to 10 (best)
     rounds_per_record: int = 4        # question/answer rounds per conversation record (LLaMA-VID's split_chat uses 4)
-    media: Literal["video", "image"] = "video"  # llava.json: each record shows the movie, or one keyframe (the item's first frame)
+    media: Literal["clip", "video", "image"] = "clip"  # llava.json: each record shows its part's clip (else the movie), the whole movie, or one keyframe
     path_prefix: str = ""             # prepended to every media path (paths are relative to the run folder)
     shuffle_seed: int | None = 0      # QA items are packed into records in this seeded order (None: qa.json order)
     speaker_names: bool = True        # "Mara: …" in subtitles and long-video inputs (False: the words only)
@@ -56,14 +56,14 @@ class ExportConfig:
         if not isinstance(self.quality, int) or not 0 <= self.quality <= 10: raise ValueError(f"ExportConfig.quality must be an integer 0-10, got {self.quality!r}")
         if not isinstance(self.rounds_per_record, int) or self.rounds_per_record < 1:
             raise ValueError(f"ExportConfig.rounds_per_record must be an integer >= 1, got {self.rounds_per_record!r}")
-        if self.media not in ("video", "image"): raise ValueError(f"ExportConfig.media must be 'video' or 'image', got {self.media!r}")
+        if self.media not in ("clip", "video", "image"): raise ValueError(f"ExportConfig.media must be 'clip', 'video' or 'image', got {self.media!r}")
 
     @property
     def repeat(self) -> int:
         "Video frames per keyframe."
         return round(self.seconds_per_frame * self.video_fps)
 
-# %% ../nbs/07_export.ipynb #342a5e56
+# %% ../nbs/07_export.ipynb #25f78af3
 class QATurn(BaseModel):
     "One round of a dialogue item."
     question: str = Field(min_length=1)
@@ -107,7 +107,7 @@ def check_frames(movie: Movie, run_dir: str | Path) -> list[Path]:
     if not paths: raise ValueError(f"movie {movie.id!r} has no frames to export")
     return paths
 
-# %% ../nbs/07_export.ipynb #828343fd
+# %% ../nbs/07_export.ipynb #17fd2627
 _LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 def qa_rounds(item: QARecord) -> list[tuple[str, str]]:
@@ -136,14 +136,22 @@ def _conversation(rounds: list[tuple[str, str]]) -> list[dict]:
         turns += [{"from": "human", "value": ("<image>\n" if k == 0 else "") + question}, {"from": "gpt", "value": answer}]
     return turns
 
+def clip_path(cfg: ExportConfig, substory_id: str) -> str: return f"{cfg.path_prefix}export/clips/{substory_id}.mp4"
+
+def _part(item: QARecord) -> str | None:
+    "The substory all of the item's frames lie in (None: several parts, or the whole movie)."
+    parts = {frame_id.split(".")[0] for frame_id in item.frame_ids}
+    return parts.pop() if len(parts) == 1 else None
+
 def llava_records(movie: Movie, items: list[QARecord], cfg: ExportConfig, media_path: str | None = None) -> list[dict]:
-    "LLaVA / LLaMA-VID conversation records for `items` (video: `media_path` or the mp4; image: each item's first frame)."
+    "LLaVA / LLaMA-VID conversation records for `items` (clip, whole movie or `media_path`; image: each item's first frame)."
     order = list(items)
     if cfg.shuffle_seed is not None: random.Random(f"{cfg.shuffle_seed}:{movie.id}").shuffle(order)
     groups: dict[tuple[str, str], list[QARecord]] = {}
     for item in order:
-        if cfg.media == "video" or media_path is not None:
-            key = ("video", media_path or f"{cfg.path_prefix}export/movie.mp4")
+        if media_path is not None: key = ("video", media_path)
+        elif cfg.media == "clip" and _part(item): key = ("video", clip_path(cfg, _part(item)))
+        elif cfg.media in ("clip", "video"): key = ("video", f"{cfg.path_prefix}export/movie.mp4")
         elif item.frame_ids: key = ("image", f"{cfg.path_prefix}frames/{item.frame_ids[0]}.png")
         else: continue
         groups.setdefault(key, []).append(item)
@@ -153,7 +161,7 @@ def llava_records(movie: Movie, items: list[QARecord], cfg: ExportConfig, media_
             records.append({"id": f"{movie.id}-{len(records):05d}", media: path, "conversations": _conversation(rounds)})
     return records
 
-# %% ../nbs/07_export.ipynb #00b59f92
+# %% ../nbs/07_export.ipynb #50dfe237
 def validate_llava(records: list, root: str | Path | None = None) -> int:
     "Check LLaVA/LLaMA-VID conversation records (and, with `root`, that their media exist); returns the count."
     if not isinstance(records, list) or not records: raise ValueError("llava records must be a non-empty JSON list")
@@ -183,7 +191,7 @@ def validate_llava(records: list, root: str | Path | None = None) -> int:
                 raise ValueError(f"{where}: turn {t} has <image> {count} time(s); {rule}")
     return len(records)
 
-# %% ../nbs/07_export.ipynb #e34028bf
+# %% ../nbs/07_export.ipynb #fdcdf982
 def long_video_inputs(movie: Movie, speaker_names: bool = True) -> str:
     "LLaMA-VID's long-video `inputs`: `<image>` per keyframe, each followed by the lines spoken after it."
     after: dict[str, list[str]] = {}
@@ -213,7 +221,7 @@ def validate_long_video(export: dict, root: str | Path | None = None) -> int:
     if any(r.get("video") != export["video"] for r in export["records"]): raise ValueError("long-video export: every record must point at the feature file in 'video'")
     return len(frames)
 
-# %% ../nbs/07_export.ipynb #6f463fd2
+# %% ../nbs/07_export.ipynb #29548f6b
 QA_JSONL_KEYS = ("movie_id", "id", "type", "question", "answer", "choices", "frame_ids", "frame_paths", "turns")
 
 def qa_jsonl_records(movie: Movie, items: list[QARecord], cfg: ExportConfig) -> list[dict]:
@@ -238,7 +246,7 @@ def validate_qa_jsonl(records: list[dict], movie: Movie | None = None) -> int:
         if frame_ids is not None and (bad := [f for f in r["frame_ids"] if f not in frame_ids]): raise ValueError(f"{where}: unknown frame ids {bad}")
     return len(records)
 
-# %% ../nbs/07_export.ipynb #8171c6de
+# %% ../nbs/07_export.ipynb #710fd750
 def _even_size(path: Path, max_side: int | None) -> tuple[int, int]:
     width, height = Image.open(path).size
     if max_side and max(width, height) > max_side:
@@ -308,9 +316,9 @@ def validate_srt(text: str) -> int:
         last = start
     return len(blocks)
 
-# %% ../nbs/07_export.ipynb #7d54b404
+# %% ../nbs/07_export.ipynb #3b3fae6c
 def export_run(cfg: ExportConfig, run_dir: str | Path) -> dict[str, Path]:
-    "Stage 5: write `RUN/export/` (llava.json, long_video.json, qa.jsonl, movie.srt, movie.mp4); returns their paths."
+    "Stage 5: write `RUN/export/` (llava.json, long_video.json, qa.jsonl, movie.srt, movie.mp4, clips/); returns their paths."
     run_dir = Path(run_dir)
     movie = Movie.load(run_dir)
     paths = check_frames(movie, run_dir)
@@ -333,13 +341,20 @@ def export_run(cfg: ExportConfig, run_dir: str | Path) -> dict[str, Path]:
                "qa_jsonl": atomic_write_text(out / "qa.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in flat)),
                "srt": atomic_write_text(out / "movie.srt", srt)}
     if cfg.write_video:
-        written["video"] = write_video(paths, out / "movie.mp4", cfg)
-        frames = video_frame_count(written["video"])
-        if frames != len(paths) * cfg.repeat: raise RuntimeError(f"{written['video']}: {frames} video frames, expected {len(paths) * cfg.repeat}")
+        videos = {"video": (out / "movie.mp4", paths)}
+        if cfg.media == "clip":  # one clip per part that a record shows
+            shown = {r["video"] for r in llava}
+            for sub in movie.substories:
+                frames = [frame_path(run_dir, f.id) for shot in sub.shots for f in shot.frames]
+                if clip_path(cfg, sub.id) in shown and frames: videos[f"clip {sub.id}"] = (out / "clips" / f"{sub.id}.mp4", frames)
+        for name, (target, frames) in videos.items():
+            written[name] = write_video(frames, target, cfg)
+            count = video_frame_count(written[name])
+            if count != len(frames) * cfg.repeat: raise RuntimeError(f"{written[name]}: {count} video frames, expected {len(frames) * cfg.repeat}")
     save_stage_config(run_dir, "export", cfg)
     return written
 
-# %% ../nbs/07_export.ipynb #c4a34629
+# %% ../nbs/07_export.ipynb #107bea63
 def export_cli(argv: list[str]) -> int:
     "`dreamframe export RUN`: write the training exports of a run folder."
     parser = argparse.ArgumentParser(prog="dreamframe export", description="Write LLaVA / LLaMA-VID JSON, qa.jsonl, movie.mp4 and movie.srt into RUN/export/.")
@@ -347,7 +362,8 @@ def export_cli(argv: list[str]) -> int:
     parser.add_argument("--seconds-per-frame", type=float, default=1.0, help="how long each keyframe is shown (default 1)")
     parser.add_argument("--fps", type=float, default=1.0, help="video frame rate (default 1: one video frame per keyframe)")
     parser.add_argument("--rounds", type=int, default=4, help="question/answer rounds per conversation record (default 4)")
-    parser.add_argument("--media", choices=("video", "image"), default="video", help="llava.json records show the movie or one keyframe")
+    parser.add_argument("--media", choices=("clip", "video", "image"), default="clip",
+                        help="llava.json records show their part's clip (default), the whole movie, or one keyframe")
     parser.add_argument("--max-side", type=int, default=None, help="shrink keyframes in the mp4 to this longer side")
     parser.add_argument("--path-prefix", default="", help="prepended to every media path in the JSON files")
     parser.add_argument("--no-video", action="store_true", help="skip movie.mp4")

@@ -32,7 +32,8 @@ def make_run(tmp_path, size=(64, 48), n_substories=3):
 def test_export_run_validates_everything(tmp_path):
     movie = make_run(tmp_path)
     written = export_run(ExportConfig(rounds_per_record=3), tmp_path)
-    assert sorted(written) == ["llava", "long_video", "qa_jsonl", "srt", "video"]
+    assert sorted(written) == ["clip s01", "clip s03", "llava", "long_video", "qa_jsonl", "srt", "video"]
+    assert video_frame_count(written["clip s03"]) == 8
     llava = json.loads(written["llava"].read_text())
     assert validate_llava(llava, root=tmp_path) == len(llava)
     rounds = sum(len(r["conversations"]) // 2 for r in llava)
@@ -51,7 +52,7 @@ def test_export_run_validates_everything(tmp_path):
 
 def test_mp4_repeats_and_odd_sizes(tmp_path):
     movie = make_run(tmp_path, size=(65, 49))  # odd sides: yuv420p needs them even
-    written = export_run(ExportConfig(seconds_per_frame=2, video_fps=1), tmp_path)
+    written = export_run(ExportConfig(seconds_per_frame=2, video_fps=1, media="video"), tmp_path)
     assert video_frame_count(written["video"]) == 2 * len(movie.frames)
     import imageio_ffmpeg
     reader = imageio_ffmpeg.read_frames(str(written["video"]))
@@ -121,3 +122,13 @@ def test_qa_jsonl_loads_with_datasets(tmp_path):
     ds = datasets.load_dataset("json", data_files=str(written["qa_jsonl"]), split="train", cache_dir=str(tmp_path / "hf"))
     assert len(ds) == 5 and ds.column_names == list(QA_JSONL_KEYS)
     assert ds[3]["turns"][4] == {"question": "Q5", "answer": "A5"}
+
+
+def test_clip_and_video_media(tmp_path):
+    movie = make_run(tmp_path)
+    clip = {r["video"] for r in llava_records(movie, load_qa(tmp_path), ExportConfig())}
+    assert clip == {"export/clips/s01.mp4", "export/clips/s03.mp4", "export/movie.mp4"}   # qa0002 spans parts 1 and 2: the movie
+    whole = {r["video"] for r in llava_records(movie, load_qa(tmp_path), ExportConfig(media="video"))}
+    assert whole == {"export/movie.mp4"}
+    written = export_run(ExportConfig(media="video", progress=False), tmp_path)
+    assert not any(k.startswith("clip") for k in written) and not (tmp_path / "export" / "clips").exists()
