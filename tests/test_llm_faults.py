@@ -187,3 +187,14 @@ def test_config_errors_teach():
         LLMConfig(max_retries=-1)
     with pytest.raises(ValueError, match="fault_rate"):
         LocalLLMServer(fault_rate=2)
+
+
+class Topic(BaseModel):
+    name: str
+    subtopics: list["Topic"] = []
+
+
+def test_recursive_models_work_end_to_end():
+    with LocalLLMServer() as server:
+        topic = run_sync(LLM(fast(server.base_url)).ask([{"role": "user", "content": "Theme: maps"}], Topic))
+    assert isinstance(topic, Topic) and topic.name
