@@ -8,7 +8,7 @@ Docs: https://dreamframe.github.io/dreamframe/viewer.html.md"""
 __all__ = ['FrameView', 'read_manifest', 'run_frames', 'image_bytes', 'data_uri', 'FramePlayer', 'frames_to_html', 'view_cli',
            'plot_shot_grid', 'plot_loss_curve', 'plot_metrics']
 
-# %% ../nbs/08_viewer.ipynb #44c0970b
+# %% ../nbs/08_viewer.ipynb #41cef882
 import argparse
 import base64
 import html
@@ -24,7 +24,7 @@ from PIL import Image
 
 from .schema import Movie, atomic_write_text
 
-# %% ../nbs/08_viewer.ipynb #e7ffae76
+# %% ../nbs/08_viewer.ipynb #f1b35e71
 @dataclass
 class FrameView:
     "One rendered frame and the text shown with it."
@@ -86,7 +86,7 @@ def run_frames(run_dir: str | Path) -> list[FrameView]:
     if not views: raise FileNotFoundError(f"no frames in {run_dir / 'frames'}; run `dreamframe keyframes {run_dir}` first")
     return views
 
-# %% ../nbs/08_viewer.ipynb #af79e420
+# %% ../nbs/08_viewer.ipynb #6450685f
 def image_bytes(path: str | Path, size: int, fmt: str = "JPEG") -> bytes:
     "The image at `path` shrunk to fit `size`×`size` (never enlarged), encoded as JPEG or PNG."
     img = Image.open(path).convert("RGB")
@@ -99,7 +99,7 @@ def data_uri(path: str | Path, size: int, fmt: str = "JPEG") -> str:
     "A `data:` URI of the shrunk image, for self-contained HTML."
     return f"data:image/{fmt.lower()};base64," + base64.b64encode(image_bytes(path, size, fmt)).decode()
 
-# %% ../nbs/08_viewer.ipynb #6f1c983d
+# %% ../nbs/08_viewer.ipynb #2a4e9275
 def _caption_html(view: FrameView) -> str:
     head = f"<b>{html.escape(view.frame_id)}</b>"
     if view.shot_title: head += f" · {html.escape(view.substory_title)} › {html.escape(view.shot_title)}"
@@ -150,7 +150,7 @@ class FramePlayer:
 
     def _image(self, view: FrameView | None, size: int) -> widgets.Widget:
         if view is None: return widgets.HTML(f"<div style='width:{size}px;text-align:center'>(not rendered)</div>")
-        return widgets.Image(value=image_bytes(view.path, size), format="jpeg")
+        return widgets.Image(value=image_bytes(view.path, size), format="jpeg", layout=widgets.Layout(width=f"{size}px"))
 
     def _page(self, index: int) -> widgets.VBox:
         view = self.views[index]
@@ -163,7 +163,8 @@ class FramePlayer:
     def _on_frame(self, change) -> None:
         index = change["new"]
         view = self.views[index]
-        if self.static: self.pages.selected_index = index  # the browser's jslink does the same without a kernel
+        self.play.value = index  # keep the saved widget state consistent: on load the browser's links copy play → slider → stack
+        if self.static: self.pages.selected_index = index
         else: self.pages.children = self._page(index).children  # one page, updated in place
         if view.shot_id != self._strip_shot:
             self._strip_shot = view.shot_id
@@ -186,7 +187,7 @@ class FramePlayer:
 
     def _repr_mimebundle_(self, **kwargs): return self.widget._repr_mimebundle_(**kwargs)
 
-# %% ../nbs/08_viewer.ipynb #73f27e76
+# %% ../nbs/08_viewer.ipynb #9f99469f
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>__TITLE__</title>
 <style>
@@ -281,7 +282,7 @@ def frames_to_html(run_dir: str | Path, out_path: str | Path | None = None, comp
     if out_path: atomic_write_text(out_path, page)
     return page
 
-# %% ../nbs/08_viewer.ipynb #0efd8cf2
+# %% ../nbs/08_viewer.ipynb #6cd5b6be
 def view_cli(argv: list[str]) -> int:
     "`dreamframe view RUN [--html FILE] [--against RUN2]`: write a standalone HTML player for a run."
     parser = argparse.ArgumentParser(prog="dreamframe view", description="Write a standalone HTML frame player for a run folder.")
@@ -301,7 +302,7 @@ def view_cli(argv: list[str]) -> int:
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB); open it in a browser")
     return 0
 
-# %% ../nbs/08_viewer.ipynb #25f7a377
+# %% ../nbs/08_viewer.ipynb #5727f737
 def plot_shot_grid(run_dir: str | Path, shot_id: str, ncols: int = 4, size: float = 2.4, wrap: int = 34):
     "The rendered frames of shot `shot_id` as a grid, each titled with its frame number and prompt."
     import textwrap
@@ -317,7 +318,7 @@ def plot_shot_grid(run_dir: str | Path, shot_id: str, ncols: int = 4, size: floa
     fig.tight_layout()
     return fig
 
-# %% ../nbs/08_viewer.ipynb #3f8c9bcd
+# %% ../nbs/08_viewer.ipynb #5e1fa06b
 def plot_loss_curve(run_dir: str | Path, smoothing: float = 0.9):
     "The style-training loss from `RUN/style/loss.json` (a list of {step, loss}), raw and smoothed."
     path = Path(run_dir) / "style" / "loss.json"
@@ -339,7 +340,7 @@ def plot_loss_curve(run_dir: str | Path, smoothing: float = 0.9):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/08_viewer.ipynb #7f6ecaa4
+# %% ../nbs/08_viewer.ipynb #de878c52
 _METRIC_LABELS = {"clip_adjacent": "CLIP image–image, adjacent ↑", "lpips_adjacent": "LPIPS, adjacent ↓",
                   "dino_set": "DINO set consistency ↑", "clip_text_raw": "CLIP-T (raw cosine) ↑"}
 

@@ -131,3 +131,6 @@ def test_widget_state_in_nbconvert_html(tmp_path):
     kinds = {m_id: m["model_name"] for m_id, m in state["state"].items()}
     assert any(kinds[l["source"][0].removeprefix("IPY_MODEL_")] == "PlayModel" and kinds[l["target"][0].removeprefix("IPY_MODEL_")] == "IntSliderModel"
                for l in links), "play→slider link missing"
+    for link in links:  # linked values agree in the saved state, so the page opens where the kernel left it
+        source, target = (state["state"][end[0].removeprefix("IPY_MODEL_")]["state"][end[1]] for end in (link["source"], link["target"]))
+        assert source == target, (link, source, target)
