@@ -215,3 +215,19 @@ def test_scene_dialogue(movie):
     last = items['Where does the scene "Morning" take place?']
     assert [t.answer for t in last.turns] == ["In the harbour.", "Ben.", 'Ben: "It is over."']
     assert last.frame_ids == ["s03.t01.f01"]
+
+
+def test_repeated_line_is_qualified_by_scene(movie):
+    movie.substories[2].shots[0].lines[0].text = "Hello, Ben."   # Ben says Ann's words again, in "Morning"
+    movie = Movie.model_validate(movie.model_dump())
+    items = by(dialogue_attribution_qa(movie, random.Random(0), None))
+    assert 'Who says "Hello, Ben."?' not in items
+    assert items['In the scene "Ann arrives", who says "Hello, Ben."?'].answer == "Ann"
+    assert items['In the scene "Morning", who says "Hello, Ben."?'].answer == "Ben"
+
+
+def test_check_qa_names(movie):
+    bad = [QAItem(type="dialogue_attribution", question="Who?", answer="Zed", frame_ids=["s01.t01.f01"]),
+           QAItem(type="characters_together", question="Who together?", answer="Ann, Zed and Ben")]
+    assert check_qa(movie, bad) == ["QA 'Who?' (dialogue_attribution): 'Zed' is not a character",
+                                    "QA 'Who together?' (characters_together): ['Zed'] are not characters"]
