@@ -8,13 +8,15 @@ Docs: https://dreamframe.github.io/dreamframe/viewer.html.md"""
 __all__ = ['FrameView', 'read_manifest', 'run_frames', 'image_bytes', 'data_uri', 'FramePlayer', 'frames_to_html', 'view_cli',
            'plot_shot_grid', 'plot_loss_curve', 'plot_metrics']
 
-# %% ../nbs/08_viewer.ipynb #41cef882
+# %% ../nbs/08_viewer.ipynb #058544ea
 import argparse
 import base64
 import html
 import io
 import json
+import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from PIL import Image
 
 from .schema import Movie, atomic_write_text
 
-# %% ../nbs/08_viewer.ipynb #f1b35e71
+# %% ../nbs/08_viewer.ipynb #bcf0be11
 @dataclass
 class FrameView:
     "One rendered frame and the text shown with it."
@@ -86,7 +88,7 @@ def run_frames(run_dir: str | Path) -> list[FrameView]:
     if not views: raise FileNotFoundError(f"no frames in {run_dir / 'frames'}; run `dreamframe keyframes {run_dir}` first")
     return views
 
-# %% ../nbs/08_viewer.ipynb #6450685f
+# %% ../nbs/08_viewer.ipynb #3676bb1e
 def image_bytes(path: str | Path, size: int, fmt: str = "JPEG") -> bytes:
     "The image at `path` shrunk to fit `size`×`size` (never enlarged), encoded as JPEG or PNG."
     img = Image.open(path).convert("RGB")
@@ -99,7 +101,7 @@ def data_uri(path: str | Path, size: int, fmt: str = "JPEG") -> str:
     "A `data:` URI of the shrunk image, for self-contained HTML."
     return f"data:image/{fmt.lower()};base64," + base64.b64encode(image_bytes(path, size, fmt)).decode()
 
-# %% ../nbs/08_viewer.ipynb #2a4e9275
+# %% ../nbs/08_viewer.ipynb #23ac2bfa
 def _caption_html(view: FrameView) -> str:
     head = f"<b>{html.escape(view.frame_id)}</b>"
     if view.shot_title: head += f" · {html.escape(view.substory_title)} › {html.escape(view.shot_title)}"
@@ -187,7 +189,7 @@ class FramePlayer:
 
     def _repr_mimebundle_(self, **kwargs): return self.widget._repr_mimebundle_(**kwargs)
 
-# %% ../nbs/08_viewer.ipynb #9f99469f
+# %% ../nbs/08_viewer.ipynb #b45b1206
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>__TITLE__</title>
 <style>
@@ -250,7 +252,6 @@ document.body.dataset.ready = String(F.length);
 def _src(path: Path | None, size: int, embed: bool, out_dir: Path) -> str:
     if path is None: return ""
     if embed: return data_uri(path, size)
-    import os
     return Path(os.path.relpath(path.resolve(), out_dir.resolve())).as_posix()
 
 def frames_to_html(run_dir: str | Path, out_path: str | Path | None = None, compare: str | Path | None = None,
@@ -266,12 +267,13 @@ def frames_to_html(run_dir: str | Path, out_path: str | Path | None = None, comp
     views = run_frames(run_dir)
     other = {v.frame_id: v for v in run_frames(compare)} if compare else None
     movie = Movie.load(run_dir) if (run_dir / "movie.json").exists() else None
-    frames = []
-    for v in views:
+    def entry(v: FrameView) -> dict:
         paths = [v.path] + ([other[v.frame_id].path if v.frame_id in other else None] if other is not None else [])
-        frames.append({"id": v.frame_id, "prompt": v.prompt, "sdxl_prompt": v.sdxl_prompt, "shot": v.shot_id, "shot_title": v.shot_title,
-                       "substory": v.substory_id, "substory_title": v.substory_title, "lines": v.lines,
-                       "src": [_src(p, image_size, embed, out_dir) for p in paths], "thumb": _src(v.path, thumb_size, embed, out_dir)})
+        return {"id": v.frame_id, "prompt": v.prompt, "sdxl_prompt": v.sdxl_prompt, "shot": v.shot_id, "shot_title": v.shot_title,
+                "substory": v.substory_id, "substory_title": v.substory_title, "lines": v.lines,
+                "src": [_src(p, image_size, embed, out_dir) for p in paths], "thumb": _src(v.path, thumb_size, embed, out_dir)}
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL decodes and encodes outside the GIL
+        frames = list(pool.map(entry, views))
     runs = [run_dir.resolve().name] + ([Path(compare).resolve().name] if compare else [])
     name = title or (movie.title if movie and movie.title else runs[0])
     data = {"title": name + (f" — {runs[0]} vs {runs[1]}" if compare else ""), "overview": movie.overview if movie else "",
@@ -282,7 +284,7 @@ def frames_to_html(run_dir: str | Path, out_path: str | Path | None = None, comp
     if out_path: atomic_write_text(out_path, page)
     return page
 
-# %% ../nbs/08_viewer.ipynb #6cd5b6be
+# %% ../nbs/08_viewer.ipynb #09a6ef48
 def view_cli(argv: list[str]) -> int:
     "`dreamframe view RUN [--html FILE] [--against RUN2]`: write a standalone HTML player for a run."
     parser = argparse.ArgumentParser(prog="dreamframe view", description="Write a standalone HTML frame player for a run folder.")
@@ -302,7 +304,7 @@ def view_cli(argv: list[str]) -> int:
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB); open it in a browser")
     return 0
 
-# %% ../nbs/08_viewer.ipynb #5727f737
+# %% ../nbs/08_viewer.ipynb #84f3adf8
 def plot_shot_grid(run_dir: str | Path, shot_id: str, ncols: int = 4, size: float = 2.4, wrap: int = 34):
     "The rendered frames of shot `shot_id` as a grid, each titled with its frame number and prompt."
     import textwrap
@@ -318,7 +320,7 @@ def plot_shot_grid(run_dir: str | Path, shot_id: str, ncols: int = 4, size: floa
     fig.tight_layout()
     return fig
 
-# %% ../nbs/08_viewer.ipynb #5e1fa06b
+# %% ../nbs/08_viewer.ipynb #3f3dc9d4
 def plot_loss_curve(run_dir: str | Path, smoothing: float = 0.9):
     "The style-training loss from `RUN/style/loss.json` (a list of {step, loss}), raw and smoothed."
     path = Path(run_dir) / "style" / "loss.json"
@@ -340,7 +342,7 @@ def plot_loss_curve(run_dir: str | Path, smoothing: float = 0.9):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/08_viewer.ipynb #de878c52
+# %% ../nbs/08_viewer.ipynb #6d8ec8cd
 _METRIC_LABELS = {"clip_adjacent": "CLIP image–image, adjacent ↑", "lpips_adjacent": "LPIPS, adjacent ↓",
                   "dino_set": "DINO set consistency ↑", "clip_text_raw": "CLIP-T (raw cosine) ↑"}
 
