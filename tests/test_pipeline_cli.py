@@ -1,0 +1,50 @@
+"""`dreamframe run`, `run-many` and `status` on the command line: remembered settings, clear errors, a failing movie
+that does not stop the others. Story and QA only (scripted LLM), so no SDXL is loaded."""
+import json
+
+from dreamframe.cli import main
+from dreamframe.pipeline import is_done, read_themes, status
+
+SMALL = ["--model", "tiny", "--llm-model", "scripted", "--substories", "1", "--shots", "1", "--frames", "2", "--quiet"]
+
+
+def test_run_remembers_its_settings(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["run", str(run), "--theme", "a fox learns to sail", *SMALL, "--only", "story"]) == 0
+    assert is_done(run, "story") and not is_done(run, "qa")
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["pipeline"]["model"] == "tiny" and saved["pipeline"]["llm_model"] == "scripted"
+    assert saved["story"]["theme"] == "a fox learns to sail" and saved["story"]["frames"] == 2
+    # no options at all: the theme, the models and the sizes come from RUN/config.json
+    assert main(["run", str(run), "--only", "story,qa", "--quiet"]) == 0
+    assert is_done(run, "qa")
+    out = capsys.readouterr().out
+    assert "story      done  2/2 frames written" in out and "qa         done" in out
+
+
+def test_run_errors_are_one_line(tmp_path, capsys):
+    run = tmp_path / "fresh"
+    assert main(["run", str(run), "--theme", "a fox"]) == 2
+    assert "--model and --llm-model needed" in capsys.readouterr().err
+    assert main(["run", str(run), "--theme", "a fox", *SMALL, "--set", "frames.steps=2"]) == 2
+    assert "unknown stage 'frames'" in capsys.readouterr().err
+    assert main(["run", str(run), "--theme", "a fox", *SMALL, "--set", "keyframes.size=64"]) == 2
+    assert "KeyframeConfig fields are" in capsys.readouterr().err
+    assert main(["run", str(run), "--theme", "a fox", *SMALL, "--only", "story,frames"]) == 2
+    assert "unknown stage(s) ['frames']" in capsys.readouterr().err
+    assert main(["status", str(tmp_path / "missing")]) == 2
+
+
+def test_run_many_keeps_going_past_a_failed_movie(tmp_path, capsys):
+    themes = tmp_path / "themes.txt"
+    themes.write_text("# one movie per line\na fox learns to sail\n\na broken movie\nan owl opens a bakery\n")
+    assert len(read_themes(themes)) == 3
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "a-broken-movie").write_text("a file where the run folder should be")
+    assert main(["run-many", str(themes), str(tmp_path / "out"), *SMALL, "--only", "story"]) == 1
+    out = capsys.readouterr().out
+    assert "2 of 3 movies complete" in out and "a-broken-movie" in out and "FAILED: FileExistsError" in out
+    for slug in ("a-fox-learns-to-sail", "an-owl-opens-a-bakery"):
+        assert is_done(tmp_path / "out" / slug, "story"), status(tmp_path / "out" / slug)
+    # again: both finished movies are skipped, the broken one fails the same way
+    assert main(["run-many", str(themes), str(tmp_path / "out"), *SMALL, "--only", "story"]) == 1
