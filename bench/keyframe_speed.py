@@ -1,0 +1,234 @@
+"""Keyframe speed: the DreamFrame reference recipe vs dreamframe's `generate_keyframes`, one run, one card.
+
+Full SDXL-size random-weight base + refiner (bench/sdxl-configs), fp16, 1024², guidance 5:
+  (a) reference: batch 1, 30 base + 10 refiner steps (denoising_end/start 0.75), default SDPA attention, no
+      compile, stock pipeline decode (fp32-upcast VAE), PNG saved in the loop
+  (b) ours, same settings: `generate_keyframes` with batch 8, torch.compile of both UNets, channels-last, fused QKV,
+      cuDNN autotuning, bf16 VAE decode of the batch, PNGs written on a background thread
+  (c) ours, base only, 30 steps
+  (d) ours, low-memory mode (model CPU offload + VAE tiling/slicing), batch 1: peak GPU memory at 1024²
+Seconds per frame are medians over timed frames after warm-up (ours: group seconds / frames in the group, and the
+wall clock of the timed groups, PNG writing included). Frames per GPU-hour = 3600 / seconds per frame.
+
+    python bench/keyframe_speed.py            # H100; writes $OUT/keyframe_speed.json (or bench/results/)
+    python bench/keyframe_speed.py --tiny     # CPU rehearsal on the tiny pipeline (64 px, 2+1 steps)
+"""
+import argparse
+import dataclasses
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", "/tmp/dreamframe-inductor")  # reused by a later run on the same machine
+
+import torch
+import diffusers, transformers, accelerate
+from dreamframe import models
+from dreamframe.keyframes import KeyframeConfig, _decode, generate_keyframes, read_manifest
+from dreamframe.schema import sample_movie
+
+T0 = time.perf_counter()
+
+
+def elapsed(): return time.perf_counter() - T0
+def gib(n_bytes): return round(n_bytes / 2**30, 2)
+def sync():
+    if torch.cuda.is_available(): torch.cuda.synchronize()
+def log(*parts): print(f"[{elapsed():6.1f}s]", *parts, flush=True)
+
+
+def build(args, tmp):
+    if args.tiny:
+        path = models.tiny_sdxl(tmp / "tiny", refiner=True)
+        base = models.load_sdxl(path)
+        return base, models.load_refiner(path / "refiner", base)
+    return models.sdxl_from_configs(ROOT / "bench/sdxl-configs", dtype=torch.float16, device="cuda", refiner=True)
+
+
+def summary(seconds_per_frame, **extra):
+    return dict(seconds_per_frame=round(seconds_per_frame, 3), frames_per_gpu_hour=round(3600 / seconds_per_frame), **extra)
+
+
+def reference(args, base, refiner, movie, tmp):
+    "The reference loop: one frame per call, base then refiner, pipeline decode, PNG save."
+    for p in (base, refiner):
+        p.set_progress_bar_config(disable=True)
+        if args.device == "cuda": p.unet.to(memory_format=torch.contiguous_format)
+    total = args.steps + args.refiner_steps
+    split = args.steps / total
+    negative = KeyframeConfig().negative_prompt
+    times = []
+    if args.device == "cuda": torch.cuda.reset_peak_memory_stats()
+    for i, frame in enumerate(movie.frames[: args.ref_warmup + args.ref_frames]):
+        prompt = f"generate an image in {movie.style_keyword} style: {movie.render_prompt(frame)}"
+        sync(); start = time.perf_counter()
+        generator = torch.Generator(args.device).manual_seed(20 + i)
+        latents = base(prompt=prompt, negative_prompt=negative, num_inference_steps=total, denoising_end=split,
+                       guidance_scale=args.guidance, height=args.resolution, width=args.resolution, generator=generator,
+                       output_type="latent").images
+        image = refiner(prompt=prompt, negative_prompt=negative, num_inference_steps=total, denoising_start=split,
+                        guidance_scale=args.guidance, image=latents, generator=generator).images[0]
+        image.save(tmp / f"reference-{i}.png")
+        sync(); times.append(time.perf_counter() - start)
+        log(f"(a) frame {i}: {times[-1]:.3f}s")
+    timed = times[args.ref_warmup:]
+    peak = gib(torch.cuda.max_memory_allocated()) if args.device == "cuda" else None
+    return summary(statistics.median(timed), frames_timed=len(timed), per_frame=[round(t, 3) for t in timed],
+                   warmup_s=[round(t, 3) for t in times[: args.ref_warmup]], peak_allocated_gib=peak,
+                   settings=f"fp16, batch 1, {args.steps}+{args.refiner_steps} steps, SDPA, no compile, fp32-upcast VAE")
+
+
+def ours(args, base, refiner, movie, tmp, label, **overrides):
+    "generate_keyframes: warm-up groups (compile happens here), then timed groups in the same run folder."
+    cfg = KeyframeConfig(steps=args.steps, guidance=args.guidance, resolution=args.resolution, batch_size=args.batch_size,
+                         dtype="float16" if args.device == "cuda" else "float32", device=args.device, progress=False,
+                         compile=args.compile, compile_mode=args.compile_mode, cudnn_benchmark=args.device == "cuda",
+                         **overrides)
+    run = tmp / label
+    movie.save(run)
+    warm_frames = cfg.batch_size * args.warmup_groups
+    timed_frames = cfg.batch_size * args.timed_groups
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sync(); start = time.perf_counter()
+        generate_keyframes(dataclasses.replace(cfg, limit=warm_frames), base, movie, run, refiner=refiner)
+        sync(); warm_s = time.perf_counter() - start
+        log(f"{label}: warm-up {warm_frames} frames {warm_s:.1f}s")
+        if args.device == "cuda": torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        generate_keyframes(dataclasses.replace(cfg, limit=warm_frames + timed_frames), base, movie, run, refiner=refiner)
+        sync(); wall = time.perf_counter() - start
+    records = read_manifest(run / "frames")
+    timed_ids = [f.id for f in movie.frames[warm_frames: warm_frames + timed_frames]]
+    per_frame = [records[i]["seconds"] for i in timed_ids]
+    log(f"{label}: {timed_frames} frames {wall:.2f}s wall, median {statistics.median(per_frame):.3f}s/frame")
+    latent = args.resolution // 8
+    sync(); start = time.perf_counter()
+    _decode(base, torch.randn(cfg.batch_size, 4, latent, latent, device=args.device, dtype=base.unet.dtype))
+    sync(); decode_s = round((time.perf_counter() - start) / cfg.batch_size, 3)
+    log(f"{label}: VAE decode + 8-bit conversion {decode_s:.3f}s/frame")
+    return summary(statistics.median(per_frame), wall_seconds_per_frame=round(wall / timed_frames, 3),
+                   frames_timed=timed_frames, warmup_s=round(warm_s, 1), vae_decode_seconds_per_frame=decode_s,
+                   inductor_tuning=args.inductor_tuning,
+                   peak_allocated_gib=gib(torch.cuda.max_memory_allocated()) if args.device == "cuda" else None,
+                   config={k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("negative_prompt", "template")})
+
+
+def low_memory(args, movie, tmp):
+    "Fresh models, CPU offload + VAE tiling, batch 1: peak GPU memory and speed at full resolution."
+    base, refiner = build(args, tmp)
+    if args.device == "cuda":
+        torch.cuda.empty_cache()
+    result = {}
+    for label, ref in (("base_only", None), ("base_refiner", refiner)):
+        cfg = KeyframeConfig(steps=args.steps, refiner_steps=args.refiner_steps if ref is not None else 0, guidance=args.guidance,
+                             resolution=args.resolution, batch_size=1, dtype="float16" if args.device == "cuda" else "float32",
+                             device=args.device, low_memory=True, progress=False, limit=args.lowmem_frames)
+        if args.device == "cuda":
+            gc.collect(); torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
+        run = tmp / f"lowmem-{label}"; movie.save(run)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                sync(); start = time.perf_counter()
+                generate_keyframes(cfg, base, movie, run, refiner=ref)
+                sync(); seconds = (time.perf_counter() - start) / cfg.limit
+            result[label] = dict(seconds_per_frame=round(seconds, 2), frames=cfg.limit,
+                                 peak_allocated_gib=gib(torch.cuda.max_memory_allocated()) if args.device == "cuda" else None,
+                                 peak_reserved_gib=gib(torch.cuda.max_memory_reserved()) if args.device == "cuda" else None)
+        except Exception as error:  # record and go on: the other numbers are still worth having
+            result[label] = dict(error=f"{type(error).__name__}: {error}"[:500])
+        log(f"(d) {label}: {result[label]}")
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="CPU rehearsal on the tiny pipeline")
+    parser.add_argument("--out", type=Path, help="result JSON (default: $OUT/keyframe_speed.json or bench/results/)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--no-compile", dest="compile", action="store_false")
+    parser.add_argument("--compile-mode", default="default")
+    parser.add_argument("--inductor-tuning", action="store_true",
+                        help="inductor coordinate-descent tuning of Triton kernels, no epilogue fusion (longer compile)")
+    parser.add_argument("--ref-warmup", type=int, default=1); parser.add_argument("--ref-frames", type=int, default=4)
+    parser.add_argument("--warmup-groups", type=int, default=1); parser.add_argument("--timed-groups", type=int, default=2)
+    parser.add_argument("--lowmem-frames", type=int, default=1)
+    parser.add_argument("--deadline", type=float, default=480, help="skip sections that would start after this many seconds")
+    parser.add_argument("--only", default="a,b,c,d", help="sections to run, e.g. a,b,c")
+    args = parser.parse_args()
+    args.device = "cpu" if args.tiny else "cuda"
+    args.steps, args.refiner_steps = (2, 1) if args.tiny else (30, 10)
+    args.resolution, args.guidance = (64 if args.tiny else 1024), 5.0
+    if args.tiny: torch.set_num_threads(1)
+    if args.inductor_tuning:
+        import torch._inductor.config as inductor_config
+        inductor_config.coordinate_descent_tuning = True
+        inductor_config.coordinate_descent_check_all_directions = True
+        inductor_config.epilogue_fusion = False
+    out = args.out or (Path(os.environ["OUT"]) / "keyframe_speed.json" if os.environ.get("OUT") else
+                       ROOT / "bench/results" / ("keyframe_speed_tiny.json" if args.tiny else "keyframe_speed.json"))
+    results = dict(benchmark="keyframe_speed", date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                   card=torch.cuda.get_device_name(0) if args.device == "cuda" else f"CPU ({platform.processor() or platform.machine()}), tiny pipeline",
+                   tiny=args.tiny, python=platform.python_version(), torch=torch.__version__, cuda=torch.version.cuda,
+                   diffusers=diffusers.__version__, transformers=transformers.__version__, accelerate=accelerate.__version__,
+                   command="python " + " ".join(sys.argv), resolution=args.resolution, guidance=args.guidance,
+                   model="random-weight SDXL base + refiner from bench/sdxl-configs (fp16)" if not args.tiny else "tiny_sdxl")
+    def save():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2) + "\n")
+    sections = args.only.split(",")
+    tmp = Path(tempfile.mkdtemp(prefix="keyframe-speed-"))
+    movie = sample_movie(n_substories=4, n_shots=2, n_frames=4)  # 32 frames
+    base, refiner = build(args, tmp)
+    results["build_s"] = round(elapsed(), 1)
+    log("built", {k: results[k] for k in ("card", "torch", "diffusers")})
+    save()
+    plan = [("a", "a_reference", lambda: reference(args, base, refiner, movie, tmp)),
+            ("b", "b_ours_refiner", lambda: ours(args, base, refiner, movie, tmp, "b_ours_refiner", refiner_steps=args.refiner_steps)),
+            ("c", "c_ours_base_only", lambda: ours(args, base, None, movie, tmp, "c_ours_base_only"))]
+    for key, name, run in plan:
+        if key not in sections: continue
+        if elapsed() > args.deadline: results[name] = dict(skipped=f"deadline {args.deadline}s reached"); continue
+        try: results[name] = run()
+        except Exception as error:
+            import traceback; traceback.print_exc()
+            results[name] = dict(error=f"{type(error).__name__}: {error}"[:800])
+        save()
+    if "d" in sections:
+        del base, refiner
+        gc.collect()
+        if args.device == "cuda": torch.cuda.empty_cache()
+        if elapsed() > args.deadline: results["d_low_memory"] = dict(skipped=f"deadline {args.deadline}s reached")
+        else: results["d_low_memory"] = low_memory(args, movie, tmp)
+        save()
+    a, b, c = (results.get(k, {}) for k in ("a_reference", "b_ours_refiner", "c_ours_base_only"))
+    if "seconds_per_frame" in a and "seconds_per_frame" in b:
+        results["speedup_b_over_a"] = round(a["seconds_per_frame"] / b["seconds_per_frame"], 2)
+        results["speedup_b_over_a_wall"] = round(a["seconds_per_frame"] / b["wall_seconds_per_frame"], 2)
+    d = results.get("d_low_memory", {})
+    results["acceptance"] = dict(
+        b_at_least_2_5x_a=results.get("speedup_b_over_a", 0) >= 2.5 if "speedup_b_over_a" in results else None,
+        c_at_most_1_0_s=c["seconds_per_frame"] <= 1.0 if "seconds_per_frame" in c else None,
+        d_at_most_15_gib=max((v.get("peak_reserved_gib") or 99) for v in d.values()) <= 15 if d and all("peak_reserved_gib" in v for v in d.values()) else None)
+    results["total_s"] = round(elapsed(), 1)
+    save()
+    print(json.dumps({k: results[k] for k in ("card", "speedup_b_over_a", "acceptance", "total_s") if k in results}, indent=1))
+    for name in ("a_reference", "b_ours_refiner", "c_ours_base_only"):
+        r = results.get(name, {})
+        print(f"{name:18s} {r.get('seconds_per_frame', '-')!s:>7} s/frame  {r.get('frames_per_gpu_hour', '-')!s:>6} frames/h  wall {r.get('wall_seconds_per_frame', '-')}")
+    print("d_low_memory", json.dumps(results.get("d_low_memory")))
+
+
+if __name__ == "__main__":
+    main()
