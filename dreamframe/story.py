@@ -10,7 +10,7 @@ __all__ = ['MAX_THEME_CHARS', 'CLIP_WINDOW', 'PROMPTS', 'LOOK_PATTERN', 'StoryCo
            'level3_checker', 'assemble_movie', 'level1_messages', 'level2_messages', 'word_budget', 'level3_messages',
            'StoryError', 'expand_story_async', 'expand_story', 'is_local_url', 'story_cli']
 
-# %% ../nbs/02_story.ipynb #1679890e
+# %% ../nbs/02_story.ipynb #265f9dce
 import argparse
 import asyncio
 import math
@@ -20,17 +20,16 @@ import sys
 import time
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal
+from typing import Annotated, Callable, Literal
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, Field, create_model
 from tqdm.auto import tqdm
 
-from .schema import (QA, Character, Frame, Line, Location, Movie, Shot, Substory, save_stage_config,
-                               slugify)
+from .schema import QA, Character, Frame, Line, Location, Movie, Shot, Substory, save_stage_config
 from .llm import LLM, LLMConfig, LLMError, ScriptedLLM
 
-# %% ../nbs/02_story.ipynb #1fd0ca0b
+# %% ../nbs/02_story.ipynb #6b7746dd
 MAX_THEME_CHARS = 500   # a theme is one line; longer text is almost surely a pasted document
 CLIP_WINDOW = 77        # tokens SDXL's text encoders read, counting the start and end tokens
 
@@ -82,7 +81,7 @@ class StoryConfig:
         "LLM calls the whole story takes (repairs and retries not counted)."
         return 1 + self.substories + self.substories * self.shots
 
-# %% ../nbs/02_story.ipynb #0008ef64
+# %% ../nbs/02_story.ipynb #55315e74
 _TOKEN_PIECES = re.compile(r"[^\W\d_]+|\d|[^\w\s]|_")
 
 def estimate_clip_tokens(text: str) -> int:
@@ -101,7 +100,7 @@ def count_clip_tokens(text: str, tokenizer: Callable | None = None) -> int:
     ids = result["input_ids"] if isinstance(result, dict) or hasattr(result, "keys") else result
     return len(ids)
 
-# %% ../nbs/02_story.ipynb #f1e09347
+# %% ../nbs/02_story.ipynb #a090975f
 PROMPTS = {
     "system": (
         "You are a screenwriter planning a short film that an image model (Stable Diffusion XL) will draw as "
@@ -150,7 +149,7 @@ PROMPTS = {
                  "(limit {limit}); shorten it by at least {excess} tokens, e.g. drop adjectives or a second action"),
 }
 
-# %% ../nbs/02_story.ipynb #1f55d981
+# %% ../nbs/02_story.ipynb #ec2176f7
 def _items(item_type, count: int, maximum: int | None = None, **kw):
     "A list field of exactly `count` items (or `count`..`maximum`)."
     return (list[item_type], Field(min_length=count, max_length=count if maximum is None else maximum, **kw))
@@ -205,7 +204,7 @@ def level3_model(cfg: StoryConfig, character_names: list[str]) -> type[BaseModel
         "Level3", frames=_items(frame, cfg.frames, description="the shot's keyframes, in order"),
         lines=_items(line, cfg.lines), qa=_items(qa, cfg.frame_qas))
 
-# %% ../nbs/02_story.ipynb #3466f902
+# %% ../nbs/02_story.ipynb #1f0dcb31
 def _duplicates(names: list[str]) -> list[str]:
     seen, dups = set(), []
     for name in names:
@@ -230,8 +229,8 @@ def level3_checker(cfg: StoryConfig, skeleton: Movie, tokenizer: Callable | None
     names = [c.name for c in skeleton.characters]
     def check(answer) -> list[str]:
         problems = []
-        for index, prompt in enumerate(frame.prompt for frame in answer.frames):
-            frame = Frame(prompt=prompt, characters=mentioned_characters(prompt, names))
+        for index, draft in enumerate(answer.frames):
+            frame = Frame(prompt=draft.prompt, characters=mentioned_characters(draft.prompt, names))
             tokens = count_clip_tokens(skeleton.render_prompt(frame), tokenizer)
             if tokens > cfg.max_prompt_tokens:
                 problems.append(PROMPTS["too_long"].format(index=index, tokens=tokens, limit=cfg.max_prompt_tokens,
@@ -239,14 +238,14 @@ def level3_checker(cfg: StoryConfig, skeleton: Movie, tokenizer: Callable | None
         return problems
     return check
 
-# %% ../nbs/02_story.ipynb #a52a0afc
+# %% ../nbs/02_story.ipynb #e33800d5
 def _qa(draft, qa_type: str) -> QA:
     return QA(type=qa_type, question=draft.question.strip(), answer=draft.answer.strip())
 
 def assemble_movie(skeleton, shot_plans: dict | None = None, shot_scripts: dict | None = None, theme: str = "") -> Movie:
     "Build a `Movie` from a level-1 answer, level-2 answers by substory index and level-3 answers by (substory, shot)."
     shot_plans, shot_scripts = shot_plans or {}, shot_scripts or {}
-    characters = [Character(name=c.name, look="a" + c.look[1:]) for c in skeleton.characters]
+    characters = [Character(name=c.name, look="a" + c.look[1:]) for c in skeleton.characters]  # "A woman…" -> "a woman…"
     canonical, locations = [], {}   # a place listed twice (any case) is one place: keep its first description
     for l in skeleton.locations:
         location = locations.setdefault(l.name.strip().lower(), Location(name=l.name.strip(), description=l.description.strip()))
@@ -285,7 +284,7 @@ def assemble_movie(skeleton, shot_plans: dict | None = None, shot_scripts: dict 
             for q in sub.qa: q.frame_ids = [f.id for shot in sub.shots for f in shot.frames]
     return movie  # the frame ids above come from the movie itself, so they exist
 
-# %% ../nbs/02_story.ipynb #af5e0e80
+# %% ../nbs/02_story.ipynb #6494f32a
 def _messages(text: str) -> list[dict]:
     return [{"role": "system", "content": PROMPTS["system"]}, {"role": "user", "content": text}]
 
@@ -317,7 +316,7 @@ def level3_messages(cfg: StoryConfig, movie: Movie, s: int, t: int, tokenizer: C
         shot_content=shot.content, frames=cfg.frames, example_name=movie.characters[0].name, look_tokens=look_tokens,
         word_budget=words, max_prompt_tokens=cfg.max_prompt_tokens, lines=cfg.lines, frame_qas=cfg.frame_qas))
 
-# %% ../nbs/02_story.ipynb #46f77774
+# %% ../nbs/02_story.ipynb #4a242851
 class StoryError(RuntimeError):
     "Some calls of a level failed after every retry; the answered ones are cached, so rerunning resumes."
 
@@ -405,7 +404,7 @@ def expand_story(cfg: StoryConfig, llm, run_dir: str | Path, *, tokenizer: Calla
             if callable(getattr(llm, "aclose", None)): await llm.aclose()
     return _run_sync(expand_and_close())
 
-# %% ../nbs/02_story.ipynb #f3c5bb75
+# %% ../nbs/02_story.ipynb #56fc2807
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 
 def is_local_url(base_url: str | None) -> bool:
@@ -443,7 +442,8 @@ def story_cli(argv: list[str] | None = None) -> int:
                      "(it is read only from the environment and never saved), or use --base-url "
                      "http://127.0.0.1:PORT/v1 for a local server, or --scripted for the offline stand-in.")
     run_dir = Path(args.run_dir)
-    llm = ScriptedLLM(seed=0) if args.scripted else LLM(llm_cfg, cache_dir=run_dir / "llm", api_key=api_key)
+    llm = (ScriptedLLM(seed=0, cache_dir=run_dir / "llm") if args.scripted
+           else LLM(llm_cfg, cache_dir=run_dir / "llm", api_key=api_key))
     try:
         movie = expand_story(cfg, llm, run_dir, progress=not args.quiet)
     except (StoryError, LLMError) as error:  # one clear line; the answered calls are cached
