@@ -6,11 +6,12 @@ Docs: https://dreamframe.github.io/dreamframe/story.html.md"""
 
 # %% auto #0
 __all__ = ['MAX_THEME_CHARS', 'CLIP_WINDOW', 'PROMPTS', 'LOOK_PATTERN', 'StoryConfig', 'estimate_clip_tokens',
-           'count_clip_tokens', 'level1_model', 'level2_model', 'level3_model', 'check_level1', 'mentioned_characters',
-           'level3_checker', 'assemble_movie', 'level1_messages', 'level2_messages', 'word_budget', 'level3_messages',
-           'StoryError', 'expand_story_async', 'expand_story', 'is_local_url', 'story_cli']
+           'load_clip_tokenizer', 'count_clip_tokens', 'level1_model', 'level2_model', 'level3_model', 'check_level1',
+           'mentioned_characters', 'level3_checker', 'assemble_movie', 'level1_messages', 'level2_messages',
+           'word_budget', 'level3_messages', 'StoryError', 'expand_story_async', 'expand_story', 'is_local_url',
+           'story_cli']
 
-# %% ../nbs/02_story.ipynb #265f9dce
+# %% ../nbs/02_story.ipynb #8070f629
 import argparse
 import asyncio
 import math
@@ -29,7 +30,7 @@ from tqdm.auto import tqdm
 from .schema import QA, Character, Frame, Line, Location, Movie, Shot, Substory, save_stage_config
 from .llm import LLM, LLMConfig, LLMError, ScriptedLLM
 
-# %% ../nbs/02_story.ipynb #6b7746dd
+# %% ../nbs/02_story.ipynb #b5b2a92c
 MAX_THEME_CHARS = 500   # a theme is one line; longer text is almost surely a pasted document
 CLIP_WINDOW = 77        # tokens SDXL's text encoders read, counting the start and end tokens
 
@@ -81,7 +82,7 @@ class StoryConfig:
         "LLM calls the whole story takes (repairs and retries not counted)."
         return 1 + self.substories + self.substories * self.shots
 
-# %% ../nbs/02_story.ipynb #55315e74
+# %% ../nbs/02_story.ipynb #76aacba1
 _TOKEN_PIECES = re.compile(r"[^\W\d_]+|\d|[^\w\s]|_")
 
 def estimate_clip_tokens(text: str) -> int:
@@ -92,6 +93,22 @@ def estimate_clip_tokens(text: str) -> int:
         else: count += 1
     return count
 
+def load_clip_tokenizer(source: str | Path):
+    "A `transformers.CLIPTokenizer` from a folder or hub id; an SDXL pipeline folder or id works (its `tokenizer/`)."
+    from transformers import CLIPTokenizer
+    path, problem, tokenizer = Path(source), "", None
+    try:
+        if path.is_dir():
+            tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer" if (path / "tokenizer").is_dir() else path)
+        else:
+            try: tokenizer = CLIPTokenizer.from_pretrained(str(source), subfolder="tokenizer")
+            except (OSError, ValueError): tokenizer = CLIPTokenizer.from_pretrained(str(source))
+    except (OSError, ValueError) as error: problem = f" ({type(error).__name__})"
+    if tokenizer is None or len(tokenizer) < 512:  # a byte-level BPE has at least 512 symbols; an empty folder gives 2
+        raise ValueError(f"tokenizer={str(source)!r}: no CLIP tokenizer there{problem}; give a folder holding "
+                         "vocab.json and merges.txt, an SDXL model folder, or a hub id you can download")
+    return tokenizer
+
 def count_clip_tokens(text: str, tokenizer: Callable | None = None) -> int:
     "CLIP tokens of `text` (start/end included): exact with `tokenizer`, else `estimate_clip_tokens`."
     if tokenizer is None: return estimate_clip_tokens(text)
@@ -100,7 +117,7 @@ def count_clip_tokens(text: str, tokenizer: Callable | None = None) -> int:
     ids = result["input_ids"] if isinstance(result, dict) or hasattr(result, "keys") else result
     return len(ids)
 
-# %% ../nbs/02_story.ipynb #a090975f
+# %% ../nbs/02_story.ipynb #9a3eff5c
 PROMPTS = {
     "system": (
         "You are a screenwriter planning a short film that an image model (Stable Diffusion XL) will draw as "
@@ -149,7 +166,7 @@ PROMPTS = {
                  "(limit {limit}); shorten it by at least {excess} tokens, e.g. drop adjectives or a second action"),
 }
 
-# %% ../nbs/02_story.ipynb #ec2176f7
+# %% ../nbs/02_story.ipynb #31489a34
 def _items(item_type, count: int, maximum: int | None = None, **kw):
     "A list field of exactly `count` items (or `count`..`maximum`)."
     return (list[item_type], Field(min_length=count, max_length=count if maximum is None else maximum, **kw))
@@ -204,7 +221,7 @@ def level3_model(cfg: StoryConfig, character_names: list[str]) -> type[BaseModel
         "Level3", frames=_items(frame, cfg.frames, description="the shot's keyframes, in order"),
         lines=_items(line, cfg.lines), qa=_items(qa, cfg.frame_qas))
 
-# %% ../nbs/02_story.ipynb #1f0dcb31
+# %% ../nbs/02_story.ipynb #542a9b5c
 def _duplicates(names: list[str]) -> list[str]:
     seen, dups = set(), []
     for name in names:
@@ -238,7 +255,7 @@ def level3_checker(cfg: StoryConfig, skeleton: Movie, tokenizer: Callable | None
         return problems
     return check
 
-# %% ../nbs/02_story.ipynb #e33800d5
+# %% ../nbs/02_story.ipynb #608eb825
 def _qa(draft, qa_type: str) -> QA:
     return QA(type=qa_type, question=draft.question.strip(), answer=draft.answer.strip())
 
@@ -284,7 +301,7 @@ def assemble_movie(skeleton, shot_plans: dict | None = None, shot_scripts: dict 
             for q in sub.qa: q.frame_ids = [f.id for shot in sub.shots for f in shot.frames]
     return movie  # the frame ids above come from the movie itself, so they exist
 
-# %% ../nbs/02_story.ipynb #6494f32a
+# %% ../nbs/02_story.ipynb #4293acd3
 def _messages(text: str) -> list[dict]:
     return [{"role": "system", "content": PROMPTS["system"]}, {"role": "user", "content": text}]
 
@@ -316,7 +333,7 @@ def level3_messages(cfg: StoryConfig, movie: Movie, s: int, t: int, tokenizer: C
         shot_content=shot.content, frames=cfg.frames, example_name=movie.characters[0].name, look_tokens=look_tokens,
         word_budget=words, max_prompt_tokens=cfg.max_prompt_tokens, lines=cfg.lines, frame_qas=cfg.frame_qas))
 
-# %% ../nbs/02_story.ipynb #4a242851
+# %% ../nbs/02_story.ipynb #4a785519
 class StoryError(RuntimeError):
     "Some calls of a level failed after every retry; the answered ones are cached, so rerunning resumes."
 
@@ -404,7 +421,7 @@ def expand_story(cfg: StoryConfig, llm, run_dir: str | Path, *, tokenizer: Calla
             if callable(getattr(llm, "aclose", None)): await llm.aclose()
     return _run_sync(expand_and_close())
 
-# %% ../nbs/02_story.ipynb #56fc2807
+# %% ../nbs/02_story.ipynb #22976860
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 
 def is_local_url(base_url: str | None) -> bool:
@@ -428,6 +445,8 @@ def story_cli(argv: list[str] | None = None) -> int:
                         help=f"LLM requests in flight at once (default {LLMConfig.concurrency})")
     parser.add_argument("--scripted", action="store_true", help="use the offline stand-in LLM (no network, no key; "
                         "a deterministic placeholder story, for demos and tests)")
+    parser.add_argument("--tokenizer", default=None, help="CLIP tokenizer for exact prompt token counts: a folder "
+                        "(an SDXL model folder works) or hub id (default: a conservative estimate)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     try:
@@ -441,11 +460,13 @@ def story_cli(argv: list[str] | None = None) -> int:
         parser.error(f"OPENAI_API_KEY is not set, and {args.base_url or 'OpenAI'} is not a local server. Export the key "
                      "(it is read only from the environment and never saved), or use --base-url "
                      "http://127.0.0.1:PORT/v1 for a local server, or --scripted for the offline stand-in.")
+    try: tokenizer = load_clip_tokenizer(args.tokenizer) if args.tokenizer else None
+    except ValueError as error: parser.error(str(error))
     run_dir = Path(args.run_dir)
     llm = (ScriptedLLM(seed=0, cache_dir=run_dir / "llm") if args.scripted
            else LLM(llm_cfg, cache_dir=run_dir / "llm", api_key=api_key))
     try:
-        movie = expand_story(cfg, llm, run_dir, progress=not args.quiet)
+        movie = expand_story(cfg, llm, run_dir, tokenizer=tokenizer, progress=not args.quiet)
     except (StoryError, LLMError) as error:  # one clear line; the answered calls are cached
         print(f"dreamframe story: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
