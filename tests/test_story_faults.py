@@ -53,7 +53,7 @@ def _cached_requests(run_dir: Path) -> dict[str, str]:
 
 def test_completes_under_faults(tmp_path):
     cfg = StoryConfig("a lighthouse keeper adopts a stray dog", substories=3, shots=2, frames=4)
-    with LocalLLMServer(fault_rate=0.35, seed=7, hang_s=1.0) as server:
+    with LocalLLMServer(fault_rate=0.5, seed=7, hang_s=1.0) as server:   # half the responses faulty
         llm = LLM(_fast(server.base_url, concurrency=8), cache_dir=tmp_path / "llm")
         movie = expand_story(cfg, llm, tmp_path, progress=False)
         counts = dict(server.counts)
