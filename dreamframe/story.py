@@ -11,7 +11,7 @@ __all__ = ['MAX_THEME_CHARS', 'CLIP_WINDOW', 'PROMPTS', 'LOOK_PATTERN', 'StoryCo
            'word_budget', 'level3_messages', 'StoryError', 'expand_story_async', 'expand_story', 'is_local_url',
            'story_cli']
 
-# %% ../nbs/02_story.ipynb #8070f629
+# %% ../nbs/02_story.ipynb #655ba289
 import argparse
 import asyncio
 import math
@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from .schema import QA, Character, Frame, Line, Location, Movie, Shot, Substory, save_stage_config
 from .llm import LLM, LLMConfig, LLMError, ScriptedLLM
 
-# %% ../nbs/02_story.ipynb #b5b2a92c
+# %% ../nbs/02_story.ipynb #e1b0b7c4
 MAX_THEME_CHARS = 500   # a theme is one line; longer text is almost surely a pasted document
 CLIP_WINDOW = 77        # tokens SDXL's text encoders read, counting the start and end tokens
 
@@ -82,7 +82,7 @@ class StoryConfig:
         "LLM calls the whole story takes (repairs and retries not counted)."
         return 1 + self.substories + self.substories * self.shots
 
-# %% ../nbs/02_story.ipynb #76aacba1
+# %% ../nbs/02_story.ipynb #777f405b
 _TOKEN_PIECES = re.compile(r"[^\W\d_]+|\d|[^\w\s]|_")
 
 def estimate_clip_tokens(text: str) -> int:
@@ -117,7 +117,7 @@ def count_clip_tokens(text: str, tokenizer: Callable | None = None) -> int:
     ids = result["input_ids"] if isinstance(result, dict) or hasattr(result, "keys") else result
     return len(ids)
 
-# %% ../nbs/02_story.ipynb #9a3eff5c
+# %% ../nbs/02_story.ipynb #52f35494
 PROMPTS = {
     "system": (
         "You are a screenwriter planning a short film that an image model (Stable Diffusion XL) will draw as "
@@ -166,7 +166,7 @@ PROMPTS = {
                  "(limit {limit}); shorten it by at least {excess} tokens, e.g. drop adjectives or a second action"),
 }
 
-# %% ../nbs/02_story.ipynb #31489a34
+# %% ../nbs/02_story.ipynb #237b955a
 def _items(item_type, count: int, maximum: int | None = None, **kw):
     "A list field of exactly `count` items (or `count`..`maximum`)."
     return (list[item_type], Field(min_length=count, max_length=count if maximum is None else maximum, **kw))
@@ -179,10 +179,12 @@ def _number(highest: int):
     return Annotated[int, Field(ge=1, le=highest)]
 
 LOOK_PATTERN = r"^[Aa] (man|woman) who looks like [^,]+ in [A-Za-z]+ clothes$"  # the reference's look-alike phrase
+_STORY_QA = create_model("StoryQA", question=_text("a question about the story"), answer=_text("its answer"))
+_SHOT_QA = create_model("ShotQA", question=_text("a question about the shot"), answer=_text("its answer"))
 
 def level1_model(cfg: StoryConfig) -> type[BaseModel]:
     "Response model of the level-1 call (theme -> skeleton) for `cfg`."
-    qa = create_model("StoryQA", question=_text("a question about the story"), answer=_text("its answer"))
+    qa = _STORY_QA
     character = create_model(
         "CharacterDraft", name=(str, Field(pattern=r"^[A-Z][a-zA-Z]+$", description="one-word first name")),
         look=(str, Field(pattern=LOOK_PATTERN, description='"a man/woman who looks like <famous person> in <colour> clothes"')))
@@ -201,7 +203,7 @@ def level1_model(cfg: StoryConfig) -> type[BaseModel]:
 
 def level2_model(cfg: StoryConfig, location_names: list[str]) -> type[BaseModel]:
     "Response model of a level-2 call (substory -> shots): a shot happens in one of the substory's `location_names`."
-    qa = create_model("ShotQA", question=_text("a question about the shot"), answer=_text("its answer"))
+    qa = _SHOT_QA  # the same for every substory: made once
     shot = create_model(
         "ShotDraft", title=_text("short title"),
         location=(Literal[tuple(location_names)], Field(description="one of the substory's locations")),
@@ -221,7 +223,7 @@ def level3_model(cfg: StoryConfig, character_names: list[str]) -> type[BaseModel
         "Level3", frames=_items(frame, cfg.frames, description="the shot's keyframes, in order"),
         lines=_items(line, cfg.lines), qa=_items(qa, cfg.frame_qas))
 
-# %% ../nbs/02_story.ipynb #542a9b5c
+# %% ../nbs/02_story.ipynb #4d9ef4c4
 def _duplicates(names: list[str]) -> list[str]:
     seen, dups = set(), []
     for name in names:
@@ -255,7 +257,7 @@ def level3_checker(cfg: StoryConfig, skeleton: Movie, tokenizer: Callable | None
         return problems
     return check
 
-# %% ../nbs/02_story.ipynb #608eb825
+# %% ../nbs/02_story.ipynb #2b06dcc8
 def _qa(draft, qa_type: str) -> QA:
     return QA(type=qa_type, question=draft.question.strip(), answer=draft.answer.strip())
 
@@ -301,7 +303,7 @@ def assemble_movie(skeleton, shot_plans: dict | None = None, shot_scripts: dict 
             for q in sub.qa: q.frame_ids = [f.id for shot in sub.shots for f in shot.frames]
     return movie  # the frame ids above come from the movie itself, so they exist
 
-# %% ../nbs/02_story.ipynb #4293acd3
+# %% ../nbs/02_story.ipynb #2c0b0a5c
 def _messages(text: str) -> list[dict]:
     return [{"role": "system", "content": PROMPTS["system"]}, {"role": "user", "content": text}]
 
@@ -333,7 +335,7 @@ def level3_messages(cfg: StoryConfig, movie: Movie, s: int, t: int, tokenizer: C
         shot_content=shot.content, frames=cfg.frames, example_name=movie.characters[0].name, look_tokens=look_tokens,
         word_budget=words, max_prompt_tokens=cfg.max_prompt_tokens, lines=cfg.lines, frame_qas=cfg.frame_qas))
 
-# %% ../nbs/02_story.ipynb #4a785519
+# %% ../nbs/02_story.ipynb #5587e59c
 class StoryError(RuntimeError):
     "Some calls of a level failed after every retry; the answered ones are cached, so rerunning resumes."
 
@@ -421,7 +423,7 @@ def expand_story(cfg: StoryConfig, llm, run_dir: str | Path, *, tokenizer: Calla
             if callable(getattr(llm, "aclose", None)): await llm.aclose()
     return _run_sync(expand_and_close())
 
-# %% ../nbs/02_story.ipynb #22976860
+# %% ../nbs/02_story.ipynb #7fbbdfbd
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 
 def is_local_url(base_url: str | None) -> bool:
