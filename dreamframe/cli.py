@@ -7,12 +7,12 @@ Docs: https://dreamframe.github.io/dreamframe/pipeline.html.md"""
 # %% auto #0
 __all__ = ['COMMANDS', 'main']
 
-# %% ../nbs/10_pipeline.ipynb #12382d16
+# %% ../nbs/10_pipeline.ipynb #8f0ca47f
 import argparse
 import importlib
 import sys
 
-# %% ../nbs/10_pipeline.ipynb #fc698bfa
+# %% ../nbs/10_pipeline.ipynb #ffd16ec7
 COMMANDS = {  # subcommand: ("module:function", one-line help)
     "demo":              ("dreamframe.pipeline:demo_cli", "run the whole pipeline offline on a tiny stand-in model"),
     "run":               ("dreamframe.pipeline:run_cli", "run every stage for one movie, skipping finished work"),
@@ -29,7 +29,7 @@ COMMANDS = {  # subcommand: ("module:function", one-line help)
     "eval":              ("dreamframe.evaluate:eval_cli", "measure style consistency of a run's keyframes"),
 }
 
-# %% ../nbs/10_pipeline.ipynb #76779890
+# %% ../nbs/10_pipeline.ipynb #14ebccb9
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dreamframe", description="Synthetic movies for video-understanding models.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
