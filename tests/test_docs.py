@@ -187,7 +187,7 @@ def processed(tmp_path_factory) -> tuple[Path, str]:
     "A copy of the repository after `nbdev-proc-nbs` (with a stand-in `quarto`, which CI lacks), and its error if any."
     work = tmp_path_factory.mktemp("docs") / "repo"
     shutil.copytree(ROOT, work, ignore=shutil.ignore_patterns(".git", ".venv", "venv", "_proc", "_docs", "*.egg-info",
-                                                                "__pycache__", ".whl", ".gl", ".pytest_cache", "_run*",
+                                                                "__pycache__", ".whl*", ".gl", ".pytest_cache", "_run*",
                                                                 "demo_run", "runs"))
     bin_dir = work.parent / "bin"
     bin_dir.mkdir()
