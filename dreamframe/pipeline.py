@@ -10,7 +10,7 @@ __all__ = ['STAGES', 'EXPORT_FILES', 'EVAL_FILES', 'TINY_MODEL_DIR', 'DEMO_THEME
            'tiny_model_path', 'pipe_loader', 'stage_overrides', 'run_cli', 'read_themes', 'run_many_cli', 'status_cli',
            'demo_outputs', 'demo_cli']
 
-# %% ../nbs/10a_run.ipynb #facff696
+# %% ../nbs/10a_run.ipynb #bca1766d
 import argparse
 import asyncio
 import concurrent.futures
@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from .schema import Movie, StoryFormatError, load_stage_config, save_stage_config, slugify
 
-# %% ../nbs/10a_run.ipynb #8d84b790
+# %% ../nbs/10a_run.ipynb #18b79228
 STAGES = ("story", "style", "keyframes", "qa", "export", "view", "eval")
 
 _CONFIG_CLASSES = {  # stage: "module:ConfigClass" (the viewer has no config)
@@ -63,7 +63,7 @@ def make_stage_config(stage: str, values: dict | None = None):
         raise ValueError(f"{stage} config has no field(s) {unknown}; {cls.__name__} fields are: {', '.join(known)}")
     return cls(**values)
 
-# %% ../nbs/10a_run.ipynb #937b9d31
+# %% ../nbs/10a_run.ipynb #0a5d0bce
 @dataclass
 class PipelineConfig:
     "Every stage's config for one movie."
@@ -90,7 +90,7 @@ class PipelineConfig:
         for stage in _CONFIG_CLASSES: path = save_stage_config(run_dir, stage, getattr(self, stage))
         return path
 
-# %% ../nbs/10a_run.ipynb #4175be5f
+# %% ../nbs/10a_run.ipynb #678aa224
 EXPORT_FILES = ("llava.json", "long_video.json", "qa.jsonl", "movie.srt", "movie.mp4")  # RUN/export/ when complete
 EVAL_FILES = ("metrics.json", "metrics.png")  # RUN/eval/ when complete
 
@@ -123,8 +123,12 @@ def stage_progress(run_dir: str | Path, stage: str) -> tuple[int, int | None, st
         if total is None and movie and movie.substories and all(s.shots and all(t.frames for t in s.shots) for s in movie.substories):
             total = done
         return done, total, "frames written"
-    if stage == "style":
-        return int((run_dir / "style" / "embedding.safetensors").exists()), 1, "embedding"
+    if stage == "style":  # trained updates, from the newest checkpoint, until the embedding is written
+        total = (load_stage_config(run_dir, "style") or {}).get("steps")
+        if (run_dir / "style" / "embedding.safetensors").exists(): return (total or 1), (total or 1), "updates"
+        steps = [int(p.stem.split("-")[-1]) for p in (run_dir / "style" / "checkpoints").glob("step-*.safetensors")
+                 if p.stem.split("-")[-1].isdigit()]
+        return min(max(steps, default=0), (total or 1) - 1), total, "updates"
     if stage == "keyframes":
         movie = _load_movie(run_dir)
         if movie is None: return 0, None, "frames"
@@ -147,7 +151,7 @@ def is_done(run_dir: str | Path, stage: str) -> bool:
     done, total, _unit = stage_progress(run_dir, stage)
     return total is not None and done >= total > 0
 
-# %% ../nbs/10a_run.ipynb #ab4d06d2
+# %% ../nbs/10a_run.ipynb #73a3ca95
 def status(run_dir: str | Path) -> str:
     "One line per stage: done or left, with counts (e.g. `keyframes  120/1331 frames`)."
     run_dir = Path(run_dir)
@@ -160,7 +164,7 @@ def status(run_dir: str | Path) -> str:
         rows.append(f"  {stage:<10} {mark:<5} {count}")
     return "\n".join(rows)
 
-# %% ../nbs/10a_run.ipynb #44c2ff56
+# %% ../nbs/10a_run.ipynb #985aad07
 def clean_partial_files(run_dir: str | Path) -> list[Path]:
     "Delete temporary files left in `run_dir` by a killed run; returns what was removed."
     import shutil
@@ -174,7 +178,7 @@ def clean_partial_files(run_dir: str | Path) -> list[Path]:
         removed.append(path)
     return removed
 
-# %% ../nbs/10a_run.ipynb #62d62acc
+# %% ../nbs/10a_run.ipynb #c1685ede
 def _run_sync(value):
     "The value of `value`, awaiting it first if it is a coroutine."
     if not inspect.isawaitable(value): return value
@@ -201,7 +205,7 @@ class _Lazy:
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_available(): torch.cuda.empty_cache()
 
-# %% ../nbs/10a_run.ipynb #d0065589
+# %% ../nbs/10a_run.ipynb #44336830
 def _story(cfg, run_dir, llm, pipe, progress=True):
     return _run_sync(_resolve("dreamframe.story:expand_story")(cfg.story, llm, run_dir, progress=progress))
 def _style(cfg, run_dir, llm, pipe, progress=True):  # resume=True: continue from RUN/style/checkpoints after a kill
@@ -215,7 +219,7 @@ def _eval(cfg, run_dir, llm, pipe, progress=True): return _run_sync(_resolve("dr
 
 _RUNNERS = {"story": _story, "style": _style, "keyframes": _keyframes, "qa": _qa, "export": _export, "view": _view, "eval": _eval}
 
-# %% ../nbs/10a_run.ipynb #21d7b843
+# %% ../nbs/10a_run.ipynb #a93c6052
 def run_pipeline(cfg: PipelineConfig, run_dir: str | Path, *,
                  llm=None,                        # a dreamframe.llm.LLM or ScriptedLLM (story and QA)
                  pipe=None,                       # an SDXL pipeline, or a function returning one (style, keyframes)
@@ -256,7 +260,7 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | Path, *,
         if stage == "style": resources.reset()
     return outcome
 
-# %% ../nbs/10a_run.ipynb #8da42ab6
+# %% ../nbs/10a_run.ipynb #5d737c29
 TINY_MODEL_DIR = "_tiny_model"  # inside the run folder, for --model tiny
 
 def make_llm(run_dir: str | Path, llm_model: str = "scripted", base_url: str | None = None, **llm_options):
@@ -296,7 +300,7 @@ def pipe_loader(run_dir: str | Path, model: str, dtype: str = "float32", device:
         return models.load_sdxl(str(path), **kwargs)
     return load
 
-# %% ../nbs/10a_run.ipynb #2325469f
+# %% ../nbs/10a_run.ipynb #5b76f2e2
 _FLAG_FIELDS = {  # flag: fields it sets, as (stage, field) candidates; a candidate is used when the stage's config has that field
     "substories": [("story", "substories")],
     "shots": [("story", "shots")],
@@ -413,7 +417,7 @@ def run_cli(argv: list[str]) -> int:
     print(status(args.run_dir))
     return 0
 
-# %% ../nbs/10a_run.ipynb #b4181d4a
+# %% ../nbs/10a_run.ipynb #7615d816
 def read_themes(path: str | Path) -> list[str]:
     "Themes from a text file: one per line, blank lines and `#` comments skipped."
     lines = Path(path).read_text(encoding="utf-8").splitlines()
@@ -458,7 +462,7 @@ def status_cli(argv: list[str]) -> int:
     if missing: print(f"dreamframe status: error: no such run folder: {', '.join(missing)}", file=sys.stderr)
     return 2 if missing else 0
 
-# %% ../nbs/10a_run.ipynb #6d353333
+# %% ../nbs/10a_run.ipynb #c756d6ce
 DEMO_THEME = "a lighthouse keeper finds a message in a bottle"
 DEMO_OPTIONS = ["--model", "tiny", "--llm-model", "scripted", "--substories", "3", "--shots", "2", "--frames", "4",
                 "--size", "64", "--steps", "2", "--style-steps", "4", "--style-images", "2",
