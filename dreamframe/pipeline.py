@@ -10,7 +10,7 @@ __all__ = ['STAGES', 'EXPORT_FILES', 'EVAL_FILES', 'TINY_MODEL_DIR', 'DEMO_THEME
            'tiny_model_path', 'pipe_loader', 'stage_overrides', 'run_cli', 'read_themes', 'run_many_cli', 'status_cli',
            'demo_outputs', 'demo_cli']
 
-# %% ../nbs/10a_run.ipynb #bca1766d
+# %% ../nbs/10a_run.ipynb #825a25dd
 import argparse
 import asyncio
 import concurrent.futures
@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from .schema import Movie, StoryFormatError, load_stage_config, save_stage_config, slugify
 
-# %% ../nbs/10a_run.ipynb #18b79228
+# %% ../nbs/10a_run.ipynb #86724b32
 STAGES = ("story", "style", "keyframes", "qa", "export", "view", "eval")
 
 _CONFIG_CLASSES = {  # stage: "module:ConfigClass" (the viewer has no config)
@@ -63,7 +63,7 @@ def make_stage_config(stage: str, values: dict | None = None):
         raise ValueError(f"{stage} config has no field(s) {unknown}; {cls.__name__} fields are: {', '.join(known)}")
     return cls(**values)
 
-# %% ../nbs/10a_run.ipynb #0a5d0bce
+# %% ../nbs/10a_run.ipynb #e3fa1e5d
 @dataclass
 class PipelineConfig:
     "Every stage's config for one movie."
@@ -90,7 +90,7 @@ class PipelineConfig:
         for stage in _CONFIG_CLASSES: path = save_stage_config(run_dir, stage, getattr(self, stage))
         return path
 
-# %% ../nbs/10a_run.ipynb #678aa224
+# %% ../nbs/10a_run.ipynb #3df9950f
 EXPORT_FILES = ("llava.json", "long_video.json", "qa.jsonl", "movie.srt", "movie.mp4")  # RUN/export/ when complete
 EVAL_FILES = ("metrics.json", "metrics.png")  # RUN/eval/ when complete
 
@@ -151,7 +151,7 @@ def is_done(run_dir: str | Path, stage: str) -> bool:
     done, total, _unit = stage_progress(run_dir, stage)
     return total is not None and done >= total > 0
 
-# %% ../nbs/10a_run.ipynb #73a3ca95
+# %% ../nbs/10a_run.ipynb #8ad43f95
 def status(run_dir: str | Path) -> str:
     "One line per stage: done or left, with counts (e.g. `keyframes  120/1331 frames`)."
     run_dir = Path(run_dir)
@@ -164,7 +164,7 @@ def status(run_dir: str | Path) -> str:
         rows.append(f"  {stage:<10} {mark:<5} {count}")
     return "\n".join(rows)
 
-# %% ../nbs/10a_run.ipynb #985aad07
+# %% ../nbs/10a_run.ipynb #3e26ebaa
 def clean_partial_files(run_dir: str | Path) -> list[Path]:
     "Delete temporary files left in `run_dir` by a killed run; returns what was removed."
     import shutil
@@ -178,7 +178,7 @@ def clean_partial_files(run_dir: str | Path) -> list[Path]:
         removed.append(path)
     return removed
 
-# %% ../nbs/10a_run.ipynb #c1685ede
+# %% ../nbs/10a_run.ipynb #343452ad
 def _run_sync(value):
     "The value of `value`, awaiting it first if it is a coroutine."
     if not inspect.isawaitable(value): return value
@@ -205,7 +205,7 @@ class _Lazy:
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_available(): torch.cuda.empty_cache()
 
-# %% ../nbs/10a_run.ipynb #44336830
+# %% ../nbs/10a_run.ipynb #50d50d79
 def _story(cfg, run_dir, llm, pipe, progress=True):
     return _run_sync(_resolve("dreamframe.story:expand_story")(cfg.story, llm, run_dir, progress=progress))
 def _style(cfg, run_dir, llm, pipe, progress=True):  # resume=True: continue from RUN/style/checkpoints after a kill
@@ -219,7 +219,7 @@ def _eval(cfg, run_dir, llm, pipe, progress=True): return _run_sync(_resolve("dr
 
 _RUNNERS = {"story": _story, "style": _style, "keyframes": _keyframes, "qa": _qa, "export": _export, "view": _view, "eval": _eval}
 
-# %% ../nbs/10a_run.ipynb #a93c6052
+# %% ../nbs/10a_run.ipynb #75e812d6
 def run_pipeline(cfg: PipelineConfig, run_dir: str | Path, *,
                  llm=None,                        # a dreamframe.llm.LLM or ScriptedLLM (story and QA)
                  pipe=None,                       # an SDXL pipeline, or a function returning one (style, keyframes)
@@ -260,7 +260,7 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | Path, *,
         if stage == "style": resources.reset()
     return outcome
 
-# %% ../nbs/10a_run.ipynb #5d737c29
+# %% ../nbs/10a_run.ipynb #64e72473
 TINY_MODEL_DIR = "_tiny_model"  # inside the run folder, for --model tiny
 
 def make_llm(run_dir: str | Path, llm_model: str = "scripted", base_url: str | None = None, **llm_options):
@@ -300,7 +300,7 @@ def pipe_loader(run_dir: str | Path, model: str, dtype: str = "float32", device:
         return models.load_sdxl(str(path), **kwargs)
     return load
 
-# %% ../nbs/10a_run.ipynb #5b76f2e2
+# %% ../nbs/10a_run.ipynb #796608f4
 _FLAG_FIELDS = {  # flag: fields it sets, as (stage, field) candidates; a candidate is used when the stage's config has that field
     "substories": [("story", "substories")],
     "shots": [("story", "shots")],
@@ -338,7 +338,7 @@ def stage_overrides(flags: dict[str, Any], sets: list[str] = (), base: dict[str,
         key, sep, text = item.partition("=")
         stage, dot, name = key.partition(".")
         if not (sep and dot and stage and name):
-            raise ValueError(f"--set {item!r}: expected STAGE.FIELD=VALUE, e.g. --set keyframes.guidance_scale=5.0")
+            raise ValueError(f"--set {item!r}: expected STAGE.FIELD=VALUE, e.g. --set keyframes.guidance=5.0")
         if stage not in _CONFIG_CLASSES: raise ValueError(f"--set {item!r}: unknown stage {stage!r}; stages with a config: {', '.join(_CONFIG_CLASSES)}")
         overrides.setdefault(stage, {})[name] = _parse_value(text)
     return overrides
@@ -351,15 +351,15 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     add("--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (key: OPENAI_API_KEY)")
     add("--device", help="cuda, cpu, cuda:1 … (default: cuda when available)")
     add("--dtype", choices=["float32", "float16", "bfloat16"], help="SDXL weights dtype (default float32)")
-    add("--low-memory", action="store_true", default=None, help="CPU offload and VAE tiling (16 GB cards)")
+    add("--low-memory", action="store_true", default=None, help="CPU offload and VAE tiling for keyframes, gradient checkpointing for style (16 GB cards)")
     for flag in ("substories", "shots", "frames"): add(f"--{flag}", type=int, help=f"story size: {flag}")
     add("--size", type=int, help="image side in pixels for style training and keyframes")
     add("--steps", type=int, help="keyframe denoising steps")
     add("--style-steps", type=int, help="style-embedding training steps")
     add("--style-images", type=int, help="number of style images")
-    add("--seed", type=int, help="base seed of every stage")
+    add("--seed", type=int, help="seed of every stage that has one (style, keyframes, QA)")
     add("--batch-size", type=int, help="keyframes per SDXL call")
-    add("--set", action="append", default=[], metavar="STAGE.FIELD=VALUE", help="any other config field, e.g. keyframes.guidance_scale=5")
+    add("--set", action="append", default=[], metavar="STAGE.FIELD=VALUE", help="any other config field, e.g. keyframes.guidance=5")
     add("--no-view", action="store_true", help="don't write RUN/view.html")
     add("--only", help=f"comma-separated stages to consider (default all: {','.join(STAGES)})")
     add("--quiet", action="store_true", help="no progress bars")
@@ -417,7 +417,7 @@ def run_cli(argv: list[str]) -> int:
     print(status(args.run_dir))
     return 0
 
-# %% ../nbs/10a_run.ipynb #7615d816
+# %% ../nbs/10a_run.ipynb #645b7099
 def read_themes(path: str | Path) -> list[str]:
     "Themes from a text file: one per line, blank lines and `#` comments skipped."
     lines = Path(path).read_text(encoding="utf-8").splitlines()
@@ -462,7 +462,7 @@ def status_cli(argv: list[str]) -> int:
     if missing: print(f"dreamframe status: error: no such run folder: {', '.join(missing)}", file=sys.stderr)
     return 2 if missing else 0
 
-# %% ../nbs/10a_run.ipynb #c756d6ce
+# %% ../nbs/10a_run.ipynb #b15bcc6e
 DEMO_THEME = "a lighthouse keeper finds a message in a bottle"
 DEMO_OPTIONS = ["--model", "tiny", "--llm-model", "scripted", "--substories", "3", "--shots", "2", "--frames", "4",
                 "--size", "64", "--steps", "2", "--style-steps", "4", "--style-images", "2",
