@@ -7,10 +7,10 @@ Docs: https://dreamframe.github.io/dreamframe/run.html.md"""
 # %% auto #0
 __all__ = ['STAGES', 'EXPORT_FILES', 'EVAL_FILES', 'TINY_MODEL_DIR', 'DEMO_THEME', 'DEMO_OPTIONS', 'make_stage_config',
            'PipelineConfig', 'stage_progress', 'is_done', 'status', 'clean_partial_files', 'run_pipeline', 'make_llm',
-           'tiny_model_path', 'pipe_loader', 'stage_overrides', 'run_cli', 'read_themes', 'run_many_cli', 'status_cli',
-           'demo_outputs', 'demo_cli']
+           'tiny_model_path', 'pipe_loader', 'refiner_loader', 'stage_overrides', 'run_cli', 'read_themes',
+           'run_many_cli', 'status_cli', 'demo_outputs', 'demo_cli']
 
-# %% ../nbs/10a_run.ipynb #825a25dd
+# %% ../nbs/10a_run.ipynb #5af9a87f
 import argparse
 import asyncio
 import concurrent.futures
@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from .schema import Movie, StoryFormatError, load_stage_config, save_stage_config, slugify
 
-# %% ../nbs/10a_run.ipynb #86724b32
+# %% ../nbs/10a_run.ipynb #0a7a40d6
 STAGES = ("story", "style", "keyframes", "qa", "export", "view", "eval")
 
 _CONFIG_CLASSES = {  # stage: "module:ConfigClass" (the viewer has no config)
@@ -63,7 +63,7 @@ def make_stage_config(stage: str, values: dict | None = None):
         raise ValueError(f"{stage} config has no field(s) {unknown}; {cls.__name__} fields are: {', '.join(known)}")
     return cls(**values)
 
-# %% ../nbs/10a_run.ipynb #e3fa1e5d
+# %% ../nbs/10a_run.ipynb #dcfd1066
 @dataclass
 class PipelineConfig:
     "Every stage's config for one movie."
@@ -90,7 +90,7 @@ class PipelineConfig:
         for stage in _CONFIG_CLASSES: path = save_stage_config(run_dir, stage, getattr(self, stage))
         return path
 
-# %% ../nbs/10a_run.ipynb #3df9950f
+# %% ../nbs/10a_run.ipynb #e72209e2
 EXPORT_FILES = ("llava.json", "long_video.json", "qa.jsonl", "movie.srt", "movie.mp4")  # RUN/export/ when complete
 EVAL_FILES = ("metrics.json", "metrics.png")  # RUN/eval/ when complete
 
@@ -151,7 +151,7 @@ def is_done(run_dir: str | Path, stage: str) -> bool:
     done, total, _unit = stage_progress(run_dir, stage)
     return total is not None and done >= total > 0
 
-# %% ../nbs/10a_run.ipynb #8ad43f95
+# %% ../nbs/10a_run.ipynb #7f3c6567
 def status(run_dir: str | Path) -> str:
     "One line per stage: done or left, with counts (e.g. `keyframes  120/1331 frames`)."
     run_dir = Path(run_dir)
@@ -164,7 +164,7 @@ def status(run_dir: str | Path) -> str:
         rows.append(f"  {stage:<10} {mark:<5} {count}")
     return "\n".join(rows)
 
-# %% ../nbs/10a_run.ipynb #3e26ebaa
+# %% ../nbs/10a_run.ipynb #55b5f2c2
 def clean_partial_files(run_dir: str | Path) -> list[Path]:
     "Delete temporary files left in `run_dir` by a killed run; returns what was removed."
     import shutil
@@ -178,7 +178,7 @@ def clean_partial_files(run_dir: str | Path) -> list[Path]:
         removed.append(path)
     return removed
 
-# %% ../nbs/10a_run.ipynb #343452ad
+# %% ../nbs/10a_run.ipynb #eb96e951
 def _run_sync(value):
     "The value of `value`, awaiting it first if it is a coroutine."
     if not inspect.isawaitable(value): return value
@@ -205,24 +205,27 @@ class _Lazy:
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_available(): torch.cuda.empty_cache()
 
-# %% ../nbs/10a_run.ipynb #50d50d79
-def _story(cfg, run_dir, llm, pipe, progress=True):
+# %% ../nbs/10a_run.ipynb #431d5e66
+def _story(cfg, run_dir, llm, pipe, progress=True, **_):
     return _run_sync(_resolve("dreamframe.story:expand_story")(cfg.story, llm, run_dir, progress=progress))
-def _style(cfg, run_dir, llm, pipe, progress=True):  # resume=True: continue from RUN/style/checkpoints after a kill
+def _style(cfg, run_dir, llm, pipe, progress=True, **_):  # resume=True: continue from RUN/style/checkpoints after a kill
     return _resolve("dreamframe.style:train_style")(cfg.style, pipe.get(), run_dir, resume=True)
-def _keyframes(cfg, run_dir, llm, pipe, progress=True):
-    return _run_sync(_resolve("dreamframe.keyframes:generate_keyframes")(cfg.keyframes, pipe.get(), Movie.load(run_dir), run_dir))
-def _qa(cfg, run_dir, llm, pipe, progress=True): return _run_sync(_resolve("dreamframe.qa:build_qa")(cfg.qa, llm, run_dir))
-def _export(cfg, run_dir, llm, pipe, progress=True): return _run_sync(_resolve("dreamframe.export:export_run")(cfg.export, run_dir))
-def _view(cfg, run_dir, llm, pipe, progress=True): return _resolve("dreamframe.viewer:frames_to_html")(run_dir, Path(run_dir) / "view.html")
-def _eval(cfg, run_dir, llm, pipe, progress=True): return _run_sync(_resolve("dreamframe.evaluate:evaluate_run")(cfg.eval, run_dir))
+def _keyframes(cfg, run_dir, llm, pipe, progress=True, refiner=None, **_):
+    base = pipe.get()
+    refiner_pipe = refiner(base) if refiner is not None and getattr(cfg.keyframes, "refiner_steps", 0) else None
+    return _resolve("dreamframe.keyframes:generate_keyframes")(cfg.keyframes, base, Movie.load(run_dir), run_dir, refiner=refiner_pipe)
+def _qa(cfg, run_dir, llm, pipe, progress=True, **_): return _run_sync(_resolve("dreamframe.qa:build_qa")(cfg.qa, llm, run_dir))
+def _export(cfg, run_dir, llm, pipe, progress=True, **_): return _run_sync(_resolve("dreamframe.export:export_run")(cfg.export, run_dir))
+def _view(cfg, run_dir, llm, pipe, progress=True, **_): return _resolve("dreamframe.viewer:frames_to_html")(run_dir, Path(run_dir) / "view.html")
+def _eval(cfg, run_dir, llm, pipe, progress=True, **_): return _run_sync(_resolve("dreamframe.evaluate:evaluate_run")(cfg.eval, run_dir))
 
 _RUNNERS = {"story": _story, "style": _style, "keyframes": _keyframes, "qa": _qa, "export": _export, "view": _view, "eval": _eval}
 
-# %% ../nbs/10a_run.ipynb #75e812d6
+# %% ../nbs/10a_run.ipynb #1509a669
 def run_pipeline(cfg: PipelineConfig, run_dir: str | Path, *,
                  llm=None,                        # a dreamframe.llm.LLM or ScriptedLLM (story and QA)
                  pipe=None,                       # an SDXL pipeline, or a function returning one (style, keyframes)
+                 refiner=None,                    # function base_pipe -> SDXL refiner, used when keyframes.refiner_steps > 0
                  stages: tuple[str, ...] = STAGES, # which stages to consider, in pipeline order
                  progress: bool = True,           # show the per-stage bar
                  log: Callable[[str], None] | None = None, # where to report each stage (default: tqdm.write)
@@ -249,7 +252,7 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | Path, *,
             continue
         if stage in ("story", "qa") and llm is None: raise ValueError(f"stage {stage!r} needs an LLM: pass llm=")
         started = time.perf_counter()
-        _RUNNERS[stage](cfg, run_dir, llm, resources, progress=progress)
+        _RUNNERS[stage](cfg, run_dir, llm, resources, progress=progress, refiner=refiner)
         if not is_done(run_dir, stage):
             done, total, unit = stage_progress(run_dir, stage)
             raise RuntimeError(f"stage {stage!r} finished but its outputs are incomplete in {run_dir}: {done}/{total} {unit}")
@@ -260,7 +263,7 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | Path, *,
         if stage == "style": resources.reset()
     return outcome
 
-# %% ../nbs/10a_run.ipynb #64e72473
+# %% ../nbs/10a_run.ipynb #6589186f
 TINY_MODEL_DIR = "_tiny_model"  # inside the run folder, for --model tiny
 
 def make_llm(run_dir: str | Path, llm_model: str = "scripted", base_url: str | None = None, **llm_options):
@@ -282,25 +285,42 @@ def tiny_model_path(run_dir: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{TINY_MODEL_DIR}.", suffix=".tmpdir"))
     try:
-        models.tiny_sdxl(staging / "model")
+        models.tiny_sdxl(staging / "model", refiner=True)  # RUN/_tiny_model/refiner for --refiner tiny
         if path.exists(): shutil.rmtree(path)
         os.replace(staging / "model", path)
     finally: shutil.rmtree(staging, ignore_errors=True)
     return path
 
-def pipe_loader(run_dir: str | Path, model: str, dtype: str = "float32", device: str | None = None, low_memory: bool = False) -> Callable:
-    "A function that loads SDXL `model` ('tiny', a hub id or a folder) when first needed."
+def _device(device: str | None) -> str:
+    import torch
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+def pipe_loader(run_dir: str | Path, model: str, dtype: str = "float32", device: str | None = None, low_memory: bool = False,
+                vae: str | None = None) -> Callable:
+    "A function that loads SDXL `model` ('tiny', a hub id or a folder; `vae` a replacement VAE) when first needed."
     def load():
         import torch
         models = importlib.import_module("dreamframe.models")
         path = tiny_model_path(run_dir) if model == "tiny" else model
-        chosen = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        kwargs = dict(dtype=getattr(torch, dtype), device=chosen)
+        kwargs = dict(dtype=getattr(torch, dtype), device=_device(device))
         if low_memory: kwargs["low_memory"] = True
+        if vae: kwargs["vae"] = vae
         return models.load_sdxl(str(path), **kwargs)
     return load
 
-# %% ../nbs/10a_run.ipynb #796608f4
+def refiner_loader(run_dir: str | Path, refiner: str, dtype: str = "float32", device: str | None = None,
+                   low_memory: bool = False) -> Callable:
+    "A function `base_pipe -> refiner` for SDXL refiner `refiner` ('tiny', a hub id or a folder)."
+    def load(base):
+        import torch
+        models = importlib.import_module("dreamframe.models")
+        path = tiny_model_path(run_dir) / "refiner" if refiner == "tiny" else refiner
+        kwargs = dict(dtype=getattr(torch, dtype), device=_device(device))
+        if low_memory: kwargs["low_memory"] = True
+        return models.load_refiner(str(path), base, **kwargs)
+    return load
+
+# %% ../nbs/10a_run.ipynb #bdc77564
 _FLAG_FIELDS = {  # flag: fields it sets, as (stage, field) candidates; a candidate is used when the stage's config has that field
     "substories": [("story", "substories")],
     "shots": [("story", "shots")],
@@ -348,6 +368,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--model", help="SDXL: hub id (stabilityai/stable-diffusion-xl-base-1.0), local diffusers folder, or 'tiny' (untrained stand-in)")
     add("--llm-model", help="LLM model name on the OpenAI-compatible server, or 'scripted' (offline, for tests)")
+    add("--refiner", help="SDXL refiner for keyframes.refiner_steps > 0: hub id (stabilityai/stable-diffusion-xl-refiner-1.0), folder, or 'tiny'")
+    add("--vae", help="replacement VAE, e.g. madebyollin/sdxl-vae-fp16-fix for --dtype float16")
     add("--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (key: OPENAI_API_KEY)")
     add("--device", help="cuda, cpu, cuda:1 … (default: cuda when available)")
     add("--dtype", choices=["float32", "float16", "bfloat16"], help="SDXL weights dtype (default float32)")
@@ -364,7 +386,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     add("--only", help=f"comma-separated stages to consider (default all: {','.join(STAGES)})")
     add("--quiet", action="store_true", help="no progress bars")
 
-_RESOURCE_DEFAULTS = {"model": None, "llm_model": None, "base_url": None, "device": None, "dtype": "float32", "low_memory": False}
+_RESOURCE_DEFAULTS = {"model": None, "refiner": None, "vae": None, "llm_model": None, "base_url": None, "device": None, "dtype": "float32", "low_memory": False}
 
 def _prepare(run_dir: Path, args, theme: str | None):
     "Build configs and resource loaders from `args`, falling back to what `RUN/config.json` remembers."
@@ -397,9 +419,10 @@ def _run_one(run_dir: Path, args, theme: str | None) -> dict[str, str]:
     run_dir.mkdir(parents=True, exist_ok=True)
     save_stage_config(run_dir, "pipeline", resources)
     llm = make_llm(run_dir, resources["llm_model"], resources["base_url"])
-    pipe = pipe_loader(run_dir, resources["model"], resources["dtype"], resources["device"], resources["low_memory"])
+    pipe = pipe_loader(run_dir, resources["model"], resources["dtype"], resources["device"], resources["low_memory"], resources["vae"])
+    refiner = resources["refiner"] and refiner_loader(run_dir, resources["refiner"], resources["dtype"], resources["device"], resources["low_memory"])
     stages = tuple(s.strip() for s in args.only.split(",")) if args.only else STAGES
-    return run_pipeline(cfg, run_dir, llm=llm, pipe=pipe, stages=stages, progress=not args.quiet)
+    return run_pipeline(cfg, run_dir, llm=llm, pipe=pipe, refiner=refiner or None, stages=stages, progress=not args.quiet)
 
 def _fail(prog: str, error: Exception) -> int:
     print(f"{prog}: error: {error}", file=sys.stderr)
@@ -417,7 +440,7 @@ def run_cli(argv: list[str]) -> int:
     print(status(args.run_dir))
     return 0
 
-# %% ../nbs/10a_run.ipynb #645b7099
+# %% ../nbs/10a_run.ipynb #fe19d5f6
 def read_themes(path: str | Path) -> list[str]:
     "Themes from a text file: one per line, blank lines and `#` comments skipped."
     lines = Path(path).read_text(encoding="utf-8").splitlines()
@@ -462,7 +485,7 @@ def status_cli(argv: list[str]) -> int:
     if missing: print(f"dreamframe status: error: no such run folder: {', '.join(missing)}", file=sys.stderr)
     return 2 if missing else 0
 
-# %% ../nbs/10a_run.ipynb #b15bcc6e
+# %% ../nbs/10a_run.ipynb #aab04367
 DEMO_THEME = "a lighthouse keeper finds a message in a bottle"
 DEMO_OPTIONS = ["--model", "tiny", "--llm-model", "scripted", "--substories", "3", "--shots", "2", "--frames", "4",
                 "--size", "64", "--steps", "2", "--style-steps", "4", "--style-images", "2",

@@ -48,3 +48,14 @@ def test_run_many_keeps_going_past_a_failed_movie(tmp_path, capsys):
         assert is_done(tmp_path / "out" / slug, "story"), status(tmp_path / "out" / slug)
     # again: both finished movies are skipped, the broken one fails the same way
     assert main(["run-many", str(themes), str(tmp_path / "out"), *SMALL, "--only", "story"]) == 1
+
+
+def test_run_with_a_refiner(tmp_path):
+    "`--refiner` reaches the keyframes stage when keyframes.refiner_steps > 0 (tiny base + tiny refiner, 64 px)."
+    run = tmp_path / "refined"
+    assert main(["run", str(run), "--theme", "a fox learns to sail", *SMALL, "--refiner", "tiny", "--size", "64",
+                 "--steps", "2", "--set", "keyframes.refiner_steps=1", "--set", "keyframes.negative_prompt=blurry",
+                 "--only", "story,keyframes"]) == 0
+    assert is_done(run, "keyframes")
+    manifest = [json.loads(line) for line in (run / "frames" / "manifest.jsonl").read_text().splitlines()]
+    assert {record["refiner_steps"] for record in manifest} == {1} and "refiner" in manifest[0]["model"]
