@@ -7,11 +7,16 @@ Full SDXL-size random-weight base + refiner (bench/sdxl-configs), fp16, 1024², 
       cuDNN autotuning, bf16 VAE decode of the batch, PNGs written on a background thread
   (c) ours, base only, 30 steps
   (d) ours, low-memory mode (model CPU offload + VAE tiling/slicing), batch 1: peak GPU memory at 1024²
+  (c) variants (--c-variants): several settings of (c) side by side in one process, e.g. the previous default
+      (batch 8, UNet-only compile) as the in-run baseline and the new ones (compiled channels-last VAE, batch 16,
+      cuDNN attention), plus a micro-benchmark of the UNet's attention shapes under each SDPA kernel; written to
+      keyframe_speed_c.json
 Seconds per frame are medians over timed frames after warm-up (ours: group seconds / frames in the group, and the
 wall clock of the timed groups, PNG writing included). Frames per GPU-hour = 3600 / seconds per frame.
 
     python bench/keyframe_speed.py            # H100; writes $OUT/keyframe_speed.json (or bench/results/)
     python bench/keyframe_speed.py --tiny     # CPU rehearsal on the tiny pipeline (64 px, 2+1 steps)
+    python bench/keyframe_speed.py --only c --c-variants prev_b8,b8_vae,b16_vae_cudnn,b16_vae   # (c) side by side
 """
 import argparse
 import dataclasses
@@ -34,7 +39,7 @@ os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", "/tmp/dreamframe-inductor")  # 
 import torch
 import diffusers, transformers, accelerate
 from dreamframe import models
-from dreamframe.keyframes import KeyframeConfig, _decode, generate_keyframes, read_manifest
+from dreamframe.keyframes import KeyframeConfig, _attention, _decode, generate_keyframes, read_manifest
 from dreamframe.schema import sample_movie
 
 T0 = time.perf_counter()
@@ -88,22 +93,23 @@ def reference(args, base, refiner, movie, tmp):
                    settings=f"fp16, batch 1, {args.steps}+{args.refiner_steps} steps, SDPA, no compile, fp32-upcast VAE")
 
 
-def ours(args, base, refiner, movie, tmp, label, **overrides):
+def ours(args, base, refiner, movie, tmp, label, timed_groups=None, **overrides):
     "generate_keyframes: warm-up groups (compile happens here), then timed groups in the same run folder."
-    cfg = KeyframeConfig(steps=args.steps, guidance=args.guidance, resolution=args.resolution, batch_size=args.batch_size,
-                         dtype="float16" if args.device == "cuda" else "float32", device=args.device, progress=False,
-                         compile=args.compile, compile_mode=args.compile_mode, cudnn_benchmark=args.device == "cuda",
-                         **overrides)
+    settings = dict(steps=args.steps, guidance=args.guidance, resolution=args.resolution, batch_size=args.batch_size,
+                    dtype="float16" if args.device == "cuda" else "float32", device=args.device, progress=False,
+                    compile=args.compile, compile_mode=args.compile_mode, cudnn_benchmark=args.device == "cuda")
+    cfg = KeyframeConfig(**{**settings, **overrides})
     run = tmp / label
     movie.save(run)
     warm_frames = cfg.batch_size * args.warmup_groups
-    timed_frames = cfg.batch_size * args.timed_groups
+    timed_frames = cfg.batch_size * (timed_groups or args.timed_groups)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sync(); start = time.perf_counter()
         generate_keyframes(dataclasses.replace(cfg, limit=warm_frames), base, movie, run, refiner=refiner)
         sync(); warm_s = time.perf_counter() - start
         log(f"{label}: warm-up {warm_frames} frames {warm_s:.1f}s")
+        warm_peak = gib(torch.cuda.max_memory_allocated()) if args.device == "cuda" else None
         if args.device == "cuda": torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         generate_keyframes(dataclasses.replace(cfg, limit=warm_frames + timed_frames), base, movie, run, refiner=refiner)
@@ -113,15 +119,111 @@ def ours(args, base, refiner, movie, tmp, label, **overrides):
     per_frame = [records[i]["seconds"] for i in timed_ids]
     log(f"{label}: {timed_frames} frames {wall:.2f}s wall, median {statistics.median(per_frame):.3f}s/frame")
     latent = args.resolution // 8
-    sync(); start = time.perf_counter()
-    _decode(base, torch.randn(cfg.batch_size, 4, latent, latent, device=args.device, dtype=base.unet.dtype))
-    sync(); decode_s = round((time.perf_counter() - start) / cfg.batch_size, 3)
+    decode_times = []
+    for _ in range(3):
+        latents = torch.randn(cfg.batch_size, 4, latent, latent, device=args.device, dtype=base.unet.dtype)
+        sync(); start = time.perf_counter()
+        _decode(base, latents)
+        sync(); decode_times.append(time.perf_counter() - start)
+    decode_s = round(statistics.median(decode_times) / cfg.batch_size, 3)
     log(f"{label}: VAE decode + 8-bit conversion {decode_s:.3f}s/frame")
     return summary(statistics.median(per_frame), wall_seconds_per_frame=round(wall / timed_frames, 3),
                    frames_timed=timed_frames, warmup_s=round(warm_s, 1), vae_decode_seconds_per_frame=decode_s,
                    inductor_tuning=args.inductor_tuning,
                    peak_allocated_gib=gib(torch.cuda.max_memory_allocated()) if args.device == "cuda" else None,
+                   peak_allocated_warmup_gib=warm_peak,
+                   peak_reserved_gib=gib(torch.cuda.max_memory_reserved()) if args.device == "cuda" else None,
                    config={k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("negative_prompt", "template")})
+
+
+# (c) variants: name -> KeyframeConfig overrides. "prev_b8" is the setting before the compiled VAE (the in-run baseline).
+C_VARIANTS = {
+    "prev_b8": dict(batch_size=8, compile_vae=False, attention_backend="default"),
+    "b8_vae": dict(batch_size=8, compile_vae=True, attention_backend="default"),
+    "b8_vae_cudnn": dict(batch_size=8, compile_vae=True, attention_backend="cudnn"),
+    "b16_vae": dict(batch_size=16, compile_vae=True, attention_backend="default"),
+    "b16_vae_cudnn": dict(batch_size=16, compile_vae=True, attention_backend="cudnn"),
+}
+
+
+def uncompile(pipe):
+    "Hand the pipeline's models back uncompiled and drop every compiled graph (the next call traces afresh)."
+    if hasattr(pipe.unet, "_orig_mod"): pipe.unet = pipe.unet._orig_mod
+    if hasattr(pipe.vae.decoder, "_orig_mod"): pipe.vae.decoder = pipe.vae.decoder._orig_mod
+    torch._dynamo.reset()
+
+
+def attention_bench(args, batch_size):
+    "Seconds per frame spent in the base UNet's attention (30 CFG steps) under each SDPA kernel, on SDXL's shapes."
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    n = 2 * batch_size  # CFG doubles the UNet batch
+    # SDXL base at 1024²: 10 transformer layers at 64² latents (10 heads), 60 at 32² (20 heads); head dim 64;
+    # each layer one self-attention and one cross-attention over 77 text tokens
+    shapes = [(10, 10, 4096, 4096), (10, 10, 4096, 77), (60, 20, 1024, 1024), (60, 20, 1024, 77)]
+    kernels = {"default": None, "flash": [SDPBackend.FLASH_ATTENTION], "cudnn": [SDPBackend.CUDNN_ATTENTION],
+               "efficient": [SDPBackend.EFFICIENT_ATTENTION],
+               "cudnn_first (attention_backend='cudnn')": "cfg"}
+    out = dict(unet_batch=n, shapes="(layers, heads, query tokens, key tokens), head dim 64, fp16")
+    for name, backends in kernels.items():
+        try:
+            total = 0.0
+            for layers, heads, lq, lk in shapes:
+                q = torch.randn(n, heads, lq, 64, device="cuda", dtype=torch.float16)
+                k, v = (torch.randn(n, heads, lk, 64, device="cuda", dtype=torch.float16) for _ in range(2))
+                ctx = (_attention(KeyframeConfig(attention_backend="cudnn")) if backends == "cfg" else
+                       sdpa_kernel(backends) if backends else torch.no_grad())
+                with ctx, torch.inference_mode():
+                    for _ in range(3): torch.nn.functional.scaled_dot_product_attention(q, k, v)
+                    times = []
+                    for _ in range(10):
+                        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                        a.record(); torch.nn.functional.scaled_dot_product_attention(q, k, v); b.record()
+                        b.synchronize(); times.append(a.elapsed_time(b) / 1000)
+                total += layers * statistics.median(times)
+            out[name] = round(total * args.steps / batch_size, 4)
+        except Exception as error:
+            out[name] = f"{type(error).__name__}: {error}"[:200]
+    flops = sum(layers * 4 * n * heads * lq * lk * 64 for layers, heads, lq, lk in shapes)
+    out["tflop_per_unet_call"] = round(flops / 1e12, 2)
+    log(f"attention (s/frame, 30 steps): {out}")
+    return out
+
+
+def c_variants(args, base, movie, tmp, names, results, save):
+    "Each named (c) variant in turn on the same models; a variant whose graphs must be traced afresh resets Dynamo."
+    traced = {}  # batch size -> attention backend its compiled UNet graph was traced with
+    cost = dict(unet=150.0, vae=60.0)  # compile seconds, updated from what the run measures
+    for name in names:
+        overrides = C_VARIANTS[name]
+        batch, attention = overrides["batch_size"], overrides["attention_backend"]
+        reset = traced.get(batch, attention) != attention  # Dynamo does not guard on the SDPA kernel: force a new trace
+        new_unet = reset or batch not in traced
+        estimate = (cost["unet"] if new_unet else 0) + (cost["vae"] if overrides["compile_vae"] else 0) + \
+                   1.2 * (batch + args.c_timed_frames) + 10
+        failed = results.get("attention_microbench_s_per_frame", {}).get(f"batch_{batch}", {}).get("cudnn", 0)
+        if attention == "cudnn" and isinstance(failed, str):
+            results["c_variants"][name] = dict(skipped=f"cuDNN attention failed in the micro-benchmark: {failed}")
+            log(f"{name}: skipped (cuDNN attention failed)"); save(); continue
+        if elapsed() + estimate > args.deadline:
+            results["c_variants"][name] = dict(skipped=f"would end near {elapsed() + estimate:.0f}s > deadline {args.deadline}s")
+            log(f"{name}: skipped ({results['c_variants'][name]['skipped']})"); save(); continue
+        if reset:
+            uncompile(base); traced.clear(); log(f"{name}: Dynamo reset (new attention kernel at batch {batch})")
+        gc.collect()
+        if args.device == "cuda": torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
+        try:
+            r = ours(args, base, None, movie, tmp, f"c_{name}", timed_groups=args.c_timed_frames // batch, **overrides)
+            traced[batch] = attention
+            group_s = r["seconds_per_frame"] * batch
+            if new_unet and not overrides["compile_vae"]: cost["unet"] = max(30.0, r["warmup_s"] - group_s)
+            if not new_unet and overrides["compile_vae"]: cost["vae"] = max(10.0, r["warmup_s"] - group_s)
+            r["reset_dynamo"] = reset
+        except Exception as error:
+            import traceback; traceback.print_exc()
+            r = dict(error=f"{type(error).__name__}: {error}"[:800])
+            traced[batch] = attention  # a graph may have been traced: a later variant at this batch size resets
+        results["c_variants"][name] = r
+        save()
 
 
 def low_memory(args, movie, tmp):
@@ -166,6 +268,8 @@ def main():
     parser.add_argument("--lowmem-frames", type=int, default=1)
     parser.add_argument("--deadline", type=float, default=480, help="skip sections that would start after this many seconds")
     parser.add_argument("--only", default="a,b,c,d", help="sections to run, e.g. a,b,c")
+    parser.add_argument("--c-variants", default="", help=f"run these (c) variants instead of (c), in order: {','.join(C_VARIANTS)}")
+    parser.add_argument("--c-timed-frames", type=int, default=16, help="timed frames per (c) variant (after one warm-up group)")
     args = parser.parse_args()
     args.device = "cpu" if args.tiny else "cuda"
     args.steps, args.refiner_steps = (2, 1) if args.tiny else (30, 10)
@@ -176,9 +280,13 @@ def main():
         inductor_config.coordinate_descent_tuning = True
         inductor_config.coordinate_descent_check_all_directions = True
         inductor_config.epilogue_fusion = False
-    out = args.out or (Path(os.environ["OUT"]) / "keyframe_speed.json" if os.environ.get("OUT") else
-                       ROOT / "bench/results" / ("keyframe_speed_tiny.json" if args.tiny else "keyframe_speed.json"))
-    results = dict(benchmark="keyframe_speed", date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    variants = [v for v in args.c_variants.split(",") if v]
+    unknown = set(variants) - set(C_VARIANTS)
+    if unknown: parser.error(f"unknown --c-variants {sorted(unknown)}; choose from {list(C_VARIANTS)}")
+    stem = "keyframe_speed_c" if variants else "keyframe_speed"
+    out = args.out or (Path(os.environ["OUT"]) / f"{stem}.json" if os.environ.get("OUT") else
+                       ROOT / "bench/results" / (f"{stem}_tiny.json" if args.tiny else f"{stem}.json"))
+    results = dict(benchmark=stem, date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                    card=torch.cuda.get_device_name(0) if args.device == "cuda" else f"CPU ({platform.processor() or platform.machine()}), tiny pipeline",
                    tiny=args.tiny, python=platform.python_version(), torch=torch.__version__, cuda=torch.version.cuda,
                    diffusers=diffusers.__version__, transformers=transformers.__version__, accelerate=accelerate.__version__,
@@ -194,6 +302,17 @@ def main():
     results["build_s"] = round(elapsed(), 1)
     log("built", {k: results[k] for k in ("card", "torch", "diffusers")})
     save()
+    if args.device == "cuda":
+        results["cudnn"] = torch.backends.cudnn.version()
+        results["sdp_priority_order"] = [str(torch._C._SDPBackend(int(b))) for b in torch._C._get_sdp_priority_order()]
+    if variants and "c" in sections:
+        sections.remove("c")
+        results["c_variants"] = {}
+        if args.device == "cuda":
+            results["attention_microbench_s_per_frame"] = {f"batch_{b}": attention_bench(args, b)
+                                                           for b in sorted({C_VARIANTS[v]["batch_size"] for v in variants})}
+            save()
+        c_variants(args, base, movie, tmp, variants, results, save)
     plan = [("a", "a_reference", lambda: reference(args, base, refiner, movie, tmp)),
             ("b", "b_ours_refiner", lambda: ours(args, base, refiner, movie, tmp, "b_ours_refiner", refiner_steps=args.refiner_steps)),
             ("c", "c_ours_base_only", lambda: ours(args, base, None, movie, tmp, "c_ours_base_only"))]
@@ -217,6 +336,10 @@ def main():
         results["speedup_b_over_a"] = round(a["seconds_per_frame"] / b["seconds_per_frame"], 2)
         results["speedup_b_over_a_wall"] = round(a["seconds_per_frame"] / b["wall_seconds_per_frame"], 2)
     d = results.get("d_low_memory", {})
+    measured = {k: v for k, v in results.get("c_variants", {}).items() if "seconds_per_frame" in v}
+    if measured:
+        results["c_best"] = min(measured, key=lambda k: measured[k]["seconds_per_frame"])
+        c = measured[results["c_best"]]
     results["acceptance"] = dict(
         b_at_least_2_5x_a=results.get("speedup_b_over_a", 0) >= 2.5 if "speedup_b_over_a" in results else None,
         c_at_most_1_0_s=c["seconds_per_frame"] <= 1.0 if "seconds_per_frame" in c else None,
@@ -228,6 +351,10 @@ def main():
         r = results.get(name, {})
         print(f"{name:18s} {r.get('seconds_per_frame', '-')!s:>7} s/frame  {r.get('frames_per_gpu_hour', '-')!s:>6} frames/h  wall {r.get('wall_seconds_per_frame', '-')}")
     print("d_low_memory", json.dumps(results.get("d_low_memory")))
+    for name, r in results.get("c_variants", {}).items():
+        print(f"c/{name:14s} {r.get('seconds_per_frame', r.get('skipped', r.get('error', '-')))!s:>7} s/frame  "
+              f"wall {r.get('wall_seconds_per_frame', '-')}  vae {r.get('vae_decode_seconds_per_frame', '-')}  "
+              f"warm-up {r.get('warmup_s', '-')}s  peak {r.get('peak_allocated_warmup_gib', '-')}/{r.get('peak_allocated_gib', '-')} GiB")
 
 
 if __name__ == "__main__":
