@@ -207,13 +207,14 @@ def _processed_notebook(notebook: Path, processed) -> Path:
     work, error = processed
     out = work / "_proc" / notebook.relative_to(NBS)
     if out.exists(): return out
-    from nbdev.processors import FilterDefaults
-    from nbdev.serve_drv import exec_nb
-    cwd = os.getcwd()
-    os.chdir(work)
-    try: exec_nb(work / "nbs" / notebook.relative_to(NBS), out, FilterDefaults)
-    except Exception as exc: pytest.fail(f"nbdev-proc-nbs fails on {notebook.name}: {exc}{_HINT}")
-    finally: os.chdir(cwd)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # in a child process: the notebook's cells (imports, reloads) must not touch this test process's modules
+    script = ("import sys; from pathlib import Path; from nbdev.processors import FilterDefaults; "
+              "from nbdev.serve_drv import exec_nb; exec_nb(Path(sys.argv[1]), Path(sys.argv[2]), FilterDefaults)")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+    result = subprocess.run([sys.executable, "-c", script, str(work / "nbs" / notebook.relative_to(NBS)), str(out)],
+                            cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    if result.returncode: pytest.fail(f"nbdev-proc-nbs fails on {notebook.name}: {result.stderr[-2500:]}{_HINT}")
     return out
 
 
