@@ -10,7 +10,7 @@ __all__ = ['STAGES', 'EXPORT_FILES', 'EVAL_FILES', 'TINY_MODEL_DIR', 'DEMO_THEME
            'tiny_model_path', 'pipe_loader', 'refiner_loader', 'stage_overrides', 'run_cli', 'read_themes',
            'run_many_cli', 'status_cli', 'demo_outputs', 'demo_cli']
 
-# %% ../nbs/10a_run.ipynb #5af9a87f
+# %% ../nbs/10a_run.ipynb #551313ee
 import argparse
 import asyncio
 import concurrent.futures
@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from .schema import Movie, StoryFormatError, load_stage_config, save_stage_config, slugify
 
-# %% ../nbs/10a_run.ipynb #0a7a40d6
+# %% ../nbs/10a_run.ipynb #aada0b40
 STAGES = ("story", "style", "keyframes", "qa", "export", "view", "eval")
 
 _CONFIG_CLASSES = {  # stage: "module:ConfigClass" (the viewer has no config)
@@ -63,7 +63,7 @@ def make_stage_config(stage: str, values: dict | None = None):
         raise ValueError(f"{stage} config has no field(s) {unknown}; {cls.__name__} fields are: {', '.join(known)}")
     return cls(**values)
 
-# %% ../nbs/10a_run.ipynb #dcfd1066
+# %% ../nbs/10a_run.ipynb #2a25803f
 @dataclass
 class PipelineConfig:
     "Every stage's config for one movie."
@@ -90,7 +90,7 @@ class PipelineConfig:
         for stage in _CONFIG_CLASSES: path = save_stage_config(run_dir, stage, getattr(self, stage))
         return path
 
-# %% ../nbs/10a_run.ipynb #e72209e2
+# %% ../nbs/10a_run.ipynb #da1cbcd1
 EXPORT_FILES = ("llava.json", "long_video.json", "qa.jsonl", "movie.srt", "movie.mp4")  # RUN/export/ when complete
 EVAL_FILES = ("metrics.json", "metrics.png")  # RUN/eval/ when complete
 
@@ -151,7 +151,7 @@ def is_done(run_dir: str | Path, stage: str) -> bool:
     done, total, _unit = stage_progress(run_dir, stage)
     return total is not None and done >= total > 0
 
-# %% ../nbs/10a_run.ipynb #7f3c6567
+# %% ../nbs/10a_run.ipynb #3eefe5ed
 def status(run_dir: str | Path) -> str:
     "One line per stage: done or left, with counts (e.g. `keyframes  120/1331 frames`)."
     run_dir = Path(run_dir)
@@ -164,7 +164,7 @@ def status(run_dir: str | Path) -> str:
         rows.append(f"  {stage:<10} {mark:<5} {count}")
     return "\n".join(rows)
 
-# %% ../nbs/10a_run.ipynb #55b5f2c2
+# %% ../nbs/10a_run.ipynb #eca6766d
 def clean_partial_files(run_dir: str | Path) -> list[Path]:
     "Delete temporary files left in `run_dir` by a killed run; returns what was removed."
     import shutil
@@ -178,7 +178,7 @@ def clean_partial_files(run_dir: str | Path) -> list[Path]:
         removed.append(path)
     return removed
 
-# %% ../nbs/10a_run.ipynb #eb96e951
+# %% ../nbs/10a_run.ipynb #68812f99
 def _run_sync(value):
     "The value of `value`, awaiting it first if it is a coroutine."
     if not inspect.isawaitable(value): return value
@@ -205,7 +205,7 @@ class _Lazy:
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_available(): torch.cuda.empty_cache()
 
-# %% ../nbs/10a_run.ipynb #431d5e66
+# %% ../nbs/10a_run.ipynb #771f4da5
 def _story(cfg, run_dir, llm, pipe, progress=True, **_):
     return _run_sync(_resolve("dreamframe.story:expand_story")(cfg.story, llm, run_dir, progress=progress))
 def _style(cfg, run_dir, llm, pipe, progress=True, **_):  # resume=True: continue from RUN/style/checkpoints after a kill
@@ -221,7 +221,7 @@ def _eval(cfg, run_dir, llm, pipe, progress=True, **_): return _run_sync(_resolv
 
 _RUNNERS = {"story": _story, "style": _style, "keyframes": _keyframes, "qa": _qa, "export": _export, "view": _view, "eval": _eval}
 
-# %% ../nbs/10a_run.ipynb #1509a669
+# %% ../nbs/10a_run.ipynb #45a7e3ec
 def run_pipeline(cfg: PipelineConfig, run_dir: str | Path, *,
                  llm=None,                        # a dreamframe.llm.LLM or ScriptedLLM (story and QA)
                  pipe=None,                       # an SDXL pipeline, or a function returning one (style, keyframes)
@@ -263,13 +263,14 @@ def run_pipeline(cfg: PipelineConfig, run_dir: str | Path, *,
         if stage == "style": resources.reset()
     return outcome
 
-# %% ../nbs/10a_run.ipynb #6589186f
+# %% ../nbs/10a_run.ipynb #8d262b54
 TINY_MODEL_DIR = "_tiny_model"  # inside the run folder, for --model tiny
 
 def make_llm(run_dir: str | Path, llm_model: str = "scripted", base_url: str | None = None, **llm_options):
     "The LLM client for `llm_model`: `ScriptedLLM` for 'scripted', else `LLM` with its cache in `RUN/llm`."
     llm = importlib.import_module("dreamframe.llm")
-    if llm_model == "scripted": return llm.ScriptedLLM(cache_dir=Path(run_dir) / "llm")
+    if llm_model == "scripted":  # the config built here, from the module as it is now (robust to notebook reloads)
+        return llm.ScriptedLLM(cache_dir=Path(run_dir) / "llm", cfg=llm.LLMConfig(model="scripted", concurrency=64))
     known = _config_fields(llm.LLMConfig)
     values = {k: v for k, v in dict(model=llm_model, base_url=base_url, **llm_options).items() if v is not None}
     unknown = sorted(set(values) - set(known))
@@ -320,7 +321,7 @@ def refiner_loader(run_dir: str | Path, refiner: str, dtype: str = "float32", de
         return models.load_refiner(str(path), base, **kwargs)
     return load
 
-# %% ../nbs/10a_run.ipynb #bdc77564
+# %% ../nbs/10a_run.ipynb #e7f9e853
 _FLAG_FIELDS = {  # flag: fields it sets, as (stage, field) candidates; a candidate is used when the stage's config has that field
     "substories": [("story", "substories")],
     "shots": [("story", "shots")],
@@ -440,7 +441,7 @@ def run_cli(argv: list[str]) -> int:
     print(status(args.run_dir))
     return 0
 
-# %% ../nbs/10a_run.ipynb #fe19d5f6
+# %% ../nbs/10a_run.ipynb #6ade2fb1
 def read_themes(path: str | Path) -> list[str]:
     "Themes from a text file: one per line, blank lines and `#` comments skipped."
     lines = Path(path).read_text(encoding="utf-8").splitlines()
@@ -485,7 +486,7 @@ def status_cli(argv: list[str]) -> int:
     if missing: print(f"dreamframe status: error: no such run folder: {', '.join(missing)}", file=sys.stderr)
     return 2 if missing else 0
 
-# %% ../nbs/10a_run.ipynb #aab04367
+# %% ../nbs/10a_run.ipynb #15090479
 DEMO_THEME = "a lighthouse keeper finds a message in a bottle"
 DEMO_OPTIONS = ["--model", "tiny", "--llm-model", "scripted", "--substories", "3", "--shots", "2", "--frames", "4",
                 "--size", "64", "--steps", "2", "--style-steps", "4", "--style-images", "2",
