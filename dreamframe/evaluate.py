@@ -11,7 +11,7 @@ __all__ = ['CLIP_MEAN', 'CLIP_STD', 'IMAGENET_MEAN', 'IMAGENET_STD', 'METRICS', 
            'adjacent_cosine', 'pairwise_mean_cosine', 'summary_table', 'EvalResult', 'plot_eval', 'evaluate_run',
            'eval_cli']
 
-# %% ../nbs/09_eval.ipynb #99439734
+# %% ../nbs/09_eval.ipynb #6fc83367
 import argparse
 import io
 import json
@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from .schema import Movie, atomic_write_bytes, atomic_write_json, save_stage_config
 
-# %% ../nbs/09_eval.ipynb #d235286b
+# %% ../nbs/09_eval.ipynb #939248d9
 @dataclass
 class EvalConfig:
     "How to measure a run's keyframes."
@@ -52,7 +52,7 @@ class EvalConfig:
         if self.lpips_size is not None and self.lpips_size < 16: raise ValueError(f"lpips_size must be ≥ 16 pixels or None, got {self.lpips_size}")
         if self.dtype != "float32" and self.device == "cpu": raise ValueError(f"dtype {self.dtype} needs a GPU; use dtype='float32' on CPU")
 
-# %% ../nbs/09_eval.ipynb #c3480ef6
+# %% ../nbs/09_eval.ipynb #fa370019
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -73,7 +73,7 @@ def to_pixels(images: list[Image.Image], size: int, mean=None, std=None, crop: b
     if mean is None: return batch * 2 - 1
     return (batch - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
 
-# %% ../nbs/09_eval.ipynb #603153a6
+# %% ../nbs/09_eval.ipynb #29b1a215
 _LPIPS_SHIFT, _LPIPS_SCALE = (-0.030, -0.088, -0.188), (0.458, 0.448, 0.450)
 _TORCHVISION_URLS = {"alex": "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
                      "vgg": "https://download.pytorch.org/models/vgg16-397923af.pth"}
@@ -149,7 +149,7 @@ class LPIPS(torch.nn.Module):
             total += (diff * weight).sum(1).mean((1, 2))
         return total
 
-# %% ../nbs/09_eval.ipynb #5b347dc2
+# %% ../nbs/09_eval.ipynb #870bab2c
 def _weights(path_or_none: str | None, url: str, file_name: str, what: str, flag: str) -> dict:
     if path_or_none: return torch.load(path_or_none, map_location="cpu", weights_only=True)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / file_name
@@ -179,7 +179,7 @@ def load_lpips(cfg: EvalConfig) -> LPIPS:
             lin = _lin_weights(_weights(cfg.lpips_weights, _LPIPS_LIN_URL.format(name), f"lpips_v0.1_{name}.pth", f"LPIPS v0.1 lin weights for {name}", "--lpips-weights FILE"))
     return LPIPS(features, lin, name=name)
 
-# %% ../nbs/09_eval.ipynb #9e75e9c1
+# %% ../nbs/09_eval.ipynb #44a2940a
 @dataclass
 class EvalModels:
     "The loaded networks of an evaluation."
@@ -219,7 +219,7 @@ def load_eval_models(cfg: EvalConfig) -> EvalModels:
     names["lpips"] = lpips.name + (" (LPIPS v0.1)" if lpips.calibrated else " (LPIPS-style, uniform weights)")
     return EvalModels(clip.to(device, dtype).eval(), tok, dino.to(device, dtype).eval(), lpips.to(device), names, device, dtype)
 
-# %% ../nbs/09_eval.ipynb #979ada69
+# %% ../nbs/09_eval.ipynb #ce00f002
 def _pooled(out) -> torch.Tensor: return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 def _batches(items: list, size: int):
@@ -261,7 +261,7 @@ def lpips_pairs(models: EvalModels, first: list[Image.Image], second: list[Image
         out.append(models.lpips(to_pixels(a, side, crop=False).to(models.device), to_pixels(b, side, crop=False).to(models.device)))
     return torch.cat(out) if out else torch.zeros(0)
 
-# %% ../nbs/09_eval.ipynb #c58f4dce
+# %% ../nbs/09_eval.ipynb #cdf9f3f5
 def adjacent_cosine(features: torch.Tensor) -> torch.Tensor:
     "Cosine similarity of each row of unit-length `features` with the next row (N-1 values)."
     return (features[:-1] * features[1:]).sum(-1)
@@ -273,7 +273,7 @@ def pairwise_mean_cosine(features: torch.Tensor) -> float | None:
     gram = features @ features.T
     return ((gram.sum() - gram.diagonal().sum()) / (n * (n - 1))).item()
 
-# %% ../nbs/09_eval.ipynb #5d7fbe4b
+# %% ../nbs/09_eval.ipynb #e0cfec56
 def _run_frames(run_dir: Path) -> list[dict]:
     "Rendered frames in story order: frame_id, shot_id, path, prompt (with look-alike text, without the style template)."
     manifest = {}
@@ -325,7 +325,7 @@ def _measure(cfg: EvalConfig, models: EvalModels, run_dir: Path) -> dict:
              "dino_set": pairwise_mean_cosine(dino), "clip_text_raw": _mean(clip_text)}
     return {"run": run_dir.resolve().name, "run_dir": str(run_dir), "models": models.names, "movie": movie, "shots": shots, "frames": per_frame}
 
-# %% ../nbs/09_eval.ipynb #8731f7bd
+# %% ../nbs/09_eval.ipynb #663962c6
 METRICS = {"clip_adjacent": ("CLIP image–image, adjacent frames", "higher"), "lpips_adjacent": ("LPIPS, adjacent frames", "lower"),
            "dino_set": ("DINO pairwise set consistency", "higher"), "clip_text_raw": ("CLIP-T image–prompt (raw cosine)", "higher")}
 
@@ -378,7 +378,7 @@ def evaluate_run(cfg: EvalConfig, run_dir: str | Path, against: str | Path | Non
     save_stage_config(run_dir, "eval", cfg)
     return result
 
-# %% ../nbs/09_eval.ipynb #d8128780
+# %% ../nbs/09_eval.ipynb #a21ecbb8
 def eval_cli(argv: list[str]) -> int:
     "`dreamframe eval RUN [--against RUN2] ...`: write RUN/eval/metrics.json and a plot, print the summary."
     d = EvalConfig()

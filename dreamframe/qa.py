@@ -11,7 +11,7 @@ __all__ = ['STRUCTURAL_TYPES', 'LLM_TYPES', 'STORY_TYPES', 'QA_TYPES', 'DEFAULT_
            'structural_qa', 'story_qa', 'response_model', 'llm_check', 'llm_qa', 'dedup', 'balance', 'QASet',
            'check_qa', 'build_qa', 'numbered_answers', 'qa_cli']
 
-# %% ../nbs/06_qa.ipynb #3ca30b4f
+# %% ../nbs/06_qa.ipynb #b76ed891
 import asyncio
 import dataclasses
 import random
@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from .schema import Frame, Movie, Shot, atomic_write_json, save_stage_config
 from .llm import LLM, LLMAnswerError, LLMConfig, run_sync
 
-# %% ../nbs/06_qa.ipynb #8edcf471
+# %% ../nbs/06_qa.ipynb #928d88e1
 STRUCTURAL_TYPES = ("temporal_order", "before_after", "next_location", "scene_count",
                     "characters_together", "dialogue_attribution", "range_summary", "scene_dialogue")
 LLM_TYPES = ("overview", "causal", "character", "style", "dialogue", "multiple_choice")
@@ -38,7 +38,7 @@ QA_TYPES = STRUCTURAL_TYPES + LLM_TYPES + STORY_TYPES
 DEFAULT_MIX = {"temporal_order": 40, "before_after": 40, "next_location": 20, "scene_count": 20,
                "characters_together": 30, "dialogue_attribution": 40, "range_summary": 40, "scene_dialogue": 20}
 
-# %% ../nbs/06_qa.ipynb #0cf712fa
+# %% ../nbs/06_qa.ipynb #f23dd169
 class Turn(BaseModel):
     "One round of a multi-turn dialogue about the movie."
     question: str = Field(min_length=1)
@@ -55,7 +55,7 @@ class QAItem(BaseModel):
     turns: list[Turn] | None = None   # multi-turn dialogue; question/answer repeat turns[0]
     source: Literal["structure", "llm", "story"] = "structure"
 
-# %% ../nbs/06_qa.ipynb #9cc3f6ea
+# %% ../nbs/06_qa.ipynb #e5e54236
 @dataclass
 class QAConfig:
     "Settings of the QA stage (saved to `RUN/config.json` under `qa`)."
@@ -86,7 +86,7 @@ class QAConfig:
         "The most items of `qa_type` kept before balancing (None: no cap)."
         return self.mix.get(qa_type)
 
-# %% ../nbs/06_qa.ipynb #e6501d0b
+# %% ../nbs/06_qa.ipynb #759d26e7
 def _describe(frame: Frame) -> str: return frame.prompt.strip().rstrip(".")
 
 def moment_labels(movie: Movie) -> dict[str, str]:
@@ -121,7 +121,7 @@ def _pick(items: list, n: int | None, rng: random.Random) -> list:
 
 def _shots(movie: Movie) -> list[Shot]: return [s for s in movie.shots if s.frames]
 
-# %% ../nbs/06_qa.ipynb #6b091b8e
+# %% ../nbs/06_qa.ipynb #cc8c95a9
 def temporal_order_qa(movie: Movie, rng: random.Random, n: int | None = 40) -> list[QAItem]:
     "Which of two moments (frames or scenes) happens first; the answer is the earlier one."
     frames, shots, labels = movie.frames, _shots(movie), moment_labels(movie)
@@ -161,7 +161,7 @@ def before_after_qa(movie: Movie, rng: random.Random, n: int | None = 40) -> lis
                             answer=_describe(other), frame_ids=[frame.id, other.id] if after else [other.id, frame.id]))
     return _pick(items, n, rng)
 
-# %% ../nbs/06_qa.ipynb #768fc6e3
+# %% ../nbs/06_qa.ipynb #3d44b6d3
 def next_location_qa(movie: Movie, rng: random.Random, n: int | None = 20, n_choices: int = 4) -> list[QAItem]:
     "After a scene, which location the story moves to next (the first later scene elsewhere)."
     shots = _shots(movie)
@@ -192,7 +192,7 @@ def scene_count_qa(movie: Movie, rng: random.Random, n: int | None = 20) -> list
                             frame_ids=[f.id for s in where for f in s.frames]))
     return _pick(items, n, rng)
 
-# %% ../nbs/06_qa.ipynb #e8254d8f
+# %% ../nbs/06_qa.ipynb #24f8e02a
 def characters_together_qa(movie: Movie, rng: random.Random, n: int | None = 30) -> list[QAItem]:
     "Which characters appear together (in one frame) in a scene."
     order = [c.name for c in movie.characters]
@@ -225,7 +225,7 @@ def dialogue_attribution_qa(movie: Movie, rng: random.Random, n: int | None = 40
                                 choices=names if len(names) > 1 else None, frame_ids=[line.frame_id]))
     return _pick(items, n, rng)
 
-# %% ../nbs/06_qa.ipynb #32faa97e
+# %% ../nbs/06_qa.ipynb #71ff1425
 def range_summary_qa(movie: Movie, rng: random.Random, n: int | None = 40) -> list[QAItem]:
     "What happens in a scene or a part of the movie; the answer is the story's own text for that range."
     shots = _shots(movie)
@@ -238,7 +238,7 @@ def range_summary_qa(movie: Movie, rng: random.Random, n: int | None = 40) -> li
             items.append(QAItem(type="range_summary", question=f'What happens in the part of the movie called "{sub.title}"?', answer=sub.content.strip(), frame_ids=ids))
     return _pick(items, n, rng)
 
-# %% ../nbs/06_qa.ipynb #ff98587e
+# %% ../nbs/06_qa.ipynb #ae180139
 def scene_dialogue_qa(movie: Movie, rng: random.Random, n: int | None = 20, max_lines: int = 6) -> list[QAItem]:
     "Multi-turn conversations about one scene, every answer read from the story."
     order = [c.name for c in movie.characters]
@@ -261,7 +261,7 @@ def scene_dialogue_qa(movie: Movie, rng: random.Random, n: int | None = 20, max_
         items.append(QAItem(type="scene_dialogue", question=turns[0].question, answer=turns[0].answer, turns=turns, frame_ids=ids))
     return _pick(items, n, rng)
 
-# %% ../nbs/06_qa.ipynb #fecd4f94
+# %% ../nbs/06_qa.ipynb #08bbd24f
 _STRUCTURAL = {"temporal_order": temporal_order_qa, "before_after": before_after_qa, "next_location": next_location_qa,
                "scene_count": scene_count_qa, "characters_together": characters_together_qa,
                "dialogue_attribution": dialogue_attribution_qa, "range_summary": range_summary_qa,
@@ -278,7 +278,7 @@ def structural_qa(movie: Movie, cfg: QAConfig) -> list[QAItem]:
         items += make(movie, _rng(cfg, movie, name), cfg.cap(name), **kwargs)
     return items
 
-# %% ../nbs/06_qa.ipynb #5d7cfbc1
+# %% ../nbs/06_qa.ipynb #ab84c811
 def story_qa(movie: Movie) -> list[QAItem]:
     "The story's own QAs, typed by level, pointing at the frames of their substory or shot."
     frames_of = {sub.id: [f.id for shot in sub.shots for f in shot.frames] for sub in movie.substories}
@@ -291,7 +291,7 @@ def story_qa(movie: Movie) -> list[QAItem]:
                             frame_ids=qa.frame_ids or frames_of.get(owner, []), choices=qa.choices))
     return items
 
-# %% ../nbs/06_qa.ipynb #c4e5e37e
+# %% ../nbs/06_qa.ipynb #c6e88853
 _SYSTEM = ("You write question-answer data about a movie, used to train video-understanding models. Use only facts "
            "from the story below; never invent characters, places or events. Refer to characters by their names.")
 
@@ -321,7 +321,7 @@ def _context(movie: Movie, sub=None) -> str:
             out += [f'    {l.speaker or "someone"} says: "{l.text}"' for l in shot.lines if l.frame_id == frame.id]
     return "\n".join(out)
 
-# %% ../nbs/06_qa.ipynb #4c76c650
+# %% ../nbs/06_qa.ipynb #165825a6
 def _ids_field(frame_ids: list[str]) -> tuple:
     return (list[Literal[tuple(frame_ids)]], Field(min_length=1, description="ids of the frames this is about"))
 
@@ -342,7 +342,7 @@ def response_model(qa_type: str, n: int, frame_ids: list[str], cfg: QAConfig, na
     item = create_model(f"{tag}Item", **fields)
     return create_model(f"{tag}Items", items=(list[item], Field(min_length=n, max_length=n)))
 
-# %% ../nbs/06_qa.ipynb #069a9545
+# %% ../nbs/06_qa.ipynb #18ebbba4
 def _norm(text: str) -> str: return re.sub(r"\s+", " ", re.sub(r"[^\w\s]", " ", text.lower())).strip()
 
 def llm_check(qa_type: str, movie: Movie):
@@ -359,7 +359,7 @@ def llm_check(qa_type: str, movie: Movie):
         return problems
     return check
 
-# %% ../nbs/06_qa.ipynb #6c98b557
+# %% ../nbs/06_qa.ipynb #03a64392
 def _requests(movie: Movie, cfg: QAConfig) -> list[tuple[str, Any, int, str, str]]:
     "Every LLM request of the stage: (qa_type, substory or None, n_items, request name, focus hint)."
     parts = [s for s in movie.substories if any(shot.frames for shot in s.shots)]
@@ -416,7 +416,7 @@ async def llm_qa(movie: Movie, cfg: QAConfig, llm, failed: list[str] | None = No
     if requests and not any(results): raise RuntimeError(f"every one of the {len(requests)} LLM QA requests failed its checks; see the warnings")
     return [item for batch in results for item in batch]
 
-# %% ../nbs/06_qa.ipynb #877865ae
+# %% ../nbs/06_qa.ipynb #ffdf7cf9
 def _key(item: QAItem) -> str:
     return " | ".join(_norm(t.question) for t in item.turns) if item.turns else _norm(item.question)
 
@@ -444,7 +444,7 @@ def balance(items: list[QAItem], max_share: float, rng: random.Random) -> list[Q
         keep.update(positions if count <= cap else rng.sample(positions, cap))
     return [item for i, item in enumerate(items) if i in keep]
 
-# %% ../nbs/06_qa.ipynb #0dc02e42
+# %% ../nbs/06_qa.ipynb #8e953cf2
 class QASet(BaseModel):
     "The QA items of one movie, with a balance report."
     movie_id: str
@@ -485,7 +485,7 @@ def check_qa(movie: Movie, items: list[QAItem]) -> list[str]:
             problems.append(f"{where}: {sorted(unknown)} are not characters")
     return problems
 
-# %% ../nbs/06_qa.ipynb #4c5feab8
+# %% ../nbs/06_qa.ipynb #9ba3ff71
 def build_qa(cfg: QAConfig, llm, run_dir: str | Path) -> QASet:
     "Stage 4: write `RUN/qa.json` (structural + story + LLM items, deduplicated and balanced); `llm=None`: no LLM items."
     run_dir = Path(run_dir)
@@ -507,7 +507,7 @@ def build_qa(cfg: QAConfig, llm, run_dir: str | Path) -> QASet:
     save_stage_config(run_dir, "qa", dataclasses.replace(cfg, llm=used) if isinstance(used, LLMConfig) else cfg)  # the settings really used
     return qaset
 
-# %% ../nbs/06_qa.ipynb #87d05431
+# %% ../nbs/06_qa.ipynb #37e1a6b6
 def numbered_answers(request: dict) -> str:
     "A `LocalLLMServer(answer=...)` function: schema-filled answers whose questions never repeat (tests and demos)."
     import hashlib, json
@@ -521,7 +521,7 @@ def numbered_answers(request: dict) -> str:
         return [number(v) for v in node] if isinstance(node, list) else node
     return json.dumps(number(value))
 
-# %% ../nbs/06_qa.ipynb #f538c694
+# %% ../nbs/06_qa.ipynb #cf0e2ad2
 def qa_cli(argv: list[str]) -> int:
     "`dreamframe qa RUN`: build RUN/qa.json (structural, story and LLM QA items)."
     import argparse, sys

@@ -9,7 +9,7 @@ __all__ = ['atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'save
            'Location', 'QA', 'Frame', 'Line', 'Shot', 'Substory', 'slugify', 'Movie', 'frame', 'shot_of', 'lines_after',
            'render_prompt', 'sample_movie', 'StoryFormatError', 'save', 'to_reference', 'import_reference_cli']
 
-# %% ../nbs/00_schema.ipynb #2ac0d347
+# %% ../nbs/00_schema.ipynb #c14ce7ad
 import dataclasses
 import json
 import os
@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-# %% ../nbs/00_schema.ipynb #4892f12f
+# %% ../nbs/00_schema.ipynb #b5a93683
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     "Write `data` to `path` via a temporary file in the same folder and an atomic rename."
     path = Path(path)
@@ -45,7 +45,7 @@ def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Pat
     "Write `obj` as JSON to `path` atomically."
     return atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
 
-# %% ../nbs/00_schema.ipynb #c30b553d
+# %% ../nbs/00_schema.ipynb #8a3e6bbf
 _SECRET_FIELD = re.compile(r"(api_?key|password|secret|auth)", re.I)
 
 def _jsonable(value: Any) -> Any:
@@ -72,7 +72,7 @@ def load_stage_config(run_dir: str | Path, stage: str) -> dict | None:
     path = Path(run_dir) / "config.json"
     return json.loads(path.read_text()).get(stage) if path.exists() else None
 
-# %% ../nbs/00_schema.ipynb #6c1c9799
+# %% ../nbs/00_schema.ipynb #0e168381
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=False)
 
@@ -129,7 +129,7 @@ class Substory(_Model):
     shots: list[Shot] = []
     qa: list[QA] = []
 
-# %% ../nbs/00_schema.ipynb #b2064601
+# %% ../nbs/00_schema.ipynb #7b27b08a
 def slugify(text: str, max_len: int = 48) -> str:
     "A lowercase file-system-safe id made from `text`."
     slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
@@ -194,7 +194,7 @@ class Movie(_Model):
     def qa(self) -> list[QA]:
         return self.movie_qa + [q for sub in self.substories for q in sub.qa + [q for shot in sub.shots for q in shot.qa]]
 
-# %% ../nbs/00_schema.ipynb #73a81057
+# %% ../nbs/00_schema.ipynb #06ebb4f9
 def _movie_method(f):
     setattr(Movie, f.__name__, f)
     return f
@@ -226,7 +226,7 @@ def render_prompt(self: Movie, frame: Frame) -> str:
         prompt = re.sub(rf"\b{re.escape(c.name)}\b", c.look, prompt)
     return prompt
 
-# %% ../nbs/00_schema.ipynb #e6a42aa8
+# %% ../nbs/00_schema.ipynb #4edd5980
 @_movie_method
 def _repr_markdown_(self: Movie, max_shots: int = 2) -> str:
     "Outline of the movie for notebooks."
@@ -242,7 +242,7 @@ def _repr_markdown_(self: Movie, max_shots: int = 2) -> str:
     if len(self.shots) > max_shots: out.append(f"\n… {len(self.shots) - max_shots} more shots")
     return "\n".join(out)
 
-# %% ../nbs/00_schema.ipynb #98a5f465
+# %% ../nbs/00_schema.ipynb #a01266ed
 _PLACES = ["lighthouse", "harbour", "market", "cliff path", "kitchen", "boat", "library", "beach"]
 _VERBS = ["standing", "sitting", "looking at the sea", "talking", "holding a lamp", "walking", "hugging", "squatting"]
 
@@ -275,7 +275,7 @@ def sample_movie(n_substories: int = 3, n_shots: int = 2, n_frames: int = 4, lin
                  characters=chars, locations=locations, substories=substories,
                  movie_qa=[QA(type="overview", question="What is the movie about?", answer="A keeper and a sailor follow a message in a bottle.")])
 
-# %% ../nbs/00_schema.ipynb #4493430e
+# %% ../nbs/00_schema.ipynb #14681d52
 class StoryFormatError(ValueError):
     "A story file is malformed: the message names the file, the JSON path and the rule broken."
 
@@ -314,7 +314,7 @@ def _load(cls, path: str | Path) -> Movie:
     except ValidationError as e: raise StoryFormatError(_format_errors(path, e)) from None
 Movie.load = classmethod(_load)
 
-# %% ../nbs/00_schema.ipynb #cd435b9d
+# %% ../nbs/00_schema.ipynb #51b71568
 _REF_KEYS = {"character", "img_diag", "QA", "overview"}
 _PREFIX = re.compile(r"^(.*?\bin ([\w-]+) style:\s*)")
 
@@ -389,7 +389,7 @@ def to_reference(self: Movie) -> dict:
     return {"character": {c.name: c.look for c in self.characters}, "img_diag": items,
             "QA": [{"Question": q.question, "Answer": q.answer} for q in self.qa], "overview": self.overview}
 
-# %% ../nbs/00_schema.ipynb #c3fe665f
+# %% ../nbs/00_schema.ipynb #ad33a1af
 def import_reference_cli(argv: list[str]) -> int:
     "`dreamframe import-reference SRC RUN`: write RUN/movie.json from a DreamFrame reference story."
     import argparse

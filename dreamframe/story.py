@@ -11,7 +11,7 @@ __all__ = ['MAX_THEME_CHARS', 'CLIP_WINDOW', 'PROMPTS', 'LOOK_PATTERN', 'StoryCo
            'word_budget', 'level3_messages', 'StoryError', 'expand_story_async', 'expand_story', 'is_local_url',
            'story_cli']
 
-# %% ../nbs/02_story.ipynb #655ba289
+# %% ../nbs/02_story.ipynb #7f74aa46
 import argparse
 import asyncio
 import math
@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from .schema import QA, Character, Frame, Line, Location, Movie, Shot, Substory, save_stage_config
 from .llm import LLM, LLMConfig, LLMError, ScriptedLLM
 
-# %% ../nbs/02_story.ipynb #e1b0b7c4
+# %% ../nbs/02_story.ipynb #fe3202a4
 MAX_THEME_CHARS = 500   # a theme is one line; longer text is almost surely a pasted document
 CLIP_WINDOW = 77        # tokens SDXL's text encoders read, counting the start and end tokens
 
@@ -82,7 +82,7 @@ class StoryConfig:
         "LLM calls the whole story takes (repairs and retries not counted)."
         return 1 + self.substories + self.substories * self.shots
 
-# %% ../nbs/02_story.ipynb #777f405b
+# %% ../nbs/02_story.ipynb #28fda75c
 _TOKEN_PIECES = re.compile(r"[^\W\d_]+|\d|[^\w\s]|_")
 
 def estimate_clip_tokens(text: str) -> int:
@@ -117,7 +117,7 @@ def count_clip_tokens(text: str, tokenizer: Callable | None = None) -> int:
     ids = result["input_ids"] if isinstance(result, dict) or hasattr(result, "keys") else result
     return len(ids)
 
-# %% ../nbs/02_story.ipynb #52f35494
+# %% ../nbs/02_story.ipynb #61818525
 PROMPTS = {
     "system": (
         "You are a screenwriter planning a short film that an image model (Stable Diffusion XL) will draw as "
@@ -166,7 +166,7 @@ PROMPTS = {
                  "(limit {limit}); shorten it by at least {excess} tokens, e.g. drop adjectives or a second action"),
 }
 
-# %% ../nbs/02_story.ipynb #237b955a
+# %% ../nbs/02_story.ipynb #fc11b737
 def _items(item_type, count: int, maximum: int | None = None, **kw):
     "A list field of exactly `count` items (or `count`..`maximum`)."
     return (list[item_type], Field(min_length=count, max_length=count if maximum is None else maximum, **kw))
@@ -223,7 +223,7 @@ def level3_model(cfg: StoryConfig, character_names: list[str]) -> type[BaseModel
         "Level3", frames=_items(frame, cfg.frames, description="the shot's keyframes, in order"),
         lines=_items(line, cfg.lines), qa=_items(qa, cfg.frame_qas))
 
-# %% ../nbs/02_story.ipynb #4d9ef4c4
+# %% ../nbs/02_story.ipynb #d23f42bc
 def _duplicates(names: list[str]) -> list[str]:
     seen, dups = set(), []
     for name in names:
@@ -257,7 +257,7 @@ def level3_checker(cfg: StoryConfig, skeleton: Movie, tokenizer: Callable | None
         return problems
     return check
 
-# %% ../nbs/02_story.ipynb #2b06dcc8
+# %% ../nbs/02_story.ipynb #0f8ba87e
 def _qa(draft, qa_type: str) -> QA:
     return QA(type=qa_type, question=draft.question.strip(), answer=draft.answer.strip())
 
@@ -303,7 +303,7 @@ def assemble_movie(skeleton, shot_plans: dict | None = None, shot_scripts: dict 
             for q in sub.qa: q.frame_ids = [f.id for shot in sub.shots for f in shot.frames]
     return movie  # the frame ids above come from the movie itself, so they exist
 
-# %% ../nbs/02_story.ipynb #2c0b0a5c
+# %% ../nbs/02_story.ipynb #b310f2f6
 def _messages(text: str) -> list[dict]:
     return [{"role": "system", "content": PROMPTS["system"]}, {"role": "user", "content": text}]
 
@@ -335,7 +335,7 @@ def level3_messages(cfg: StoryConfig, movie: Movie, s: int, t: int, tokenizer: C
         shot_content=shot.content, frames=cfg.frames, example_name=movie.characters[0].name, look_tokens=look_tokens,
         word_budget=words, max_prompt_tokens=cfg.max_prompt_tokens, lines=cfg.lines, frame_qas=cfg.frame_qas))
 
-# %% ../nbs/02_story.ipynb #5587e59c
+# %% ../nbs/02_story.ipynb #874c545b
 class StoryError(RuntimeError):
     "Some calls of a level failed after every retry; the answered ones are cached, so rerunning resumes."
 
@@ -423,7 +423,7 @@ def expand_story(cfg: StoryConfig, llm, run_dir: str | Path, *, tokenizer: Calla
             if callable(getattr(llm, "aclose", None)): await llm.aclose()
     return _run_sync(expand_and_close())
 
-# %% ../nbs/02_story.ipynb #7fbbdfbd
+# %% ../nbs/02_story.ipynb #f26aec43
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 
 def is_local_url(base_url: str | None) -> bool:

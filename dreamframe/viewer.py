@@ -8,7 +8,7 @@ Docs: https://dreamframe.github.io/dreamframe/viewer.html.md"""
 __all__ = ['FrameView', 'read_manifest', 'run_frames', 'image_bytes', 'data_uri', 'FramePlayer', 'frames_to_html', 'view_cli',
            'plot_shot_grid', 'plot_loss_curve', 'plot_metrics']
 
-# %% ../nbs/08_viewer.ipynb #058544ea
+# %% ../nbs/08_viewer.ipynb #0a0079bc
 import argparse
 import base64
 import html
@@ -26,7 +26,7 @@ from PIL import Image
 
 from .schema import Movie, atomic_write_text
 
-# %% ../nbs/08_viewer.ipynb #bcf0be11
+# %% ../nbs/08_viewer.ipynb #b6b2cb51
 @dataclass
 class FrameView:
     "One rendered frame and the text shown with it."
@@ -88,7 +88,7 @@ def run_frames(run_dir: str | Path) -> list[FrameView]:
     if not views: raise FileNotFoundError(f"no frames in {run_dir / 'frames'}; run `dreamframe keyframes {run_dir}` first")
     return views
 
-# %% ../nbs/08_viewer.ipynb #3676bb1e
+# %% ../nbs/08_viewer.ipynb #cfedd819
 def image_bytes(path: str | Path, size: int, fmt: str = "JPEG") -> bytes:
     "The image at `path` shrunk to fit `size`×`size` (never enlarged), encoded as JPEG or PNG."
     img = Image.open(path).convert("RGB")
@@ -101,7 +101,7 @@ def data_uri(path: str | Path, size: int, fmt: str = "JPEG") -> str:
     "A `data:` URI of the shrunk image, for self-contained HTML."
     return f"data:image/{fmt.lower()};base64," + base64.b64encode(image_bytes(path, size, fmt)).decode()
 
-# %% ../nbs/08_viewer.ipynb #23ac2bfa
+# %% ../nbs/08_viewer.ipynb #9b540bb4
 def _caption_html(view: FrameView) -> str:
     head = f"<b>{html.escape(view.frame_id)}</b>"
     if view.shot_title: head += f" · {html.escape(view.substory_title)} › {html.escape(view.shot_title)}"
@@ -189,7 +189,7 @@ class FramePlayer:
 
     def _repr_mimebundle_(self, **kwargs): return self.widget._repr_mimebundle_(**kwargs)
 
-# %% ../nbs/08_viewer.ipynb #b45b1206
+# %% ../nbs/08_viewer.ipynb #428e2364
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>__TITLE__</title>
 <style>
@@ -284,7 +284,7 @@ def frames_to_html(run_dir: str | Path, out_path: str | Path | None = None, comp
     if out_path: atomic_write_text(out_path, page)
     return page
 
-# %% ../nbs/08_viewer.ipynb #09a6ef48
+# %% ../nbs/08_viewer.ipynb #125e8fbb
 def view_cli(argv: list[str]) -> int:
     "`dreamframe view RUN [--html FILE] [--against RUN2]`: write a standalone HTML player for a run."
     parser = argparse.ArgumentParser(prog="dreamframe view", description="Write a standalone HTML frame player for a run folder.")
@@ -304,7 +304,7 @@ def view_cli(argv: list[str]) -> int:
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB); open it in a browser")
     return 0
 
-# %% ../nbs/08_viewer.ipynb #84f3adf8
+# %% ../nbs/08_viewer.ipynb #375f63be
 def plot_shot_grid(run_dir: str | Path, shot_id: str, ncols: int = 4, size: float = 2.4, wrap: int = 34):
     "The rendered frames of shot `shot_id` as a grid, each titled with its frame number and prompt."
     import textwrap
@@ -320,7 +320,7 @@ def plot_shot_grid(run_dir: str | Path, shot_id: str, ncols: int = 4, size: floa
     fig.tight_layout()
     return fig
 
-# %% ../nbs/08_viewer.ipynb #3f3dc9d4
+# %% ../nbs/08_viewer.ipynb #e1d586d2
 def plot_loss_curve(run_dir: str | Path, smoothing: float = 0.9):
     "The style-training loss from `RUN/style/loss.json` (a list of {step, loss}), raw and smoothed."
     path = Path(run_dir) / "style" / "loss.json"
@@ -342,7 +342,7 @@ def plot_loss_curve(run_dir: str | Path, smoothing: float = 0.9):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/08_viewer.ipynb #6d8ec8cd
+# %% ../nbs/08_viewer.ipynb #37a1cea9
 _METRIC_LABELS = {"clip_adjacent": "CLIP image–image, adjacent ↑", "lpips_adjacent": "LPIPS, adjacent ↓",
                   "dino_set": "DINO set consistency ↑", "clip_text_raw": "CLIP-T (raw cosine) ↑"}
 

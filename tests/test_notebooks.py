@@ -2,7 +2,7 @@
 
 Cells flagged with any of `tst_flags` (`notest gpu llm slow`) are skipped, exactly as `nbdev-test` does.
 """
-import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,5 +19,15 @@ def test_notebook(notebook, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TQDM_DISABLE", "1")
     skip_flags = get_config(ROOT).tst_flags.split()
-    ok, _seconds = run_notebook(notebook, skip_flags=skip_flags, basepath=ROOT, showerr=True)
+    try:
+        ok, _seconds = run_notebook(notebook, skip_flags=skip_flags, basepath=ROOT, showerr=True)
+    finally:
+        _forget_dreamframe_modules()
     assert ok, f"{notebook.name} failed; the cell traceback is printed above"
+
+
+def _forget_dreamframe_modules():
+    """Notebooks end by reloading their module; drop every dreamframe module afterwards so the next test in this
+    process imports one consistent set (a reloaded `llm` next to an old `llm_testing` would hold two LLMConfig classes)."""
+    for name in [n for n in sys.modules if n == "dreamframe" or n.startswith("dreamframe.")]:
+        del sys.modules[name]
