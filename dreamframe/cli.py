@@ -7,12 +7,12 @@ Docs: https://dreamframe.github.io/dreamframe/pipeline.html.md"""
 # %% auto #0
 __all__ = ['COMMANDS', 'main']
 
-# %% ../nbs/10_pipeline.ipynb #8f0ca47f
+# %% ../nbs/10_pipeline.ipynb #ab26e816
 import argparse
 import importlib
 import sys
 
-# %% ../nbs/10_pipeline.ipynb #ffd16ec7
+# %% ../nbs/10_pipeline.ipynb #b7ec4eb0
 COMMANDS = {  # subcommand: ("module:function", one-line help)
     "demo":              ("dreamframe.pipeline:demo_cli", "run the whole pipeline offline on a tiny stand-in model"),
     "run":               ("dreamframe.pipeline:run_cli", "run every stage for one movie, skipping finished work"),
@@ -29,7 +29,7 @@ COMMANDS = {  # subcommand: ("module:function", one-line help)
     "eval":              ("dreamframe.evaluate:eval_cli", "measure style consistency of a run's keyframes"),
 }
 
-# %% ../nbs/10_pipeline.ipynb #14ebccb9
+# %% ../nbs/10_pipeline.ipynb #0df25474
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dreamframe", description="Synthetic movies for video-understanding models.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -55,3 +55,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dreamframe {name}: this command is not available in this version ({error})", file=sys.stderr)
         return 2
     return int(function(rest) or 0)
+
+# %% ../nbs/10_pipeline.ipynb #9db3538f
+if __name__ == "__main__": sys.exit(main())   # a script guard: in a notebook __name__ is "__main__" too, hence eval: false
