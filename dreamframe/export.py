@@ -10,7 +10,7 @@ __all__ = ['QA_JSONL_KEYS', 'ExportConfig', 'QATurn', 'QARecord', 'load_qa', 'fr
            'validate_long_video', 'qa_jsonl_records', 'validate_qa_jsonl', 'write_video', 'video_frame_count',
            'srt_text', 'validate_srt', 'export_run', 'export_cli']
 
-# %% ../nbs/07_export.ipynb #d10fe2ed
+# %% ../nbs/07_export.ipynb #cca802b9
 import argparse
 import json
 import os
@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from .schema import Movie, atomic_write_json, atomic_write_text, save_stage_config
 
-# %% ../nbs/07_export.ipynb #410692fc
+# %% ../nbs/07_export.ipynb #eccc7a56
 @dataclass
 class ExportConfig:
     "Settings of the export stage (saved to `RUN/config.json` under `export`)."
@@ -63,7 +63,7 @@ class ExportConfig:
         "Video frames per keyframe."
         return round(self.seconds_per_frame * self.video_fps)
 
-# %% ../nbs/07_export.ipynb #163631aa
+# %% ../nbs/07_export.ipynb #c6339747
 class QATurn(BaseModel):
     "One round of a dialogue item."
     question: str = Field(min_length=1)
@@ -107,7 +107,7 @@ def check_frames(movie: Movie, run_dir: str | Path) -> list[Path]:
     if not paths: raise ValueError(f"movie {movie.id!r} has no frames to export")
     return paths
 
-# %% ../nbs/07_export.ipynb #13aad579
+# %% ../nbs/07_export.ipynb #73e4b5fd
 _LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 def qa_rounds(item: QARecord) -> list[tuple[str, str]]:
@@ -161,7 +161,7 @@ def llava_records(movie: Movie, items: list[QARecord], cfg: ExportConfig, media_
             records.append({"id": f"{movie.id}-{len(records):05d}", media: path, "conversations": _conversation(rounds)})
     return records
 
-# %% ../nbs/07_export.ipynb #bdf6871e
+# %% ../nbs/07_export.ipynb #a8e44281
 def validate_llava(records: list, root: str | Path | None = None) -> int:
     "Check LLaVA/LLaMA-VID conversation records (and, with `root`, that their media exist); returns the count."
     if not isinstance(records, list) or not records: raise ValueError("llava records must be a non-empty JSON list")
@@ -191,7 +191,7 @@ def validate_llava(records: list, root: str | Path | None = None) -> int:
                 raise ValueError(f"{where}: turn {t} has <image> {count} time(s); {rule}")
     return len(records)
 
-# %% ../nbs/07_export.ipynb #d269eab6
+# %% ../nbs/07_export.ipynb #2cc39215
 def long_video_inputs(movie: Movie, speaker_names: bool = True) -> str:
     "LLaMA-VID's long-video `inputs`: `<image>` per keyframe, each followed by the lines spoken after it."
     after: dict[str, list[str]] = {}
@@ -221,7 +221,7 @@ def validate_long_video(export: dict, root: str | Path | None = None) -> int:
     if any(r.get("video") != export["video"] for r in export["records"]): raise ValueError("long-video export: every record must point at the feature file in 'video'")
     return len(frames)
 
-# %% ../nbs/07_export.ipynb #9f0ce9c3
+# %% ../nbs/07_export.ipynb #04d62480
 QA_JSONL_KEYS = ("movie_id", "id", "type", "question", "answer", "choices", "frame_ids", "frame_paths", "turns")
 
 def qa_jsonl_records(movie: Movie, items: list[QARecord], cfg: ExportConfig) -> list[dict]:
@@ -246,7 +246,7 @@ def validate_qa_jsonl(records: list[dict], movie: Movie | None = None) -> int:
         if frame_ids is not None and (bad := [f for f in r["frame_ids"] if f not in frame_ids]): raise ValueError(f"{where}: unknown frame ids {bad}")
     return len(records)
 
-# %% ../nbs/07_export.ipynb #b7d49e6a
+# %% ../nbs/07_export.ipynb #9481b045
 def _even_size(path: Path, max_side: int | None) -> tuple[int, int]:
     width, height = Image.open(path).size
     if max_side and max(width, height) > max_side:
@@ -316,7 +316,7 @@ def validate_srt(text: str) -> int:
         last = start
     return len(blocks)
 
-# %% ../nbs/07_export.ipynb #12ae8883
+# %% ../nbs/07_export.ipynb #3eb758cc
 def export_run(cfg: ExportConfig, run_dir: str | Path) -> dict[str, Path]:
     "Stage 5: write `RUN/export/` (llava.json, long_video.json, qa.jsonl, movie.srt, movie.mp4, clips/); returns their paths."
     run_dir = Path(run_dir)
@@ -354,7 +354,7 @@ def export_run(cfg: ExportConfig, run_dir: str | Path) -> dict[str, Path]:
     save_stage_config(run_dir, "export", cfg)
     return written
 
-# %% ../nbs/07_export.ipynb #8cb8b2f1
+# %% ../nbs/07_export.ipynb #43b0e510
 def export_cli(argv: list[str]) -> int:
     "`dreamframe export RUN`: write the training exports of a run folder."
     parser = argparse.ArgumentParser(prog="dreamframe export", description="Write LLaVA / LLaMA-VID JSON, qa.jsonl, movie.mp4 and movie.srt into RUN/export/.")
