@@ -7,20 +7,21 @@ Docs: https://dreamframe.github.io/dreamframe/schema.html.md"""
 # %% auto #0
 __all__ = ['atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'save_stage_config', 'load_stage_config', 'Character',
            'Location', 'QA', 'Frame', 'Line', 'Shot', 'Substory', 'slugify', 'Movie', 'frame', 'shot_of', 'lines_after',
-           'render_prompt', 'sample_movie', 'StoryFormatError', 'save', 'to_reference', 'import_reference_cli']
+           'render_prompt', 'sample_movie', 'Turn', 'QAItem', 'StoryFormatError', 'save', 'to_reference',
+           'import_reference_cli']
 
-# %% ../nbs/00_schema.ipynb #c14ce7ad
+# %% ../nbs/00_schema.ipynb #5cd676ec
 import dataclasses
 import json
 import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-# %% ../nbs/00_schema.ipynb #b5a93683
+# %% ../nbs/00_schema.ipynb #b7cfeace
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     "Write `data` to `path` via a temporary file in the same folder and an atomic rename."
     path = Path(path)
@@ -45,7 +46,7 @@ def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Pat
     "Write `obj` as JSON to `path` atomically."
     return atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
 
-# %% ../nbs/00_schema.ipynb #8a3e6bbf
+# %% ../nbs/00_schema.ipynb #aee5dcec
 _SECRET_FIELD = re.compile(r"(api_?key|password|secret|auth)", re.I)
 
 def _jsonable(value: Any) -> Any:
@@ -72,7 +73,7 @@ def load_stage_config(run_dir: str | Path, stage: str) -> dict | None:
     path = Path(run_dir) / "config.json"
     return json.loads(path.read_text()).get(stage) if path.exists() else None
 
-# %% ../nbs/00_schema.ipynb #0e168381
+# %% ../nbs/00_schema.ipynb #b15a545d
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=False)
 
@@ -129,7 +130,7 @@ class Substory(_Model):
     shots: list[Shot] = []
     qa: list[QA] = []
 
-# %% ../nbs/00_schema.ipynb #7b27b08a
+# %% ../nbs/00_schema.ipynb #e8ebf3b1
 def slugify(text: str, max_len: int = 48) -> str:
     "A lowercase file-system-safe id made from `text`."
     slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
@@ -194,7 +195,7 @@ class Movie(_Model):
     def qa(self) -> list[QA]:
         return self.movie_qa + [q for sub in self.substories for q in sub.qa + [q for shot in sub.shots for q in shot.qa]]
 
-# %% ../nbs/00_schema.ipynb #06ebb4f9
+# %% ../nbs/00_schema.ipynb #ab06ee5b
 def _movie_method(f):
     setattr(Movie, f.__name__, f)
     return f
@@ -226,7 +227,7 @@ def render_prompt(self: Movie, frame: Frame) -> str:
         prompt = re.sub(rf"\b{re.escape(c.name)}\b", c.look, prompt)
     return prompt
 
-# %% ../nbs/00_schema.ipynb #4edd5980
+# %% ../nbs/00_schema.ipynb #ed8f2f2d
 @_movie_method
 def _repr_markdown_(self: Movie, max_shots: int = 2) -> str:
     "Outline of the movie for notebooks."
@@ -242,7 +243,7 @@ def _repr_markdown_(self: Movie, max_shots: int = 2) -> str:
     if len(self.shots) > max_shots: out.append(f"\n… {len(self.shots) - max_shots} more shots")
     return "\n".join(out)
 
-# %% ../nbs/00_schema.ipynb #a01266ed
+# %% ../nbs/00_schema.ipynb #c0bd878d
 _PLACES = ["lighthouse", "harbour", "market", "cliff path", "kitchen", "boat", "library", "beach"]
 _VERBS = ["standing", "sitting", "looking at the sea", "talking", "holding a lamp", "walking", "hugging", "squatting"]
 
@@ -275,7 +276,25 @@ def sample_movie(n_substories: int = 3, n_shots: int = 2, n_frames: int = 4, lin
                  characters=chars, locations=locations, substories=substories,
                  movie_qa=[QA(type="overview", question="What is the movie about?", answer="A keeper and a sailor follow a message in a bottle.")])
 
-# %% ../nbs/00_schema.ipynb #14681d52
+# %% ../nbs/00_schema.ipynb #c6dcad46
+class Turn(BaseModel):
+    "One round of a multi-turn dialogue about the movie."
+    question: str = Field(min_length=1)
+    answer: str = Field(min_length=1)
+
+class QAItem(BaseModel):
+    "One item of `RUN/qa.json`: a typed QA (or dialogue) about the frames `frame_ids` (empty: the whole movie)."
+    model_config = ConfigDict(extra="ignore")
+    id: str = ""
+    type: str = Field(min_length=1)
+    question: str = Field(min_length=1)
+    answer: str = Field(min_length=1)
+    frame_ids: list[str] = []
+    choices: list[str] | None = None  # multiple choice: the answer is one of them, verbatim
+    turns: list[Turn] | None = None   # multi-turn dialogue; question/answer repeat turns[0]
+    source: Literal["structure", "llm", "story"] = "structure"
+
+# %% ../nbs/00_schema.ipynb #d5696d2a
 class StoryFormatError(ValueError):
     "A story file is malformed: the message names the file, the JSON path and the rule broken."
 
@@ -314,7 +333,7 @@ def _load(cls, path: str | Path) -> Movie:
     except ValidationError as e: raise StoryFormatError(_format_errors(path, e)) from None
 Movie.load = classmethod(_load)
 
-# %% ../nbs/00_schema.ipynb #51b71568
+# %% ../nbs/00_schema.ipynb #5ddccb24
 _REF_KEYS = {"character", "img_diag", "QA", "overview"}
 _PREFIX = re.compile(r"^(.*?\bin ([\w-]+) style:\s*)")
 
@@ -389,7 +408,7 @@ def to_reference(self: Movie) -> dict:
     return {"character": {c.name: c.look for c in self.characters}, "img_diag": items,
             "QA": [{"Question": q.question, "Answer": q.answer} for q in self.qa], "overview": self.overview}
 
-# %% ../nbs/00_schema.ipynb #ad33a1af
+# %% ../nbs/00_schema.ipynb #1ad14ebf
 def import_reference_cli(argv: list[str]) -> int:
     "`dreamframe import-reference SRC RUN`: write RUN/movie.json from a DreamFrame reference story."
     import argparse
