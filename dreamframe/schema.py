@@ -6,11 +6,10 @@ Docs: https://dreamframe.github.io/dreamframe/schema.html.md"""
 
 # %% auto #0
 __all__ = ['atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'save_stage_config', 'load_stage_config', 'Character',
-           'Location', 'QA', 'Frame', 'Line', 'Shot', 'Substory', 'slugify', 'Movie', 'frame', 'shot_of', 'lines_after',
-           'render_prompt', 'sample_movie', 'Turn', 'QAItem', 'StoryFormatError', 'save', 'to_reference',
-           'import_reference_cli']
+           'Location', 'QA', 'Frame', 'Line', 'Shot', 'Substory', 'slugify', 'Movie', 'sample_movie', 'Turn', 'QAItem',
+           'StoryFormatError', 'import_reference_cli']
 
-# %% ../nbs/00_schema.ipynb #5cd676ec
+# %% ../nbs/00_schema.ipynb #08338f59
 import dataclasses
 import json
 import os
@@ -19,9 +18,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
+from fastcore.basics import patch   # `@patch def f(self: Movie, …)` adds a method to Movie, in its own cell
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-# %% ../nbs/00_schema.ipynb #b7cfeace
+# %% ../nbs/00_schema.ipynb #2a4ce82a
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     "Write `data` to `path` via a temporary file in the same folder and an atomic rename."
     path = Path(path)
@@ -46,7 +46,7 @@ def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Pat
     "Write `obj` as JSON to `path` atomically."
     return atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
 
-# %% ../nbs/00_schema.ipynb #aee5dcec
+# %% ../nbs/00_schema.ipynb #1bb51997
 _SECRET_FIELD = re.compile(r"(api_?key|password|secret|auth)", re.I)
 
 def _jsonable(value: Any) -> Any:
@@ -73,7 +73,7 @@ def load_stage_config(run_dir: str | Path, stage: str) -> dict | None:
     path = Path(run_dir) / "config.json"
     return json.loads(path.read_text()).get(stage) if path.exists() else None
 
-# %% ../nbs/00_schema.ipynb #b15a545d
+# %% ../nbs/00_schema.ipynb #5b72987e
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=False)
 
@@ -130,7 +130,7 @@ class Substory(_Model):
     shots: list[Shot] = []
     qa: list[QA] = []
 
-# %% ../nbs/00_schema.ipynb #e8ebf3b1
+# %% ../nbs/00_schema.ipynb #03f7de33
 def slugify(text: str, max_len: int = 48) -> str:
     "A lowercase file-system-safe id made from `text`."
     slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
@@ -195,31 +195,27 @@ class Movie(_Model):
     def qa(self) -> list[QA]:
         return self.movie_qa + [q for sub in self.substories for q in sub.qa + [q for shot in sub.shots for q in shot.qa]]
 
-# %% ../nbs/00_schema.ipynb #ab06ee5b
-def _movie_method(f):
-    setattr(Movie, f.__name__, f)
-    return f
-
-@_movie_method
+# %% ../nbs/00_schema.ipynb #a9561d59
+@patch
 def frame(self: Movie, frame_id: str) -> Frame:
     "The frame with id `frame_id`."
     for f in self.frames:
         if f.id == frame_id: return f
     raise KeyError(f"no frame {frame_id!r} in movie {self.id!r} (frames run {self.frames[0].id if self.frames else '-'} … {self.frames[-1].id if self.frames else '-'})")
 
-@_movie_method
+@patch
 def shot_of(self: Movie, frame_id: str) -> Shot:
     "The shot that holds frame `frame_id`."
     for shot in self.shots:
         if any(f.id == frame_id for f in shot.frames): return shot
     raise KeyError(f"no frame {frame_id!r} in movie {self.id!r}")
 
-@_movie_method
+@patch
 def lines_after(self: Movie, frame_id: str) -> list[Line]:
     "The dialogue lines spoken right after frame `frame_id`."
     return [l for l in self.shot_of(frame_id).lines if l.frame_id == frame_id]
 
-@_movie_method
+@patch
 def render_prompt(self: Movie, frame: Frame) -> str:
     "The frame prompt SDXL sees: each character name replaced by its look-alike text."
     prompt = frame.prompt
@@ -227,8 +223,8 @@ def render_prompt(self: Movie, frame: Frame) -> str:
         prompt = re.sub(rf"\b{re.escape(c.name)}\b", c.look, prompt)
     return prompt
 
-# %% ../nbs/00_schema.ipynb #ed8f2f2d
-@_movie_method
+# %% ../nbs/00_schema.ipynb #8159e088
+@patch
 def _repr_markdown_(self: Movie, max_shots: int = 2) -> str:
     "Outline of the movie for notebooks."
     out = [f"**{self.title or self.id}** — style `{self.style_keyword or '-'}` — "
@@ -243,7 +239,7 @@ def _repr_markdown_(self: Movie, max_shots: int = 2) -> str:
     if len(self.shots) > max_shots: out.append(f"\n… {len(self.shots) - max_shots} more shots")
     return "\n".join(out)
 
-# %% ../nbs/00_schema.ipynb #c0bd878d
+# %% ../nbs/00_schema.ipynb #be8f3bb7
 _PLACES = ["lighthouse", "harbour", "market", "cliff path", "kitchen", "boat", "library", "beach"]
 _VERBS = ["standing", "sitting", "looking at the sea", "talking", "holding a lamp", "walking", "hugging", "squatting"]
 
@@ -276,7 +272,7 @@ def sample_movie(n_substories: int = 3, n_shots: int = 2, n_frames: int = 4, lin
                  characters=chars, locations=locations, substories=substories,
                  movie_qa=[QA(type="overview", question="What is the movie about?", answer="A keeper and a sailor follow a message in a bottle.")])
 
-# %% ../nbs/00_schema.ipynb #c6dcad46
+# %% ../nbs/00_schema.ipynb #0ede7f8f
 class Turn(BaseModel):
     "One round of a multi-turn dialogue about the movie."
     question: str = Field(min_length=1)
@@ -294,7 +290,7 @@ class QAItem(BaseModel):
     turns: list[Turn] | None = None   # multi-turn dialogue; question/answer repeat turns[0]
     source: Literal["structure", "llm", "story"] = "structure"
 
-# %% ../nbs/00_schema.ipynb #d5696d2a
+# %% ../nbs/00_schema.ipynb #5fc5be3b
 class StoryFormatError(ValueError):
     "A story file is malformed: the message names the file, the JSON path and the rule broken."
 
@@ -320,7 +316,7 @@ def _movie_path(path: str | Path) -> Path:
     path = Path(path)
     return path / "movie.json" if path.is_dir() or not path.suffix else path
 
-@_movie_method
+@patch
 def save(self: Movie, path: str | Path) -> Path:
     "Write the movie to `path` (a `.json` file or a run folder) atomically."
     return atomic_write_text(_movie_path(path), self.model_dump_json(indent=1) + "\n")
@@ -333,7 +329,7 @@ def _load(cls, path: str | Path) -> Movie:
     except ValidationError as e: raise StoryFormatError(_format_errors(path, e)) from None
 Movie.load = classmethod(_load)
 
-# %% ../nbs/00_schema.ipynb #5ddccb24
+# %% ../nbs/00_schema.ipynb #f5bea1aa
 _REF_KEYS = {"character", "img_diag", "QA", "overview"}
 _PREFIX = re.compile(r"^(.*?\bin ([\w-]+) style:\s*)")
 
@@ -396,7 +392,7 @@ def _from_reference(cls, path: str | Path, movie_id: str | None = None) -> Movie
     except ValidationError as e: raise StoryFormatError(_format_errors(path, e)) from None
 Movie.from_reference = classmethod(_from_reference)
 
-@_movie_method
+@patch
 def to_reference(self: Movie) -> dict:
     "The movie in DreamFrame's released format; inverts `Movie.from_reference` exactly."
     prefix = self.reference_prefix if self.reference_prefix is not None else (f"generate an image in {self.style_keyword} style: " if self.style_keyword else "")
@@ -408,7 +404,7 @@ def to_reference(self: Movie) -> dict:
     return {"character": {c.name: c.look for c in self.characters}, "img_diag": items,
             "QA": [{"Question": q.question, "Answer": q.answer} for q in self.qa], "overview": self.overview}
 
-# %% ../nbs/00_schema.ipynb #1ad14ebf
+# %% ../nbs/00_schema.ipynb #9f9ce588
 def import_reference_cli(argv: list[str]) -> int:
     "`dreamframe import-reference SRC RUN`: write RUN/movie.json from a DreamFrame reference story."
     import argparse
