@@ -9,12 +9,15 @@ dreamframe.llm's validation, checks and disk cache, story assembly and saving). 
 
 - one call: a single level-1 request (the latency floor);
 - concurrent: the whole 133-call plot with `--concurrency 128` (1 call, then 11 at once, then 121 at once),
-  `--repeat` times (the median is reported), each into a fresh run folder (no cache hits);
+  `--repeat` times (the median is reported), each into a fresh run folder (no cache hits), through the SDK on
+  dreamframe's `LeanTransport` (what `LLMConfig.transport="auto"` picks for a plain-http server);
+- the same with the SDK's own httpx transport (`transport="httpx"`, what https servers get), interleaved run by
+  run with the above so both see the same machine;
 - sequential: `--concurrency 1` over a 3 x 3 plot (1 + 3 + 9 = 13 calls), extrapolated to 133 calls
   (wall / 13 * 133), so the run does not wait 133 s; `--full-sequential` runs all 133 calls instead.
 
 Acceptance (issue 3): the concurrent plot finishes within 4 x one call's latency.
-Usage: python bench/story_concurrency.py [--latency 1.0] [--concurrency 128] [--repeat 3] [--full-sequential]
+Usage: python bench/story_concurrency.py [--latency 1.0] [--concurrency 128] [--repeat 5] [--full-sequential]
 Writes bench/results/story_concurrency.json.
 """
 import argparse
@@ -96,7 +99,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--latency", type=float, default=1.0, help="seconds the server takes per call")
     parser.add_argument("--concurrency", type=int, default=128)
-    parser.add_argument("--repeat", type=int, default=3, help="concurrent runs (the median is reported)")
+    parser.add_argument("--repeat", type=int, default=5, help="concurrent runs (the median is reported)")
     parser.add_argument("--full-sequential", action="store_true", help="run all 133 calls sequentially (133 s+)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "story_concurrency.json"))
     args = parser.parse_args(argv)
@@ -109,15 +112,19 @@ def main(argv=None) -> int:
     small = StoryConfig(THEME, substories=3, shots=3)
     sequential_cfg = reference if args.full_sequential else small
     with ServerProcess(args.latency) as server, tempfile.TemporaryDirectory() as tmp:
-        def config(concurrency):
-            return LLMConfig(model="local-test", base_url=server.base_url, concurrency=concurrency, timeout_s=60)
+        def config(concurrency, transport="auto"):
+            return LLMConfig(model="local-test", base_url=server.base_url, concurrency=concurrency, timeout_s=60,
+                             transport=transport)
         asyncio.run(_one_call(config(1), reference))   # warm-up: imports, first connection
         load_before = os.getloadavg()
         one_calls = [asyncio.run(_one_call(config(1), reference)) for _ in range(3)]
         one_call = sorted(one_calls)[1]   # the median of three
-        runs = [asyncio.run(_story(config(args.concurrency), reference, Path(tmp) / f"concurrent{i}"))
-                for i in range(args.repeat)]
+        runs, httpx_runs = [], []
+        for i in range(args.repeat):   # interleaved, so that both transports see the same machine
+            runs.append(asyncio.run(_story(config(args.concurrency), reference, Path(tmp) / f"concurrent{i}")))
+            httpx_runs.append(asyncio.run(_story(config(args.concurrency, "httpx"), reference, Path(tmp) / f"httpx{i}")))
         concurrent_s, concurrent_cpu, movie, concurrent_stats = sorted(runs, key=lambda run: run[0])[len(runs) // 2]
+        httpx_s, httpx_cpu, _, _ = sorted(httpx_runs, key=lambda run: run[0])[len(httpx_runs) // 2]
         sequential_s, _, _, sequential_stats = asyncio.run(_story(config(1), sequential_cfg, Path(tmp) / "sequential"))
         load_after = os.getloadavg()
 
@@ -141,7 +148,12 @@ def main(argv=None) -> int:
         "concurrent": {"concurrency": args.concurrency, "calls": n_calls, "wall_s": round(concurrent_s, 3),
                        "wall_s_runs": [round(run[0], 3) for run in runs], "reported": f"median of {len(runs)} runs",
                        "x_one_call": round(concurrent_s / one_call, 2), "client_cpu_s": round(concurrent_cpu, 2),
+                       "transport": "dreamframe.transport.LeanTransport under the openai SDK (LLMConfig.transport='auto')",
                        "llm_stats": str(concurrent_stats)},
+        "concurrent_sdk_httpx_transport": {"transport": "the openai SDK's own httpx transport (LLMConfig.transport='httpx')",
+                                           "wall_s": round(httpx_s, 3), "wall_s_runs": [round(run[0], 3) for run in httpx_runs],
+                                           "reported": f"median of {len(httpx_runs)} runs, interleaved with the runs above",
+                                           "x_one_call": round(httpx_s / one_call, 2), "client_cpu_s": round(httpx_cpu, 2)},
         "sequential": {"concurrency": 1, "calls_run": n_sequential, "wall_s_run": round(sequential_s, 3),
                        "per_call_s": round(sequential_s / n_sequential, 3),
                        "wall_s_133_calls": round(sequential_133, 2),
@@ -150,8 +162,8 @@ def main(argv=None) -> int:
                        "llm_stats": str(sequential_stats)},
         "speedup_vs_sequential": round(sequential_133 / concurrent_s, 1),
         "notes": ["levels run one after another by design (level 3 needs level 2's shots), so 3 x one call is the floor",
-                  "above the floor: client work for 133 requests (openai SDK, validation, checks, cache writes with "
-                  "fsync, story assembly) and the test server's Python work for them (one process, GIL), on this "
+                  "above the floor: client work for 133 requests (openai SDK, transport, validation, checks, cache "
+                  "writes, story assembly) and the test server's Python work for them (one process, GIL), on this "
                   "machine's CPUs; see client_cpu_s, server_process_cpu_s (includes its imports) and the load average"],
         "acceptance": {"rule": "133-call plot with concurrency 128 within 4 x one call's latency",
                        "limit_s": round(limit, 3), "pass": concurrent_s <= limit},

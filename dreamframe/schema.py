@@ -6,11 +6,12 @@ Docs: https://dreamframe.github.io/dreamframe/schema.html.md"""
 
 # %% auto #0
 __all__ = ['atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'save_stage_config', 'load_stage_config', 'Character',
-           'Location', 'QA', 'Frame', 'Line', 'Shot', 'Substory', 'slugify', 'Movie', 'sample_movie', 'Turn', 'QAItem',
-           'StoryFormatError', 'import_reference_cli']
+           'Location', 'QA', 'Frame', 'Line', 'Shot', 'Substory', 'slugify', 'Movie', 'name_pattern', 'sample_movie',
+           'Turn', 'QAItem', 'StoryFormatError', 'import_reference_cli']
 
-# %% ../nbs/00_schema.ipynb #08338f59
+# %% ../nbs/00_schema.ipynb #0e464abf
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -21,8 +22,9 @@ from typing import Any, Literal
 from fastcore.basics import patch   # `@patch def f(self: Movie, …)` adds a method to Movie, in its own cell
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-# %% ../nbs/00_schema.ipynb #2a4ce82a
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+# %% ../nbs/00_schema.ipynb #7f673e9d
+def atomic_write_bytes(path: str | Path, data: bytes,
+                       fsync: bool = True) -> Path:   # False: survives a killed process, not a power cut (for caches)
     "Write `data` to `path` via a temporary file in the same folder and an atomic rename."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -30,8 +32,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -46,7 +49,7 @@ def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Pat
     "Write `obj` as JSON to `path` atomically."
     return atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
 
-# %% ../nbs/00_schema.ipynb #1bb51997
+# %% ../nbs/00_schema.ipynb #bcd17f2e
 _SECRET_FIELD = re.compile(r"(api_?key|password|secret|auth)", re.I)
 
 def _jsonable(value: Any) -> Any:
@@ -73,7 +76,7 @@ def load_stage_config(run_dir: str | Path, stage: str) -> dict | None:
     path = Path(run_dir) / "config.json"
     return json.loads(path.read_text()).get(stage) if path.exists() else None
 
-# %% ../nbs/00_schema.ipynb #5b72987e
+# %% ../nbs/00_schema.ipynb #06a261aa
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=False)
 
@@ -130,7 +133,7 @@ class Substory(_Model):
     shots: list[Shot] = []
     qa: list[QA] = []
 
-# %% ../nbs/00_schema.ipynb #03f7de33
+# %% ../nbs/00_schema.ipynb #b8387a32
 def slugify(text: str, max_len: int = 48) -> str:
     "A lowercase file-system-safe id made from `text`."
     slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
@@ -195,7 +198,7 @@ class Movie(_Model):
     def qa(self) -> list[QA]:
         return self.movie_qa + [q for sub in self.substories for q in sub.qa + [q for shot in sub.shots for q in shot.qa]]
 
-# %% ../nbs/00_schema.ipynb #a9561d59
+# %% ../nbs/00_schema.ipynb #b3df0935
 @patch
 def frame(self: Movie, frame_id: str) -> Frame:
     "The frame with id `frame_id`."
@@ -215,15 +218,20 @@ def lines_after(self: Movie, frame_id: str) -> list[Line]:
     "The dialogue lines spoken right after frame `frame_id`."
     return [l for l in self.shot_of(frame_id).lines if l.frame_id == frame_id]
 
+@functools.lru_cache(maxsize=4096)
+def name_pattern(name: str) -> re.Pattern:
+    "The compiled pattern of `name` as a whole word (cached: the story checks thousands of prompts)."
+    return re.compile(rf"\b{re.escape(name)}\b")
+
 @patch
-def render_prompt(self: Movie, frame: Frame) -> str:
-    "The frame prompt SDXL sees: each character name replaced by its look-alike text."
-    prompt = frame.prompt
+def render_prompt(self: Movie, frame: Frame | str) -> str:
+    "The frame prompt SDXL sees: each character name replaced by its look-alike text (longest names first)."
+    prompt = frame if isinstance(frame, str) else frame.prompt
     for c in sorted(self.characters, key=lambda c: -len(c.name)):
-        prompt = re.sub(rf"\b{re.escape(c.name)}\b", c.look, prompt)
+        prompt = name_pattern(c.name).sub(lambda match, look=c.look: look, prompt)   # the look taken literally
     return prompt
 
-# %% ../nbs/00_schema.ipynb #8159e088
+# %% ../nbs/00_schema.ipynb #a5abe65e
 @patch
 def _repr_markdown_(self: Movie, max_shots: int = 2) -> str:
     "Outline of the movie for notebooks."
@@ -239,7 +247,7 @@ def _repr_markdown_(self: Movie, max_shots: int = 2) -> str:
     if len(self.shots) > max_shots: out.append(f"\n… {len(self.shots) - max_shots} more shots")
     return "\n".join(out)
 
-# %% ../nbs/00_schema.ipynb #be8f3bb7
+# %% ../nbs/00_schema.ipynb #3ce69837
 _PLACES = ["lighthouse", "harbour", "market", "cliff path", "kitchen", "boat", "library", "beach"]
 _VERBS = ["standing", "sitting", "looking at the sea", "talking", "holding a lamp", "walking", "hugging", "squatting"]
 
@@ -272,7 +280,7 @@ def sample_movie(n_substories: int = 3, n_shots: int = 2, n_frames: int = 4, lin
                  characters=chars, locations=locations, substories=substories,
                  movie_qa=[QA(type="overview", question="What is the movie about?", answer="A keeper and a sailor follow a message in a bottle.")])
 
-# %% ../nbs/00_schema.ipynb #0ede7f8f
+# %% ../nbs/00_schema.ipynb #7a6d8366
 class Turn(BaseModel):
     "One round of a multi-turn dialogue about the movie."
     question: str = Field(min_length=1)
@@ -290,7 +298,7 @@ class QAItem(BaseModel):
     turns: list[Turn] | None = None   # multi-turn dialogue; question/answer repeat turns[0]
     source: Literal["structure", "llm", "story"] = "structure"
 
-# %% ../nbs/00_schema.ipynb #5fc5be3b
+# %% ../nbs/00_schema.ipynb #6a2172de
 class StoryFormatError(ValueError):
     "A story file is malformed: the message names the file, the JSON path and the rule broken."
 
@@ -329,7 +337,7 @@ def _load(cls, path: str | Path) -> Movie:
     except ValidationError as e: raise StoryFormatError(_format_errors(path, e)) from None
 Movie.load = classmethod(_load)
 
-# %% ../nbs/00_schema.ipynb #f5bea1aa
+# %% ../nbs/00_schema.ipynb #e9611db2
 _REF_KEYS = {"character", "img_diag", "QA", "overview"}
 _PREFIX = re.compile(r"^(.*?\bin ([\w-]+) style:\s*)")
 
@@ -404,7 +412,7 @@ def to_reference(self: Movie) -> dict:
     return {"character": {c.name: c.look for c in self.characters}, "img_diag": items,
             "QA": [{"Question": q.question, "Answer": q.answer} for q in self.qa], "overview": self.overview}
 
-# %% ../nbs/00_schema.ipynb #9f9ce588
+# %% ../nbs/00_schema.ipynb #5b0bd922
 def import_reference_cli(argv: list[str]) -> int:
     "`dreamframe import-reference SRC RUN`: write RUN/movie.json from a DreamFrame reference story."
     import argparse

@@ -11,7 +11,7 @@ __all__ = ['MAX_THEME_CHARS', 'CLIP_WINDOW', 'PROMPTS', 'LOOK_PATTERN', 'StoryCo
            'word_budget', 'level3_messages', 'StoryError', 'expand_story_async', 'expand_story', 'is_local_url',
            'story_cli']
 
-# %% ../nbs/02_story.ipynb #7f74aa46
+# %% ../nbs/02_story.ipynb #2879d912
 import argparse
 import asyncio
 import math
@@ -27,10 +27,10 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, Field, create_model
 from tqdm.auto import tqdm
 
-from .schema import QA, Character, Frame, Line, Location, Movie, Shot, Substory, save_stage_config
+from .schema import QA, Character, Frame, Line, Location, Movie, Shot, Substory, name_pattern, save_stage_config
 from .llm import LLM, LLMConfig, LLMError, ScriptedLLM
 
-# %% ../nbs/02_story.ipynb #fe3202a4
+# %% ../nbs/02_story.ipynb #052aa54f
 MAX_THEME_CHARS = 500   # a theme is one line; longer text is almost surely a pasted document
 CLIP_WINDOW = 77        # tokens SDXL's text encoders read, counting the start and end tokens
 
@@ -82,11 +82,14 @@ class StoryConfig:
         "LLM calls the whole story takes (repairs and retries not counted)."
         return 1 + self.substories + self.substories * self.shots
 
-# %% ../nbs/02_story.ipynb #28fda75c
+# %% ../nbs/02_story.ipynb #9e1af7b8
 _TOKEN_PIECES = re.compile(r"[^\W\d_]+|\d|[^\w\s]|_")
+
+_ASCII_PIECES = re.compile(r"[A-Za-z]{1,4}|\d|[^\w\s]|_")   # the same count for ASCII text, one match per token
 
 def estimate_clip_tokens(text: str) -> int:
     "Conservative CLIP token count of `text` without a tokenizer (start and end tokens included)."
+    if text.isascii(): return 2 + len(_ASCII_PIECES.findall(text))
     count = 2
     for piece in _TOKEN_PIECES.findall(text):
         if piece.isalpha(): count += math.ceil(len(piece) / 4) if piece.isascii() else len(piece.encode())
@@ -117,7 +120,7 @@ def count_clip_tokens(text: str, tokenizer: Callable | None = None) -> int:
     ids = result["input_ids"] if isinstance(result, dict) or hasattr(result, "keys") else result
     return len(ids)
 
-# %% ../nbs/02_story.ipynb #61818525
+# %% ../nbs/02_story.ipynb #2f4ff0bb
 PROMPTS = {
     "system": (
         "You are a screenwriter planning a short film that an image model (Stable Diffusion XL) will draw as "
@@ -166,7 +169,7 @@ PROMPTS = {
                  "(limit {limit}); shorten it by at least {excess} tokens, e.g. drop adjectives or a second action"),
 }
 
-# %% ../nbs/02_story.ipynb #fc11b737
+# %% ../nbs/02_story.ipynb #3cf3faaf
 def _items(item_type, count: int, maximum: int | None = None, **kw):
     "A list field of exactly `count` items (or `count`..`maximum`)."
     return (list[item_type], Field(min_length=count, max_length=count if maximum is None else maximum, **kw))
@@ -223,7 +226,7 @@ def level3_model(cfg: StoryConfig, character_names: list[str]) -> type[BaseModel
         "Level3", frames=_items(frame, cfg.frames, description="the shot's keyframes, in order"),
         lines=_items(line, cfg.lines), qa=_items(qa, cfg.frame_qas))
 
-# %% ../nbs/02_story.ipynb #d23f42bc
+# %% ../nbs/02_story.ipynb #9f16eb7d
 def _duplicates(names: list[str]) -> list[str]:
     seen, dups = set(), []
     for name in names:
@@ -241,23 +244,21 @@ def check_level1(answer) -> list[str]:
 
 def mentioned_characters(prompt: str, names: list[str]) -> list[str]:
     "The character `names` that appear as whole words in `prompt`, in `names` order."
-    return [n for n in names if re.search(rf"\b{re.escape(n)}\b", prompt)]
+    return [n for n in names if name_pattern(n).search(prompt)]
 
 def level3_checker(cfg: StoryConfig, skeleton: Movie, tokenizer: Callable | None = None) -> Callable:
     "A `check` for level-3 answers: every frame prompt, with names replaced by looks, fits `cfg.max_prompt_tokens`."
-    names = [c.name for c in skeleton.characters]
     def check(answer) -> list[str]:
         problems = []
         for index, draft in enumerate(answer.frames):
-            frame = Frame(prompt=draft.prompt, characters=mentioned_characters(draft.prompt, names))
-            tokens = count_clip_tokens(skeleton.render_prompt(frame), tokenizer)
+            tokens = count_clip_tokens(skeleton.render_prompt(draft.prompt), tokenizer)
             if tokens > cfg.max_prompt_tokens:
                 problems.append(PROMPTS["too_long"].format(index=index, tokens=tokens, limit=cfg.max_prompt_tokens,
                                                            excess=tokens - cfg.max_prompt_tokens))
         return problems
     return check
 
-# %% ../nbs/02_story.ipynb #0f8ba87e
+# %% ../nbs/02_story.ipynb #2712e99d
 def _qa(draft, qa_type: str) -> QA:
     return QA(type=qa_type, question=draft.question.strip(), answer=draft.answer.strip())
 
@@ -303,7 +304,7 @@ def assemble_movie(skeleton, shot_plans: dict | None = None, shot_scripts: dict 
             for q in sub.qa: q.frame_ids = [f.id for shot in sub.shots for f in shot.frames]
     return movie  # the frame ids above come from the movie itself, so they exist
 
-# %% ../nbs/02_story.ipynb #b310f2f6
+# %% ../nbs/02_story.ipynb #b30422a1
 def _messages(text: str) -> list[dict]:
     return [{"role": "system", "content": PROMPTS["system"]}, {"role": "user", "content": text}]
 
@@ -335,7 +336,7 @@ def level3_messages(cfg: StoryConfig, movie: Movie, s: int, t: int, tokenizer: C
         shot_content=shot.content, frames=cfg.frames, example_name=movie.characters[0].name, look_tokens=look_tokens,
         word_budget=words, max_prompt_tokens=cfg.max_prompt_tokens, lines=cfg.lines, frame_qas=cfg.frame_qas))
 
-# %% ../nbs/02_story.ipynb #874c545b
+# %% ../nbs/02_story.ipynb #7fbf9a25
 class StoryError(RuntimeError):
     "Some calls of a level failed after every retry; the answered ones are cached, so rerunning resumes."
 
@@ -423,7 +424,7 @@ def expand_story(cfg: StoryConfig, llm, run_dir: str | Path, *, tokenizer: Calla
             if callable(getattr(llm, "aclose", None)): await llm.aclose()
     return _run_sync(expand_and_close())
 
-# %% ../nbs/02_story.ipynb #f26aec43
+# %% ../nbs/02_story.ipynb #3e11f184
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 
 def is_local_url(base_url: str | None) -> bool:
