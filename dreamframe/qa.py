@@ -11,7 +11,7 @@ __all__ = ['STRUCTURAL_TYPES', 'LLM_TYPES', 'STORY_TYPES', 'QA_TYPES', 'DEFAULT_
            'response_model', 'llm_check', 'llm_qa', 'dedup', 'balance', 'QASet', 'check_qa', 'build_qa',
            'numbered_answers', 'qa_cli']
 
-# %% ../nbs/06_qa.ipynb #c3071069
+# %% ../nbs/06_qa.ipynb #fac5376f
 import asyncio
 import dataclasses
 import random
@@ -25,10 +25,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, create_model
 from tqdm.auto import tqdm
 
-from .schema import Frame, Movie, QAItem, Shot, Turn, atomic_write_json, save_stage_config
+from .schema import Frame, Movie, QAItem, Shot, Turn, atomic_write_json, name_pattern, save_stage_config
 from .llm import LLM, LLMAnswerError, LLMConfig, run_sync
 
-# %% ../nbs/06_qa.ipynb #0469e601
+# %% ../nbs/06_qa.ipynb #9fb8d56b
 STRUCTURAL_TYPES = ("temporal_order", "before_after", "next_location", "scene_count",
                     "characters_together", "dialogue_attribution", "range_summary", "scene_dialogue")
 LLM_TYPES = ("overview", "causal", "character", "style", "dialogue", "multiple_choice")
@@ -38,7 +38,7 @@ QA_TYPES = STRUCTURAL_TYPES + LLM_TYPES + STORY_TYPES
 DEFAULT_MIX = {"temporal_order": 40, "before_after": 40, "next_location": 20, "scene_count": 20,
                "characters_together": 30, "dialogue_attribution": 40, "range_summary": 40, "scene_dialogue": 20}
 
-# %% ../nbs/06_qa.ipynb #7cbcc0fb
+# %% ../nbs/06_qa.ipynb #c6c27ef9
 @dataclass
 class QAConfig:
     "Settings of the QA stage (saved to `RUN/config.json` under `qa`)."
@@ -69,7 +69,7 @@ class QAConfig:
         "The most items of `qa_type` kept before balancing (None: no cap)."
         return self.mix.get(qa_type)
 
-# %% ../nbs/06_qa.ipynb #7db09e80
+# %% ../nbs/06_qa.ipynb #f642f760
 def _describe(frame: Frame) -> str: return frame.prompt.strip().rstrip(".")
 
 def moment_labels(movie: Movie) -> dict[str, str]:
@@ -104,7 +104,7 @@ def _pick(items: list, n: int | None, rng: random.Random) -> list:
 
 def _shots(movie: Movie) -> list[Shot]: return [s for s in movie.shots if s.frames]
 
-# %% ../nbs/06_qa.ipynb #c1a7f9cf
+# %% ../nbs/06_qa.ipynb #4caa2288
 def temporal_order_qa(movie: Movie, rng: random.Random, n: int | None = 40) -> list[QAItem]:
     "Which of two moments (frames or scenes) happens first; the answer is the earlier one."
     frames, shots, labels = movie.frames, _shots(movie), moment_labels(movie)
@@ -144,7 +144,7 @@ def before_after_qa(movie: Movie, rng: random.Random, n: int | None = 40) -> lis
                             answer=_describe(other), frame_ids=[frame.id, other.id] if after else [other.id, frame.id]))
     return _pick(items, n, rng)
 
-# %% ../nbs/06_qa.ipynb #4e9663ce
+# %% ../nbs/06_qa.ipynb #682be5af
 def next_location_qa(movie: Movie, rng: random.Random, n: int | None = 20, n_choices: int = 4) -> list[QAItem]:
     "After a scene, which location the story moves to next (the first later scene elsewhere)."
     shots = _shots(movie)
@@ -175,7 +175,7 @@ def scene_count_qa(movie: Movie, rng: random.Random, n: int | None = 20) -> list
                             frame_ids=[f.id for s in where for f in s.frames]))
     return _pick(items, n, rng)
 
-# %% ../nbs/06_qa.ipynb #355f6ad9
+# %% ../nbs/06_qa.ipynb #56fb8495
 def characters_together_qa(movie: Movie, rng: random.Random, n: int | None = 30) -> list[QAItem]:
     "Which characters appear together (in one frame) in a scene."
     order = [c.name for c in movie.characters]
@@ -208,7 +208,7 @@ def dialogue_attribution_qa(movie: Movie, rng: random.Random, n: int | None = 40
                                 choices=names if len(names) > 1 else None, frame_ids=[line.frame_id]))
     return _pick(items, n, rng)
 
-# %% ../nbs/06_qa.ipynb #4748b598
+# %% ../nbs/06_qa.ipynb #e7696870
 def range_summary_qa(movie: Movie, rng: random.Random, n: int | None = 40) -> list[QAItem]:
     "What happens in a scene or a part of the movie; the answer is the story's own text for that range."
     shots = _shots(movie)
@@ -221,7 +221,7 @@ def range_summary_qa(movie: Movie, rng: random.Random, n: int | None = 40) -> li
             items.append(QAItem(type="range_summary", question=f'What happens in the part of the movie called "{sub.title}"?', answer=sub.content.strip(), frame_ids=ids))
     return _pick(items, n, rng)
 
-# %% ../nbs/06_qa.ipynb #9868067a
+# %% ../nbs/06_qa.ipynb #8f6b6077
 def scene_dialogue_qa(movie: Movie, rng: random.Random, n: int | None = 20, max_lines: int = 6) -> list[QAItem]:
     "Multi-turn conversations about one scene, every answer read from the story."
     order = [c.name for c in movie.characters]
@@ -244,7 +244,7 @@ def scene_dialogue_qa(movie: Movie, rng: random.Random, n: int | None = 20, max_
         items.append(QAItem(type="scene_dialogue", question=turns[0].question, answer=turns[0].answer, turns=turns, frame_ids=ids))
     return _pick(items, n, rng)
 
-# %% ../nbs/06_qa.ipynb #c7f5bcea
+# %% ../nbs/06_qa.ipynb #7fab676f
 _STRUCTURAL = {"temporal_order": temporal_order_qa, "before_after": before_after_qa, "next_location": next_location_qa,
                "scene_count": scene_count_qa, "characters_together": characters_together_qa,
                "dialogue_attribution": dialogue_attribution_qa, "range_summary": range_summary_qa,
@@ -261,7 +261,7 @@ def structural_qa(movie: Movie, cfg: QAConfig) -> list[QAItem]:
         items += make(movie, _rng(cfg, movie, name), cfg.cap(name), **kwargs)
     return items
 
-# %% ../nbs/06_qa.ipynb #b0732e8f
+# %% ../nbs/06_qa.ipynb #bc8435bf
 def story_qa(movie: Movie) -> list[QAItem]:
     "The story's own QAs, typed by level, pointing at the frames of their substory or shot."
     frames_of = {sub.id: [f.id for shot in sub.shots for f in shot.frames] for sub in movie.substories}
@@ -274,7 +274,7 @@ def story_qa(movie: Movie) -> list[QAItem]:
                             frame_ids=qa.frame_ids or frames_of.get(owner, []), choices=qa.choices))
     return items
 
-# %% ../nbs/06_qa.ipynb #20b73e77
+# %% ../nbs/06_qa.ipynb #71fa2c96
 _SYSTEM = ("You write question-answer data about a movie, used to train video-understanding models. Use only facts "
            "from the story below; never invent characters, places or events. Refer to characters by their names.")
 
@@ -304,7 +304,7 @@ def _context(movie: Movie, sub=None) -> str:
             out += [f'    {l.speaker or "someone"} says: "{l.text}"' for l in shot.lines if l.frame_id == frame.id]
     return "\n".join(out)
 
-# %% ../nbs/06_qa.ipynb #e9d72150
+# %% ../nbs/06_qa.ipynb #e1c135bf
 def _ids_field(frame_ids: list[str]) -> tuple:
     return (list[Literal[tuple(frame_ids)]], Field(min_length=1, description="ids of the frames this is about"))
 
@@ -325,7 +325,7 @@ def response_model(qa_type: str, n: int, frame_ids: list[str], cfg: QAConfig, na
     item = create_model(f"{tag}Item", **fields)
     return create_model(f"{tag}Items", items=(list[item], Field(min_length=n, max_length=n)))
 
-# %% ../nbs/06_qa.ipynb #f6b1075f
+# %% ../nbs/06_qa.ipynb #16828198
 def _norm(text: str) -> str: return re.sub(r"\s+", " ", re.sub(r"[^\w\s]", " ", text.lower())).strip()
 
 def llm_check(qa_type: str, movie: Movie):
@@ -337,12 +337,12 @@ def llm_check(qa_type: str, movie: Movie):
             if qa_type == "multiple_choice":
                 options = [_norm(it.correct_answer)] + [_norm(d) for d in it.distractors]
                 if len(set(options)) < len(options): problems.append(f"item {k}: the distractors must differ from the correct answer and from each other")
-            if qa_type == "character" and not any(re.search(rf"\b{re.escape(n)}\b", f"{it.question} {it.answer}") for n in getattr(it, "characters", [])):
+            if qa_type == "character" and not any(name_pattern(n).search(f"{it.question} {it.answer}") for n in getattr(it, "characters", [])):
                 problems.append(f"item {k}: the question or the answer must name the characters it is about ({', '.join(names)})")
         return problems
     return check
 
-# %% ../nbs/06_qa.ipynb #cc26b551
+# %% ../nbs/06_qa.ipynb #b5ea4061
 def _requests(movie: Movie, cfg: QAConfig) -> list[tuple[str, Any, int, str, str]]:
     "Every LLM request of the stage: (qa_type, substory or None, n_items, request name, focus hint)."
     parts = [s for s in movie.substories if any(shot.frames for shot in s.shots)]
@@ -399,7 +399,7 @@ async def llm_qa(movie: Movie, cfg: QAConfig, llm, failed: list[str] | None = No
     if requests and not any(results): raise RuntimeError(f"every one of the {len(requests)} LLM QA requests failed its checks; see the warnings")
     return [item for batch in results for item in batch]
 
-# %% ../nbs/06_qa.ipynb #84c6fc88
+# %% ../nbs/06_qa.ipynb #f83fd251
 def _key(item: QAItem) -> str:
     return " | ".join(_norm(t.question) for t in item.turns) if item.turns else _norm(item.question)
 
@@ -427,7 +427,7 @@ def balance(items: list[QAItem], max_share: float, rng: random.Random) -> list[Q
         keep.update(positions if count <= cap else rng.sample(positions, cap))
     return [item for i, item in enumerate(items) if i in keep]
 
-# %% ../nbs/06_qa.ipynb #70b650fe
+# %% ../nbs/06_qa.ipynb #e78a8cdc
 class QASet(BaseModel):
     "The QA items of one movie, with a balance report."
     movie_id: str
@@ -468,7 +468,7 @@ def check_qa(movie: Movie, items: list[QAItem]) -> list[str]:
             problems.append(f"{where}: {sorted(unknown)} are not characters")
     return problems
 
-# %% ../nbs/06_qa.ipynb #ea0f52c6
+# %% ../nbs/06_qa.ipynb #04ab6897
 def build_qa(cfg: QAConfig, llm, run_dir: str | Path) -> QASet:
     "Stage 4: write `RUN/qa.json` (structural + story + LLM items, deduplicated and balanced); `llm=None`: no LLM items."
     run_dir = Path(run_dir)
@@ -490,7 +490,7 @@ def build_qa(cfg: QAConfig, llm, run_dir: str | Path) -> QASet:
     save_stage_config(run_dir, "qa", dataclasses.replace(cfg, llm=used) if isinstance(used, LLMConfig) else cfg)  # the settings really used
     return qaset
 
-# %% ../nbs/06_qa.ipynb #8bd60833
+# %% ../nbs/06_qa.ipynb #ddc90b72
 def numbered_answers(request: dict) -> str:
     "A `LocalLLMServer(answer=...)` function: schema-filled answers whose questions never repeat (tests and demos)."
     import hashlib, json
@@ -504,7 +504,7 @@ def numbered_answers(request: dict) -> str:
         return [number(v) for v in node] if isinstance(node, list) else node
     return json.dumps(number(value))
 
-# %% ../nbs/06_qa.ipynb #687dab27
+# %% ../nbs/06_qa.ipynb #434833fe
 def qa_cli(argv: list[str]) -> int:
     "`dreamframe qa RUN`: build RUN/qa.json (structural, story and LLM QA items)."
     import argparse, sys

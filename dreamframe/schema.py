@@ -9,7 +9,7 @@ __all__ = ['atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'save
            'Location', 'QA', 'Frame', 'Line', 'Shot', 'Substory', 'slugify', 'Movie', 'name_pattern', 'sample_movie',
            'Turn', 'QAItem', 'StoryFormatError', 'import_reference_cli']
 
-# %% ../nbs/00_schema.ipynb #0e464abf
+# %% ../nbs/00_schema.ipynb #d641d27e
 import dataclasses
 import functools
 import json
@@ -22,7 +22,7 @@ from typing import Any, Literal
 from fastcore.basics import patch   # `@patch def f(self: Movie, …)` adds a method to Movie, in its own cell
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-# %% ../nbs/00_schema.ipynb #7f673e9d
+# %% ../nbs/00_schema.ipynb #3c8d9cee
 def atomic_write_bytes(path: str | Path, data: bytes,
                        fsync: bool = True) -> Path:   # False: survives a killed process, not a power cut (for caches)
     "Write `data` to `path` via a temporary file in the same folder and an atomic rename."
@@ -49,7 +49,7 @@ def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Pat
     "Write `obj` as JSON to `path` atomically."
     return atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
 
-# %% ../nbs/00_schema.ipynb #bcd17f2e
+# %% ../nbs/00_schema.ipynb #ca550435
 _SECRET_FIELD = re.compile(r"(api_?key|password|secret|auth)", re.I)
 
 def _jsonable(value: Any) -> Any:
@@ -76,7 +76,7 @@ def load_stage_config(run_dir: str | Path, stage: str) -> dict | None:
     path = Path(run_dir) / "config.json"
     return json.loads(path.read_text()).get(stage) if path.exists() else None
 
-# %% ../nbs/00_schema.ipynb #06a261aa
+# %% ../nbs/00_schema.ipynb #f77015ab
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=False)
 
@@ -133,7 +133,7 @@ class Substory(_Model):
     shots: list[Shot] = []
     qa: list[QA] = []
 
-# %% ../nbs/00_schema.ipynb #b8387a32
+# %% ../nbs/00_schema.ipynb #04a7b0dc
 def slugify(text: str, max_len: int = 48) -> str:
     "A lowercase file-system-safe id made from `text`."
     slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
@@ -198,7 +198,7 @@ class Movie(_Model):
     def qa(self) -> list[QA]:
         return self.movie_qa + [q for sub in self.substories for q in sub.qa + [q for shot in sub.shots for q in shot.qa]]
 
-# %% ../nbs/00_schema.ipynb #b3df0935
+# %% ../nbs/00_schema.ipynb #b829e2c5
 @patch
 def frame(self: Movie, frame_id: str) -> Frame:
     "The frame with id `frame_id`."
@@ -231,7 +231,7 @@ def render_prompt(self: Movie, frame: Frame | str) -> str:
         prompt = name_pattern(c.name).sub(lambda match, look=c.look: look, prompt)   # the look taken literally
     return prompt
 
-# %% ../nbs/00_schema.ipynb #a5abe65e
+# %% ../nbs/00_schema.ipynb #9c42f4d4
 @patch
 def _repr_markdown_(self: Movie, max_shots: int = 2) -> str:
     "Outline of the movie for notebooks."
@@ -247,7 +247,7 @@ def _repr_markdown_(self: Movie, max_shots: int = 2) -> str:
     if len(self.shots) > max_shots: out.append(f"\n… {len(self.shots) - max_shots} more shots")
     return "\n".join(out)
 
-# %% ../nbs/00_schema.ipynb #3ce69837
+# %% ../nbs/00_schema.ipynb #a4536d5c
 _PLACES = ["lighthouse", "harbour", "market", "cliff path", "kitchen", "boat", "library", "beach"]
 _VERBS = ["standing", "sitting", "looking at the sea", "talking", "holding a lamp", "walking", "hugging", "squatting"]
 
@@ -280,7 +280,7 @@ def sample_movie(n_substories: int = 3, n_shots: int = 2, n_frames: int = 4, lin
                  characters=chars, locations=locations, substories=substories,
                  movie_qa=[QA(type="overview", question="What is the movie about?", answer="A keeper and a sailor follow a message in a bottle.")])
 
-# %% ../nbs/00_schema.ipynb #7a6d8366
+# %% ../nbs/00_schema.ipynb #3ecaf8ac
 class Turn(BaseModel):
     "One round of a multi-turn dialogue about the movie."
     question: str = Field(min_length=1)
@@ -298,7 +298,7 @@ class QAItem(BaseModel):
     turns: list[Turn] | None = None   # multi-turn dialogue; question/answer repeat turns[0]
     source: Literal["structure", "llm", "story"] = "structure"
 
-# %% ../nbs/00_schema.ipynb #6a2172de
+# %% ../nbs/00_schema.ipynb #e725f634
 class StoryFormatError(ValueError):
     "A story file is malformed: the message names the file, the JSON path and the rule broken."
 
@@ -337,7 +337,7 @@ def _load(cls, path: str | Path) -> Movie:
     except ValidationError as e: raise StoryFormatError(_format_errors(path, e)) from None
 Movie.load = classmethod(_load)
 
-# %% ../nbs/00_schema.ipynb #e9611db2
+# %% ../nbs/00_schema.ipynb #da130209
 _REF_KEYS = {"character", "img_diag", "QA", "overview"}
 _PREFIX = re.compile(r"^(.*?\bin ([\w-]+) style:\s*)")
 
@@ -384,7 +384,7 @@ def _from_reference(cls, path: str | Path, movie_id: str | None = None) -> Movie
             body = text[len(prefix):] if prefix else text
             present = []
             for c in by_look:
-                if c.look in body and re.search(rf"\b{re.escape(c.name)}\b", body) is None:
+                if c.look in body and name_pattern(c.name).search(body) is None:
                     body = body.replace(c.look, c.name); present.append(c.name)
             frames.append(Frame(prompt=body, characters=[c.name for c in chars if c.name in present]))
         else:
@@ -412,7 +412,7 @@ def to_reference(self: Movie) -> dict:
     return {"character": {c.name: c.look for c in self.characters}, "img_diag": items,
             "QA": [{"Question": q.question, "Answer": q.answer} for q in self.qa], "overview": self.overview}
 
-# %% ../nbs/00_schema.ipynb #5b0bd922
+# %% ../nbs/00_schema.ipynb #e44def52
 def import_reference_cli(argv: list[str]) -> int:
     "`dreamframe import-reference SRC RUN`: write RUN/movie.json from a DreamFrame reference story."
     import argparse
