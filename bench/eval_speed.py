@@ -28,7 +28,7 @@ from PIL import Image
 from transformers import CLIPConfig, CLIPModel, ViTConfig, ViTModel
 
 from dreamframe.evaluate import LPIPS, EvalConfig, EvalModels, alexnet_features, evaluate_run
-from dreamframe.models import clip_tokenizer
+from dreamframe.testing import clip_tokenizer
 from dreamframe.schema import atomic_write_text, sample_movie
 
 

@@ -115,7 +115,7 @@ def main():
 
     import accelerate, diffusers, torch
     tmp = Path(tempfile.mkdtemp(prefix="keyframe-scaling-"))
-    model = str(__import__("dreamframe.models", fromlist=["tiny_sdxl"]).tiny_sdxl(tmp / "tiny")) if args.tiny else "random"
+    model = str(__import__("dreamframe.testing", fromlist=["tiny_sdxl"]).tiny_sdxl(tmp / "tiny")) if args.tiny else "random"
     out = args.out or (Path(os.environ["OUT"]) / "keyframe_scaling.json" if os.environ.get("OUT") else ROOT / "bench/results/keyframe_scaling.json")
     results = dict(benchmark="keyframe_scaling", date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                    mode="CPU processes, tiny pipeline (gloo) — a rehearsal, NOT the GPU acceptance" if args.tiny else

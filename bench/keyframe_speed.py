@@ -54,7 +54,7 @@ def log(*parts): print(f"[{elapsed():6.1f}s]", *parts, flush=True)
 
 def build(args, tmp):
     if args.tiny:
-        path = models.tiny_sdxl(tmp / "tiny", refiner=True)
+        path = __import__('dreamframe.testing', fromlist=['tiny_sdxl']).tiny_sdxl(tmp / "tiny", refiner=True)
         base = models.load_sdxl(path)
         return base, models.load_refiner(path / "refiner", base)
     return models.sdxl_from_configs(ROOT / "bench/sdxl-configs", dtype=torch.float16, device="cuda", refiner=True)

@@ -165,7 +165,7 @@ def main(argv=None):
     log = lambda text: print(text, flush=True)
     if args.tiny:
         resolution, device = 64, torch.device("cpu")
-        pipe = models.load_sdxl(models.tiny_sdxl(Path(tempfile.mkdtemp()) / "tiny"))
+        pipe = models.load_sdxl(__import__('dreamframe.testing', fromlist=['tiny_sdxl']).tiny_sdxl(Path(tempfile.mkdtemp()) / "tiny"))
         steps = min(args.steps, 6)
     else:
         resolution, device = 768, torch.device("cuda")

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .schema import Movie, atomic_write_bytes, atomic_write_json, save_stage_config
+from .schema import Movie, atomic_write_bytes, atomic_write_json
+from .config import save_stage_config
 
 # %% ../nbs/09_eval.ipynb #939248d9
 @dataclass
@@ -193,7 +194,7 @@ class EvalModels:
 
 def _tiny_clip_dino(seed: int):
     from transformers import CLIPConfig, CLIPModel, Dinov2Config, Dinov2Model
-    from dreamframe.models import clip_tokenizer
+    from dreamframe.testing import clip_tokenizer
     tok = clip_tokenizer()
     small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
     config = CLIPConfig(text_config=dict(vocab_size=len(tok), max_position_embeddings=tok.model_max_length, bos_token_id=tok.bos_token_id,

@@ -26,7 +26,8 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tqdm.auto import tqdm
 
-from .schema import Movie, QAItem, atomic_write_json, atomic_write_text, save_stage_config
+from .schema import Movie, QA as QAItem, atomic_write_json, atomic_write_text
+from .config import save_stage_config
 
 # %% ../nbs/07_export.ipynb #e7cccb47
 @dataclass

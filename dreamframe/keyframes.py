@@ -26,7 +26,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import models
-from .schema import Movie, atomic_write_bytes, atomic_write_text, save_stage_config
+from .schema import Movie, atomic_write_bytes, atomic_write_text
+from .config import save_stage_config
 
 # %% auto #0
 __all__ = ['DEFAULT_TEMPLATE', 'DEFAULT_NEGATIVE_PROMPT', 'DTYPES', 'COMPILE_MODES', 'ATTENTION_BACKENDS', 'MANIFEST',

@@ -28,7 +28,8 @@ from typing import Any, Callable
 
 from tqdm.auto import tqdm
 
-from .schema import Movie, StoryFormatError, load_stage_config, save_stage_config, slugify
+from .schema import Movie, StoryFormatError, slugify
+from .config import load_stage_config, save_stage_config
 
 # %% ../nbs/10a_run.ipynb #49d7a585
 STAGES = ("story", "style", "keyframes", "qa", "export", "view", "eval")
@@ -301,7 +302,7 @@ def tiny_model_path(run_dir: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{TINY_MODEL_DIR}.", suffix=".tmpdir"))
     try:
-        models.tiny_sdxl(staging / "model", refiner=True)  # RUN/_tiny_model/refiner for --refiner tiny
+        __import__('dreamframe.testing', fromlist=['tiny_sdxl']).tiny_sdxl(staging / "model", refiner=True)  # RUN/_tiny_model/refiner for --refiner tiny
         if path.exists(): shutil.rmtree(path)
         os.replace(staging / "model", path)
     finally: shutil.rmtree(staging, ignore_errors=True)

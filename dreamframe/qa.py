@@ -25,7 +25,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, create_model
 from tqdm.auto import tqdm
 
-from .schema import Frame, Movie, QAItem, Shot, Turn, atomic_write_json, name_pattern, save_stage_config
+from .schema import Frame, Movie, QA as QAItem, Shot, Turn, atomic_write_json, name_pattern
+from .config import save_stage_config
 from .llm import LLM, LLMAnswerError, LLMConfig, run_sync
 
 # %% ../nbs/06_qa.ipynb #9fb8d56b

@@ -27,7 +27,8 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, Field, create_model
 from tqdm.auto import tqdm
 
-from .schema import QA, Character, Frame, Line, Location, Movie, Shot, Substory, name_pattern, save_stage_config
+from .schema import QA, Character, Frame, Line, Location, Movie, Shot, Substory, name_pattern
+from .config import save_stage_config
 from .llm import LLM, LLMConfig, LLMError, ScriptedLLM
 
 # %% ../nbs/02_story.ipynb #052aa54f

@@ -26,7 +26,8 @@ from PIL import Image, UnidentifiedImageError
 from safetensors.torch import load as load_safetensors_bytes, save as save_safetensors_bytes
 from tqdm.auto import tqdm
 
-from .schema import Movie, atomic_write_bytes, atomic_write_json, save_stage_config, slugify
+from .schema import Movie, atomic_write_bytes, atomic_write_json, slugify
+from .config import save_stage_config
 
 # %% auto #0
 __all__ = ['STYLE_TEMPLATES', 'IMAGE_SUFFIXES', 'StyleConfig', 'style_token', 'style_prompt', 'make_style_images',

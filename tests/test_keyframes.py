@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from dreamframe.keyframes import KeyframeConfig, MANIFEST, generate_keyframes
-from dreamframe.models import load_sdxl, tiny_sdxl
+from dreamframe.models import load_sdxl
+from dreamframe.testing import tiny_sdxl
 from dreamframe.schema import sample_movie
 
 ROOT = Path(__file__).resolve().parents[1]

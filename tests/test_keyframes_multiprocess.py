@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dreamframe.keyframes import MANIFEST
-from dreamframe.models import tiny_sdxl
+from dreamframe.testing import tiny_sdxl
 from dreamframe.schema import sample_movie
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -35,7 +35,7 @@ def _child(tmp_path, *args):
 
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     from dreamframe import models
-    tiny = models.tiny_sdxl(tmp_path / "tiny")
+    tiny = __import__('dreamframe.testing', fromlist=['tiny_sdxl']).tiny_sdxl(tmp_path / "tiny")
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     done = _child(tmp_path, tiny, whole, -1, 0)
     assert done.returncode == 0, done.stderr[-2000:]
