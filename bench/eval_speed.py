@@ -27,9 +27,11 @@ import transformers
 from PIL import Image
 from transformers import CLIPConfig, CLIPModel, ViTConfig, ViTModel
 
-from dreamframe.evaluate import LPIPS, EvalConfig, EvalModels, alexnet_features, evaluate_run
+from dreamframe.evaluate import EvalConfig, EvalModels, evaluate_with
+from dreamframe.lpips import LPIPS, alexnet_features
+from dreamframe.run_folder import write_manifest
 from dreamframe.testing import clip_tokenizer
-from dreamframe.schema import atomic_write_text, sample_movie
+from dreamframe.schema import sample_movie
 
 
 def full_size_models(device, dtype) -> EvalModels:
@@ -54,8 +56,8 @@ def make_run(run_dir: Path, n_frames: int, size: int) -> Path:
     for i, frame in enumerate(movie.frames[:n_frames]):
         rgb = np.stack([np.sin(6 * x + i * 0.3), np.cos(5 * y - i * 0.2), np.sin(3 * (x + y) + i * 0.1)], -1) * 110 + 128
         Image.fromarray(rgb.astype(np.uint8)).save(run_dir / "frames" / f"{frame.id}.png", compress_level=1)
-        lines.append(json.dumps({"frame_id": frame.id, "prompt": movie.render_prompt(frame), "path": f"frames/{frame.id}.png"}))
-    atomic_write_text(run_dir / "frames" / "manifest.jsonl", "\n".join(lines) + "\n")
+        lines.append({"frame_id": frame.id, "prompt": movie.render_prompt(frame), "path": f"frames/{frame.id}.png"})
+    write_manifest(run_dir / "frames", lines)
     return run_dir
 
 
@@ -83,10 +85,10 @@ def main():
         for dtype_name in args.dtypes.split(","):
             dtype = getattr(torch, dtype_name)
             models = full_size_models(args.device, dtype)
-            cfg = EvalConfig(device=args.device, dtype=dtype_name, batch_size=args.batch_size, progress=False)
+            cfg = EvalConfig(batch_size=args.batch_size)  # device and dtype: the models above are already there
             if cuda: torch.cuda.reset_peak_memory_stats(); torch.cuda.synchronize()
             t0 = time.perf_counter()
-            metrics = evaluate_run(cfg, run, models=models)
+            metrics = evaluate_with(cfg, models, run, progress=False)
             if cuda: torch.cuda.synchronize()
             seconds = time.perf_counter() - t0
             result["runs"][dtype_name] = {"seconds": round(seconds, 2), "frames_per_s": round(args.frames / seconds, 1),

@@ -9,10 +9,8 @@ dreamframe.llm's validation, checks and disk cache, story assembly and saving). 
 
 - one call: a single level-1 request (the latency floor);
 - concurrent: the whole 133-call plot with `--concurrency 128` (1 call, then 11 at once, then 121 at once),
-  `--repeat` times (the median is reported), each into a fresh run folder (no cache hits), through the SDK on
-  dreamframe's `LeanTransport` (what `LLMConfig.transport="auto"` picks for a plain-http server);
-- the same with the SDK's own httpx transport (`transport="httpx"`, what https servers get), interleaved run by
-  run with the above so both see the same machine;
+  `--repeat` times (the median and the range are reported), each into a fresh run folder (no cache hits), through
+  the openai SDK on its own HTTP stack (httpx), the only transport the client has;
 - sequential: `--concurrency 1` over a 3 x 3 plot (1 + 3 + 9 = 13 calls), extrapolated to 133 calls
   (wall / 13 * 133), so the run does not wait 133 s; `--full-sequential` runs all 133 calls instead.
 
@@ -40,8 +38,7 @@ THEME = "a lighthouse keeper adopts a stray dog"
 
 def _serve(latency: float, ready, stop):
     "Child process: run LocalLLMServer until `stop` is set; report its base URL and request count."
-    from dreamframe.llm import LocalLLMServer
-    from dreamframe.llm_testing import schema_instance
+    from dreamframe.testing import LocalLLMServer, schema_instance
     answers = {}
     def answer(request: dict) -> str:   # one filler answer per distinct schema, made on first use
         schema = request["response_format"]["json_schema"]["schema"]
@@ -105,26 +102,22 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import openai, pydantic
-    from dreamframe.llm import LLMConfig
+    from dreamframe.llm import LLMConfig, httpx
     from dreamframe.story import StoryConfig
 
     reference = StoryConfig(THEME)   # 11 x 11 x 11
     small = StoryConfig(THEME, substories=3, shots=3)
     sequential_cfg = reference if args.full_sequential else small
     with ServerProcess(args.latency) as server, tempfile.TemporaryDirectory() as tmp:
-        def config(concurrency, transport="auto"):
-            return LLMConfig(model="local-test", base_url=server.base_url, concurrency=concurrency, timeout_s=60,
-                             transport=transport)
+        def config(concurrency):
+            return LLMConfig(model="local-test", base_url=server.base_url, concurrency=concurrency, timeout_s=60)
         asyncio.run(_one_call(config(1), reference))   # warm-up: imports, first connection
         load_before = os.getloadavg()
         one_calls = [asyncio.run(_one_call(config(1), reference)) for _ in range(3)]
         one_call = sorted(one_calls)[1]   # the median of three
-        runs, httpx_runs = [], []
-        for i in range(args.repeat):   # interleaved, so that both transports see the same machine
-            runs.append(asyncio.run(_story(config(args.concurrency), reference, Path(tmp) / f"concurrent{i}")))
-            httpx_runs.append(asyncio.run(_story(config(args.concurrency, "httpx"), reference, Path(tmp) / f"httpx{i}")))
+        runs = [asyncio.run(_story(config(args.concurrency), reference, Path(tmp) / f"concurrent{i}"))
+                for i in range(args.repeat)]
         concurrent_s, concurrent_cpu, movie, concurrent_stats = sorted(runs, key=lambda run: run[0])[len(runs) // 2]
-        httpx_s, httpx_cpu, _, _ = sorted(httpx_runs, key=lambda run: run[0])[len(httpx_runs) // 2]
         sequential_s, _, _, sequential_stats = asyncio.run(_story(config(1), sequential_cfg, Path(tmp) / "sequential"))
         load_after = os.getloadavg()
 
@@ -138,8 +131,9 @@ def main(argv=None) -> int:
                     "cpu_count": os.cpu_count(), "load_average_1_5_15min": {"before": [round(x, 2) for x in load_before],
                                                                              "after": [round(x, 2) for x in load_after]},
                     "note": "CPU only; the LLM is a local test server in a separate process"},
-        "versions": {"python": platform.python_version(), "openai": openai.__version__, "pydantic": pydantic.VERSION},
-        "server": {"kind": "dreamframe.llm.LocalLLMServer (ThreadingHTTPServer, one schema-filler answer per distinct schema)",
+        "versions": {"python": platform.python_version(), "openai": openai.__version__, "pydantic": pydantic.VERSION,
+                     "http": f"{httpx.__name__} {httpx.__version__}"},
+        "server": {"kind": "dreamframe.testing.LocalLLMServer (ThreadingHTTPServer, one schema-filler answer per distinct schema)",
                    "latency_s": args.latency, "requests_served": server.counts.get("requests"),
                    "server_process_cpu_s": server.counts.get("server_cpu_s")},
         "plot": {"substories": reference.substories, "shots": reference.shots, "frames": reference.frames,
@@ -147,13 +141,13 @@ def main(argv=None) -> int:
         "one_call_s": round(one_call, 3), "one_call_runs_s": [round(x, 3) for x in one_calls],
         "concurrent": {"concurrency": args.concurrency, "calls": n_calls, "wall_s": round(concurrent_s, 3),
                        "wall_s_runs": [round(run[0], 3) for run in runs], "reported": f"median of {len(runs)} runs",
-                       "x_one_call": round(concurrent_s / one_call, 2), "client_cpu_s": round(concurrent_cpu, 2),
-                       "transport": "dreamframe.transport.LeanTransport under the openai SDK (LLMConfig.transport='auto')",
+                       "x_one_call": round(concurrent_s / one_call, 2),
+                       "x_one_call_range": [round(min(run[0] for run in runs) / one_call, 2),
+                                            round(max(run[0] for run in runs) / one_call, 2)],
+                       "client_cpu_s": round(concurrent_cpu, 2),
+                       "client_cpu_s_runs": [round(run[1], 2) for run in runs],
+                       "transport": "the openai SDK's own HTTP stack (openai.DefaultAsyncHttpxClient; one client per 32 in flight)",
                        "llm_stats": str(concurrent_stats)},
-        "concurrent_sdk_httpx_transport": {"transport": "the openai SDK's own httpx transport (LLMConfig.transport='httpx')",
-                                           "wall_s": round(httpx_s, 3), "wall_s_runs": [round(run[0], 3) for run in httpx_runs],
-                                           "reported": f"median of {len(httpx_runs)} runs, interleaved with the runs above",
-                                           "x_one_call": round(httpx_s / one_call, 2), "client_cpu_s": round(httpx_cpu, 2)},
         "sequential": {"concurrency": 1, "calls_run": n_sequential, "wall_s_run": round(sequential_s, 3),
                        "per_call_s": round(sequential_s / n_sequential, 3),
                        "wall_s_133_calls": round(sequential_133, 2),
@@ -162,7 +156,7 @@ def main(argv=None) -> int:
                        "llm_stats": str(sequential_stats)},
         "speedup_vs_sequential": round(sequential_133 / concurrent_s, 1),
         "notes": ["levels run one after another by design (level 3 needs level 2's shots), so 3 x one call is the floor",
-                  "above the floor: client work for 133 requests (openai SDK, transport, validation, checks, cache "
+                  "above the floor: client work for 133 requests (openai SDK and httpx, validation, checks, cache "
                   "writes, story assembly) and the test server's Python work for them (one process, GIL), on this "
                   "machine's CPUs; see client_cpu_s, server_process_cpu_s (includes its imports) and the load average"],
         "acceptance": {"rule": "133-call plot with concurrency 128 within 4 x one call's latency",

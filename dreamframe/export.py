@@ -7,95 +7,93 @@ Docs: https://dreamframe.github.io/dreamframe/export.html.md"""
 # %% auto #0
 __all__ = ['QA_JSONL_KEYS', 'ExportConfig', 'load_qa', 'frame_path', 'check_frames', 'qa_rounds', 'clip_path', 'llava_records',
            'validate_llava', 'long_video_inputs', 'long_video_export', 'validate_long_video', 'qa_jsonl_records',
-           'validate_qa_jsonl', 'write_video', 'video_frame_count', 'srt_text', 'validate_srt', 'export_run',
-           'export_cli']
+           'validate_qa_jsonl', 'write_video', 'video_frame_count', 'srt_text', 'validate_srt', 'export_run']
 
-# %% ../nbs/07_export.ipynb #524e1e11
-import argparse
+# %% ../nbs/07_export.ipynb #6d5535ea
 import json
 import os
 import random
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import imageio_ffmpeg
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError, model_validator
 from tqdm.auto import tqdm
 
-from .schema import Movie, QA as QAItem, atomic_write_json, atomic_write_text
-from .config import save_stage_config
+from .schema import QA, FormatError, Movie, atomic_write_json, atomic_write_text, format_errors, read_json
+from .config import save_stage_config, settings
+from .run_folder import read_manifest
 
-# %% ../nbs/07_export.ipynb #e7cccb47
-@dataclass
+# %% ../nbs/07_export.ipynb #96b0d71a
+@settings
 class ExportConfig:
-    "Settings of the export stage (saved to `RUN/config.json` under `export`)."
-    seconds_per_frame: float = 1.0    # how long each keyframe is shown in movie.mp4 and movie.srt
-    video_fps: float = 1.0            # frame rate of movie.mp4; each keyframe is repeated seconds_per_frame * video_fps times
-    max_side: int | None = None       # shrink keyframes so the longer side is at most this in the mp4 (None: as rendered)
-    quality: int = 8                  # mp4 quality, 0 (worst) to 10 (best)
-    rounds_per_record: int = 4        # question/answer rounds per conversation record (LLaMA-VID's split_chat uses 4)
+    "Settings of stage 5 (export): saved in `RUN/config.json` under `export`; flags `--export-<field>`."
+    seconds_per_frame: float = Field(1.0, gt=0)  # how long each keyframe is shown in movie.mp4 and movie.srt
+    video_fps: float = Field(1.0, gt=0)  # frame rate of movie.mp4; each keyframe fills seconds_per_frame × video_fps video frames
+    max_side: int | None = Field(None, ge=16)  # shrink keyframes so the longer side is at most this in the mp4 (None: as rendered)
+    quality: int = Field(8, ge=0, le=10)  # mp4 quality, 0 (worst) to 10 (best)
+    rounds_per_record: int = Field(4, ge=1)  # question/answer rounds per conversation record (LLaMA-VID's split_chat uses 4)
     media: Literal["clip", "video", "image"] = "clip"  # llava.json: each record shows its part's clip (else the movie), the whole movie, or one keyframe
-    path_prefix: str = ""             # prepended to every media path (paths are relative to the run folder)
-    shuffle_seed: int | None = 0      # QA items are packed into records in this seeded order (None: qa.json order)
-    speaker_names: bool = True        # "Mara: …" in subtitles and long-video inputs (False: the words only)
-    write_video: bool = True          # False: skip movie.mp4 (the slowest part)
-    progress: bool = True             # a progress bar while the mp4 is encoded
+    path_prefix: str = ""  # prepended to every media path (paths are relative to the run folder)
+    shuffle_seed: int | None = 0  # QA items are packed into records in this seeded order (None: qa.json order)
+    speaker_names: bool = True  # "Mara: …" in subtitles and long-video inputs (False: the words only)
+    write_video: bool = True  # False: skip movie.mp4 and the clips (the slowest part)
 
-    def __post_init__(self):
-        if not self.seconds_per_frame > 0: raise ValueError(f"ExportConfig.seconds_per_frame must be > 0, got {self.seconds_per_frame!r}")
-        if not self.video_fps > 0: raise ValueError(f"ExportConfig.video_fps must be > 0, got {self.video_fps!r}")
+    @model_validator(mode="after")
+    def _whole_frames(self):
         repeat = self.seconds_per_frame * self.video_fps
         if repeat < 1 or abs(repeat - round(repeat)) > 1e-6:
-            raise ValueError(f"ExportConfig: seconds_per_frame * video_fps = {repeat:g} must be a whole number >= 1 (each keyframe "
-                             f"fills that many video frames); e.g. seconds_per_frame=2, video_fps=1 or seconds_per_frame=0.5, video_fps=2")
-        if self.max_side is not None and (not isinstance(self.max_side, int) or self.max_side < 16):
-            raise ValueError(f"ExportConfig.max_side must be None or an integer >= 16, got {self.max_side!r}")
-        if not isinstance(self.quality, int) or not 0 <= self.quality <= 10: raise ValueError(f"ExportConfig.quality must be an integer 0-10, got {self.quality!r}")
-        if not isinstance(self.rounds_per_record, int) or self.rounds_per_record < 1:
-            raise ValueError(f"ExportConfig.rounds_per_record must be an integer >= 1, got {self.rounds_per_record!r}")
-        if self.media not in ("clip", "video", "image"): raise ValueError(f"ExportConfig.media must be 'clip', 'video' or 'image', got {self.media!r}")
+            raise ValueError(f"seconds_per_frame × video_fps = {repeat:g} must be a whole number >= 1 (each keyframe fills that many "
+                             "video frames); e.g. seconds_per_frame=2 with video_fps=1, or seconds_per_frame=0.5 with video_fps=2")
+        return self
 
     @property
     def repeat(self) -> int:
         "Video frames per keyframe."
         return round(self.seconds_per_frame * self.video_fps)
 
-# %% ../nbs/07_export.ipynb #1d49ae36
-def load_qa(run_dir: str | Path) -> list[QAItem]:
-    "The items of `RUN/qa.json`, validated."
+# %% ../nbs/07_export.ipynb #b49afa38
+_QA_LIST = TypeAdapter(list[QA])
+_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # multiple-choice options are lettered (A) … (Z)
+
+def load_qa(run_dir: str | Path, movie: Movie | None = None) -> list[QA]:
+    "The items of `RUN/qa.json`, validated (and checked against `movie`); anything broken is one `FormatError` naming the file."
     path = Path(run_dir) / "qa.json"
     if not path.exists(): raise FileNotFoundError(f"{path} not found; make it with `dreamframe qa {run_dir}`")
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(data, list): raise ValueError(f"{path}: must be a JSON list of QA items, got {type(data).__name__}")
-    items = []
-    for k, raw in enumerate(data):
-        try: items.append(QAItem.model_validate(raw))
-        except ValidationError as error:
-            first = error.errors()[0]
-            raise ValueError(f"{path}: item {k}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    try: items = _QA_LIST.validate_python(read_json(path))
+    except ValidationError as error: raise FormatError(format_errors(path, error, what="problem(s) in the QA items")) from None
+    frame_ids = {f.id for f in movie.frames} if movie is not None else None
+    for k, item in enumerate(items):
+        where, fix = f"{path}: item {k} (id {item.id!r})", f"fix it or rebuild the file with `dreamframe qa {run_dir}`"
+        if item.choices is not None and (item.answer not in item.choices or len(item.choices) > len(_LETTERS)):
+            raise FormatError(f"{where}: the answer must be one of at most {len(_LETTERS)} choices; {fix}")
+        if frame_ids is None: continue
+        if not item.frame_ids: raise FormatError(f"{where}: points at no frames (an item about the whole movie points at all of them); {fix}")
+        if bad := [f for f in item.frame_ids if f not in frame_ids]: raise FormatError(f"{where}: points at frames {bad} that are not in the movie; {fix}")
     return items
 
+# %% ../nbs/07_export.ipynb #f6311189
 def frame_path(run_dir: str | Path, frame_id: str) -> Path: return Path(run_dir) / "frames" / f"{frame_id}.png"
 
 def check_frames(movie: Movie, run_dir: str | Path) -> list[Path]:
-    "The keyframe image of every frame in story order; raises naming the first missing frame and its path."
-    paths = [frame_path(run_dir, f.id) for f in movie.frames]
-    missing = [(f.id, p) for f, p in zip(movie.frames, paths) if not p.is_file()]
-    if missing:
-        frame_id, path = missing[0]
-        more = f" (and {len(missing) - 1} more frames)" if len(missing) > 1 else ""
-        raise FileNotFoundError(f"frame {frame_id} has no image at {path}{more}; render the keyframes first (`dreamframe keyframes {run_dir}`)")
-    if not paths: raise ValueError(f"movie {movie.id!r} has no frames to export")
-    return paths
+    "The finished keyframe of every frame (from the manifest) in story order; raises naming the first one missing."
+    run_dir = Path(run_dir)
+    if not movie.frames: raise ValueError(f"movie {movie.id!r} has no frames to export")
+    finished = read_manifest(run_dir / "frames")
+    for frame in movie.frames:
+        if frame.id not in finished:
+            raise FileNotFoundError(f"frame {frame.id} is not in {run_dir / 'frames' / 'manifest.jsonl'} (not rendered yet); "
+                                    f"render the keyframes first (`dreamframe keyframes {run_dir}`)")
+        path = run_dir / finished[frame.id]["path"]
+        if not path.is_file(): raise FileNotFoundError(f"frame {frame.id} has no image at {path}; render it again (`dreamframe keyframes {run_dir}`)")
+        if not path.resolve().is_relative_to(run_dir.resolve()): raise FormatError(f"{path} leads outside the run folder {run_dir}")
+    return [run_dir / finished[f.id]["path"] for f in movie.frames]
 
-# %% ../nbs/07_export.ipynb #f48f21d0
-_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-
-def qa_rounds(item: QAItem) -> list[tuple[str, str]]:
+# %% ../nbs/07_export.ipynb #1c22c844
+def qa_rounds(item: QA) -> list[tuple[str, str]]:
     "The (question, answer) rounds of one QA item, multiple-choice options spelled out."
     if item.turns: return [(t.question, t.answer) for t in item.turns]
     if item.choices and not all(c in item.question for c in item.choices):
@@ -121,24 +119,25 @@ def _conversation(rounds: list[tuple[str, str]]) -> list[dict]:
         turns += [{"from": "human", "value": ("<image>\n" if k == 0 else "") + question}, {"from": "gpt", "value": answer}]
     return turns
 
+# %% ../nbs/07_export.ipynb #71c743db
 def clip_path(cfg: ExportConfig, substory_id: str) -> str: return f"{cfg.path_prefix}export/clips/{substory_id}.mp4"
 
-def _part(item: QAItem) -> str | None:
+def _part(item: QA) -> str | None:
     "The substory all of the item's frames lie in (None: several parts, or the whole movie)."
     parts = {frame_id.split(".")[0] for frame_id in item.frame_ids}
     return parts.pop() if len(parts) == 1 else None
 
-def llava_records(movie: Movie, items: list[QAItem], cfg: ExportConfig, media_path: str | None = None) -> list[dict]:
+def llava_records(movie: Movie, items: list[QA], cfg: ExportConfig, media_path: str | None = None) -> list[dict]:
     "LLaVA / LLaMA-VID conversation records for `items` (clip, whole movie or `media_path`; image: each item's first frame)."
-    order = list(items)
+    order, everything = list(items), {f.id for f in movie.frames}
     if cfg.shuffle_seed is not None: random.Random(f"{cfg.shuffle_seed}:{movie.id}").shuffle(order)
-    groups: dict[tuple[str, str], list[QAItem]] = {}
+    groups: dict[tuple[str, str], list[QA]] = {}
     for item in order:
         if media_path is not None: key = ("video", media_path)
         elif cfg.media == "clip" and _part(item): key = ("video", clip_path(cfg, _part(item)))
         elif cfg.media in ("clip", "video"): key = ("video", f"{cfg.path_prefix}export/movie.mp4")
-        elif item.frame_ids: key = ("image", f"{cfg.path_prefix}frames/{item.frame_ids[0]}.png")
-        else: continue
+        elif set(item.frame_ids) != everything: key = ("image", f"{cfg.path_prefix}frames/{item.frame_ids[0]}.png")
+        else: continue   # about the whole movie: no single picture shows it
         groups.setdefault(key, []).append(item)
     records = []
     for (media, path), group in groups.items():
@@ -146,7 +145,7 @@ def llava_records(movie: Movie, items: list[QAItem], cfg: ExportConfig, media_pa
             records.append({"id": f"{movie.id}-{len(records):05d}", media: path, "conversations": _conversation(rounds)})
     return records
 
-# %% ../nbs/07_export.ipynb #2c5fe190
+# %% ../nbs/07_export.ipynb #1e5f92c1
 def validate_llava(records: list, root: str | Path | None = None) -> int:
     "Check LLaVA/LLaMA-VID conversation records (and, with `root`, that their media exist); returns the count."
     if not isinstance(records, list) or not records: raise ValueError("llava records must be a non-empty JSON list")
@@ -176,7 +175,7 @@ def validate_llava(records: list, root: str | Path | None = None) -> int:
                 raise ValueError(f"{where}: turn {t} has <image> {count} time(s); {rule}")
     return len(records)
 
-# %% ../nbs/07_export.ipynb #8caad104
+# %% ../nbs/07_export.ipynb #57bd76ff
 def long_video_inputs(movie: Movie, speaker_names: bool = True) -> str:
     "LLaMA-VID's long-video `inputs`: `<image>` per keyframe, each followed by the lines spoken after it."
     after: dict[str, list[str]] = {}
@@ -184,7 +183,7 @@ def long_video_inputs(movie: Movie, speaker_names: bool = True) -> str:
         after.setdefault(line.frame_id, []).append(f"{line.speaker}: {line.text}" if speaker_names and line.speaker else line.text)
     return "".join("<image>" + " ".join(after.get(frame.id, [])) for frame in movie.frames)
 
-def long_video_export(movie: Movie, items: list[QAItem], cfg: ExportConfig) -> dict:
+def long_video_export(movie: Movie, items: list[QA], cfg: ExportConfig) -> dict:
     "The long-video export: frames, inputs string and conversation records pointing at the feature pickle."
     video = f"{cfg.path_prefix}export/long_video.pkl"
     return {"id": movie.id, "video": video, "frames": [f"{cfg.path_prefix}frames/{f.id}.png" for f in movie.frames],
@@ -206,10 +205,10 @@ def validate_long_video(export: dict, root: str | Path | None = None) -> int:
     if any(r.get("video") != export["video"] for r in export["records"]): raise ValueError("long-video export: every record must point at the feature file in 'video'")
     return len(frames)
 
-# %% ../nbs/07_export.ipynb #5dd09319
+# %% ../nbs/07_export.ipynb #4e62002e
 QA_JSONL_KEYS = ("movie_id", "id", "type", "question", "answer", "choices", "frame_ids", "frame_paths", "turns")
 
-def qa_jsonl_records(movie: Movie, items: list[QAItem], cfg: ExportConfig) -> list[dict]:
+def qa_jsonl_records(movie: Movie, items: list[QA], cfg: ExportConfig) -> list[dict]:
     "One flat record per QA item."
     return [{"movie_id": movie.id, "id": i.id, "type": i.type, "question": i.question, "answer": i.answer, "choices": i.choices,
              "frame_ids": i.frame_ids, "frame_paths": [f"{cfg.path_prefix}frames/{f}.png" for f in i.frame_ids],
@@ -231,7 +230,7 @@ def validate_qa_jsonl(records: list[dict], movie: Movie | None = None) -> int:
         if frame_ids is not None and (bad := [f for f in r["frame_ids"] if f not in frame_ids]): raise ValueError(f"{where}: unknown frame ids {bad}")
     return len(records)
 
-# %% ../nbs/07_export.ipynb #352e6120
+# %% ../nbs/07_export.ipynb #b69f2101
 def _even_size(path: Path, max_side: int | None) -> tuple[int, int]:
     width, height = Image.open(path).size
     if max_side and max(width, height) > max_side:
@@ -239,7 +238,7 @@ def _even_size(path: Path, max_side: int | None) -> tuple[int, int]:
         width, height = round(width * scale), round(height * scale)
     return max(2, width - width % 2), max(2, height - height % 2)
 
-def write_video(paths: list[Path], out: str | Path, cfg: ExportConfig) -> Path:
+def write_video(paths: list[Path], out: str | Path, cfg: ExportConfig, progress: bool = True) -> Path:
     "Encode keyframes `paths` (in order) into an H.264 yuv420p mp4 at `out`, atomically."
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -249,7 +248,7 @@ def write_video(paths: list[Path], out: str | Path, cfg: ExportConfig) -> Path:
                                          macro_block_size=1, ffmpeg_log_level="error", output_params=["-f", "mp4"])
     try:
         writer.send(None)
-        for path in tqdm(paths, desc=out.name, unit="frame", disable=not cfg.progress):
+        for path in tqdm(paths, desc=out.name, unit="frame", disable=not progress):
             image = Image.open(path).convert("RGB")
             if image.size != size: image = image.resize(size, Image.LANCZOS)
             pixels = np.ascontiguousarray(np.asarray(image))
@@ -266,6 +265,7 @@ def video_frame_count(path: str | Path) -> int:
     "The number of video frames in `path`, decoded by ffmpeg."
     return imageio_ffmpeg.count_frames_and_secs(str(path))[0]
 
+# %% ../nbs/07_export.ipynb #cba2d58a
 def _timestamp(seconds: float) -> str:
     ms = round(seconds * 1000)
     return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
@@ -301,66 +301,42 @@ def validate_srt(text: str) -> int:
         last = start
     return len(blocks)
 
-# %% ../nbs/07_export.ipynb #fab0542d
-def export_run(cfg: ExportConfig, run_dir: str | Path) -> dict[str, Path]:
+# %% ../nbs/07_export.ipynb #2f6203f2
+def _validated(path: Path, check, value, *args):
+    "`value` after `check(value, *args)`; a broken rule is a `ValueError` naming the file it would have been written to."
+    try: check(value, *args)
+    except ValueError as error: raise ValueError(f"{path}: {error}") from None
+    return value
+
+def _videos(cfg: ExportConfig, movie: Movie, frames: list[Path], out: Path, shown: set[str]) -> dict[str, tuple[Path, list[Path]]]:
+    "The mp4 files to write: the whole movie, and (media 'clip') one clip per part that a record shows."
+    videos = {"video": (out / "movie.mp4", frames)}
+    if cfg.media == "clip":
+        index = {f.id: k for k, f in enumerate(movie.frames)}
+        for sub in movie.substories:
+            ids = [f.id for shot in sub.shots for f in shot.frames]
+            if ids and clip_path(cfg, sub.id) in shown: videos[f"clip {sub.id}"] = (out / "clips" / f"{sub.id}.mp4", [frames[index[i]] for i in ids])
+    return videos
+
+def export_run(cfg: ExportConfig, run_dir: str | Path, *, progress: bool = True) -> dict[str, Path]:
     "Stage 5: write `RUN/export/` (llava.json, long_video.json, qa.jsonl, movie.srt, movie.mp4, clips/); returns their paths."
     run_dir = Path(run_dir)
     movie = Movie.load(run_dir)
-    paths = check_frames(movie, run_dir)
-    items = load_qa(run_dir)
-    frame_ids = {f.id for f in movie.frames}
-    for item in items:
-        if bad := [f for f in item.frame_ids if f not in frame_ids]:
-            raise ValueError(f"{run_dir / 'qa.json'}: item {item.id} points at frames {bad} that are not in the movie; rebuild it with `dreamframe qa {run_dir}`")
+    frames = check_frames(movie, run_dir)
+    items = load_qa(run_dir, movie)
     out = run_dir / "export"
-    llava = llava_records(movie, items, cfg)
-    validate_llava(llava)
-    long_video = long_video_export(movie, items, cfg)
-    validate_long_video(long_video, root=run_dir if not cfg.path_prefix else None)
-    flat = qa_jsonl_records(movie, items, cfg)
-    validate_qa_jsonl(flat, movie)
-    srt = srt_text(movie, cfg)
-    validate_srt(srt)
+    llava = _validated(out / "llava.json", validate_llava, llava_records(movie, items, cfg))
+    long_video = _validated(out / "long_video.json", validate_long_video, long_video_export(movie, items, cfg), run_dir if not cfg.path_prefix else None)
+    flat = _validated(out / "qa.jsonl", validate_qa_jsonl, qa_jsonl_records(movie, items, cfg), movie)
+    srt = _validated(out / "movie.srt", validate_srt, srt_text(movie, cfg))
     written = {"llava": atomic_write_json(out / "llava.json", llava),
                "long_video": atomic_write_json(out / "long_video.json", long_video),
                "qa_jsonl": atomic_write_text(out / "qa.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in flat)),
                "srt": atomic_write_text(out / "movie.srt", srt)}
     if cfg.write_video:
-        videos = {"video": (out / "movie.mp4", paths)}
-        if cfg.media == "clip":  # one clip per part that a record shows
-            shown = {r["video"] for r in llava}
-            for sub in movie.substories:
-                frames = [frame_path(run_dir, f.id) for shot in sub.shots for f in shot.frames]
-                if clip_path(cfg, sub.id) in shown and frames: videos[f"clip {sub.id}"] = (out / "clips" / f"{sub.id}.mp4", frames)
-        for name, (target, frames) in videos.items():
-            written[name] = write_video(frames, target, cfg)
-            count = video_frame_count(written[name])
-            if count != len(frames) * cfg.repeat: raise RuntimeError(f"{written[name]}: {count} video frames, expected {len(frames) * cfg.repeat}")
+        for name, (target, paths) in _videos(cfg, movie, frames, out, {r["video"] for r in llava}).items():
+            written[name] = write_video(paths, target, cfg, progress)
+            if (count := video_frame_count(target)) != len(paths) * cfg.repeat:
+                raise RuntimeError(f"{target}: ffmpeg wrote {count} video frames, expected {len(paths) * cfg.repeat}")
     save_stage_config(run_dir, "export", cfg)
     return written
-
-# %% ../nbs/07_export.ipynb #36edca6b
-def export_cli(argv: list[str]) -> int:
-    "`dreamframe export RUN`: write the training exports of a run folder."
-    parser = argparse.ArgumentParser(prog="dreamframe export", description="Write LLaVA / LLaMA-VID JSON, qa.jsonl, movie.mp4 and movie.srt into RUN/export/.")
-    parser.add_argument("run", help="run folder with movie.json, frames/ and qa.json")
-    parser.add_argument("--seconds-per-frame", type=float, default=1.0, help="how long each keyframe is shown (default 1)")
-    parser.add_argument("--fps", type=float, default=1.0, help="video frame rate (default 1: one video frame per keyframe)")
-    parser.add_argument("--rounds", type=int, default=4, help="question/answer rounds per conversation record (default 4)")
-    parser.add_argument("--media", choices=("clip", "video", "image"), default="clip",
-                        help="llava.json records show their part's clip (default), the whole movie, or one keyframe")
-    parser.add_argument("--max-side", type=int, default=None, help="shrink keyframes in the mp4 to this longer side")
-    parser.add_argument("--path-prefix", default="", help="prepended to every media path in the JSON files")
-    parser.add_argument("--no-video", action="store_true", help="skip movie.mp4")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    try:
-        cfg = ExportConfig(seconds_per_frame=args.seconds_per_frame, video_fps=args.fps, rounds_per_record=args.rounds, media=args.media,
-                           max_side=args.max_side, path_prefix=args.path_prefix, write_video=not args.no_video,
-                           progress=not args.quiet)
-        written = export_run(cfg, args.run)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"dreamframe export: {error}", file=__import__("sys").stderr)
-        return 2
-    for name, path in written.items(): print(f"{name:10s} {path}")
-    return 0

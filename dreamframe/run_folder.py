@@ -9,7 +9,7 @@ __all__ = ['LOCK_FILE', 'HOLDER_FILE', 'MANIFEST', 'RECORDS_FILE', 'RunBusyError
            'manifest_files', 'read_manifest', 'append_manifest_line', 'write_manifest', 'stage_records', 'record_stage',
            'file_digest', 'StagePlan', 'clean_partial_files']
 
-# %% ../nbs/00b_run_folder.ipynb #46450e27
+# %% ../nbs/00b_run_folder.ipynb #c10e7d2c
 import hashlib
 import json
 import os
@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from .schema import FormatError, FrameId, atomic_write_json, atomic_write_text, format_errors, read_json
 
-# %% ../nbs/00b_run_folder.ipynb #acd32977
+# %% ../nbs/00b_run_folder.ipynb #409768ea
 LOCK_FILE, HOLDER_FILE = ".lock", ".lock.json"
 
 class RunBusyError(RuntimeError):
@@ -54,7 +54,7 @@ def run_lock(run_dir: str | Path, command: str = "dreamframe"):
         (run_dir / HOLDER_FILE).unlink(missing_ok=True)
         lock.release()
 
-# %% ../nbs/00b_run_folder.ipynb #d104a8ba
+# %% ../nbs/00b_run_folder.ipynb #36300fd7
 MANIFEST = "manifest.jsonl"
 
 class ManifestLine(BaseModel):
@@ -103,7 +103,7 @@ def write_manifest(frames_dir: str | Path, records: list[dict]) -> Path:
     for shard in frames_dir.glob("manifest.rank*.jsonl"): shard.unlink()
     return path
 
-# %% ../nbs/00b_run_folder.ipynb #d7b27642
+# %% ../nbs/00b_run_folder.ipynb #c2c2ea62
 RECORDS_FILE = "pipeline.json"
 
 def stage_records(run_dir: str | Path) -> dict[str, dict]:
@@ -131,7 +131,7 @@ def file_digest(path: str | Path) -> str | None:
         for block in iter(lambda: file.read(1 << 20), b""): digest.update(block)
     return digest.hexdigest()[:16]
 
-# %% ../nbs/00b_run_folder.ipynb #1cc017a1
+# %% ../nbs/00b_run_folder.ipynb #b60b88a8
 @dataclass
 class StagePlan:
     "What `stage` has done and what is left, against the run's current settings."
@@ -142,6 +142,7 @@ class StagePlan:
     stale: dict[str, dict] = field(default_factory=dict)  # unit -> {setting: (old, new)} for finished units made otherwise
     rebuild: bool = False          # derived outputs whose inputs changed: redone without asking
     note: str = ""
+    eta_s: float | None = None     # estimated seconds left, from the units' own timings (None: unknown)
 
     @property
     def finished(self) -> bool:
@@ -153,9 +154,10 @@ class StagePlan:
         state = "done" if self.finished else "stale" if self.stale else "left"
         count = f"{self.done}/{self.total if self.total is not None else '?'} {self.unit}"
         extra = f" ({len(self.stale)} stale)" if self.stale else " (inputs changed: rebuilt on the next run)" if self.rebuild else ""
+        if self.eta_s and not self.finished: extra += f", about {self.eta_s / 60:.1f} min left"
         return f"  {self.stage:<10} {state:<6} {count}{extra}" + (f"  {self.note}" if self.note else "")
 
-# %% ../nbs/00b_run_folder.ipynb #62a323c6
+# %% ../nbs/00b_run_folder.ipynb #5301d5e4
 def clean_partial_files(run_dir: str | Path) -> list[Path]:
     "Delete temporary files left in `run_dir` by a killed run; returns what was removed."
     import shutil

@@ -8,106 +8,72 @@ Docs: https://dreamframe.github.io/dreamframe/story.html.md"""
 __all__ = ['MAX_THEME_CHARS', 'CLIP_WINDOW', 'PROMPTS', 'LOOK_PATTERN', 'StoryConfig', 'estimate_clip_tokens',
            'load_clip_tokenizer', 'count_clip_tokens', 'level1_model', 'level2_model', 'level3_model', 'check_level1',
            'mentioned_characters', 'level3_checker', 'assemble_movie', 'level1_messages', 'level2_messages',
-           'word_budget', 'level3_messages', 'StoryError', 'expand_story_async', 'expand_story', 'is_local_url',
-           'story_cli']
+           'word_budget', 'level3_messages', 'StoryError', 'expand_story_async', 'expand_story']
 
-# %% ../nbs/02_story.ipynb #2879d912
-import argparse
+# %% ../nbs/02_story.ipynb #23022297
 import asyncio
 import math
-import os
 import re
-import sys
 import time
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Callable, Literal
-from urllib.parse import urlparse
 
-from pydantic import BaseModel, Field, create_model
+from pydantic import BaseModel, Field, create_model, model_validator
 from tqdm.auto import tqdm
 
-from .schema import QA, Character, Frame, Line, Location, Movie, Shot, Substory, name_pattern
-from .config import save_stage_config
-from .llm import LLM, LLMConfig, LLMError, ScriptedLLM
+from .config import save_stage_config, settings
+from .llm import run_sync
+from .schema import (QA, Character, Frame, Line, Location, Movie, Name, Prompt, Sentence, Shot, Substory,
+                               name_pattern, text_field)
 
-# %% ../nbs/02_story.ipynb #052aa54f
+# %% ../nbs/02_story.ipynb #e5f0210c
 MAX_THEME_CHARS = 500   # a theme is one line; longer text is almost surely a pasted document
 CLIP_WINDOW = 77        # tokens SDXL's text encoders read, counting the start and end tokens
 
-@dataclass
+@settings
 class StoryConfig:
     "Size and limits of the three-level story (stage 1); saved as `RUN/config.json['story']`."
-    theme: str                   # one line saying what the movie is about, e.g. "a lighthouse keeper adopts a stray dog"
-    substories: int = 11         # level 1: parts of the plot
-    shots: int = 11              # level 2: shots per substory
-    frames: int = 11             # level 3: keyframe prompts per shot
-    lines: int = 6               # level 3: dialogue lines per shot
-    substory_qas: int = 1        # level 1: question-answer pairs per substory
-    shot_qas: int = 1            # level 2: question-answer pairs per shot (about its outline)
-    frame_qas: int = 2           # level 3: question-answer pairs per shot (about its frames, with frame evidence)
-    min_characters: int = 1      # level 1: fewest main characters
-    max_characters: int = 3      # level 1: most main characters
-    min_locations: int = 12      # level 1: locations to invent; capped at substories + 1 for small stories
-    max_prompt_tokens: int = 77  # CLIP tokens of a frame prompt once names become look-alike text (start/end included)
+    theme: text_field(MAX_THEME_CHARS)  # one line saying what the movie is about, e.g. "a lighthouse keeper adopts a stray dog"
+    substories: int = Field(11, ge=1, le=50)  # level 1: parts of the plot
+    shots: int = Field(11, ge=1, le=50)  # level 2: shots per substory
+    frames: int = Field(11, ge=1, le=50)  # level 3: keyframe prompts per shot
+    lines: int = Field(6, ge=0, le=30)  # level 3: dialogue lines per shot
+    substory_qas: int = Field(1, ge=0, le=10)  # level 1: question-answer pairs per substory
+    shot_qas: int = Field(1, ge=0, le=10)  # level 2: question-answer pairs per shot (about its outline)
+    frame_qas: int = Field(2, ge=0, le=10)  # level 3: question-answer pairs per shot (about its frames, with frame evidence)
+    min_characters: int = Field(1, ge=1, le=6)  # level 1: fewest main characters
+    max_characters: int = Field(3, ge=1, le=6)  # level 1: most main characters
+    min_locations: int = Field(12, ge=1, le=50)  # level 1: locations to invent; capped at substories + 1 for small stories
+    max_prompt_tokens: int = Field(77, ge=32, le=CLIP_WINDOW)  # CLIP tokens of a drawn frame prompt, start/end included (SDXL reads 77)
+    tokenizer: str | None = None  # CLIP tokenizer for exact token counts: a folder, an SDXL model folder or a hub id; None = a safe estimate
 
-    def __post_init__(self):
-        if not isinstance(self.theme, str) or not self.theme.strip():
-            raise ValueError(f"theme={self.theme!r}: give a non-empty one-line theme, e.g. "
-                             "theme='a lighthouse keeper adopts a stray dog'")
-        self.theme = " ".join(self.theme.split())
-        if len(self.theme) > MAX_THEME_CHARS:
-            raise ValueError(f"theme is {len(self.theme)} characters; keep it to one line of at most {MAX_THEME_CHARS} "
-                             f"(it starts {self.theme[:40]!r}…) — the LLM invents the details")
-        for name, low, high in [("substories", 1, 50), ("shots", 1, 50), ("frames", 1, 50), ("lines", 0, 30),
-                                ("substory_qas", 0, 10), ("shot_qas", 0, 10), ("frame_qas", 0, 10),
-                                ("min_characters", 1, 6), ("max_characters", 1, 6), ("min_locations", 1, 50),
-                                ("max_prompt_tokens", 32, CLIP_WINDOW)]:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                hint = (f"; SDXL's text encoders read only {CLIP_WINDOW} tokens, more is silently cut off"
-                        if name == "max_prompt_tokens" and isinstance(value, int) and value > high else "")
-                raise ValueError(f"{name}={value!r}: must be a whole number from {low} to {high}{hint} "
-                                 f"(the reference uses {getattr(type(self), name, None) or 'the default'})")
+    @model_validator(mode="after")
+    def _characters_range(self):
         if self.min_characters > self.max_characters:
-            raise ValueError(f"min_characters={self.min_characters} is more than max_characters={self.max_characters}; "
-                             "swap them or raise max_characters")
-
+            raise ValueError(f"min_characters={self.min_characters} is more than max_characters={self.max_characters}; swap them")
+        return self
     @property
-    def n_locations(self) -> int:
-        "Locations level 1 invents: `min_locations`, but no more than a small story can use (substories + 1)."
-        return min(self.min_locations, self.substories + 1)
-
+    def n_locations(self) -> int: return min(self.min_locations, self.substories + 1)   # what level 1 invents: no more than a small story uses
     @property
-    def n_calls(self) -> int:
-        "LLM calls the whole story takes (repairs and retries not counted)."
-        return 1 + self.substories + self.substories * self.shots
+    def n_calls(self) -> int: return 1 + self.substories + self.substories * self.shots   # LLM calls of the story (repairs, retries aside)
 
-# %% ../nbs/02_story.ipynb #9e1af7b8
+# %% ../nbs/02_story.ipynb #9c8ff852
 _TOKEN_PIECES = re.compile(r"[^\W\d_]+|\d|[^\w\s]|_")
-
 _ASCII_PIECES = re.compile(r"[A-Za-z]{1,4}|\d|[^\w\s]|_")   # the same count for ASCII text, one match per token
 
 def estimate_clip_tokens(text: str) -> int:
     "Conservative CLIP token count of `text` without a tokenizer (start and end tokens included)."
     if text.isascii(): return 2 + len(_ASCII_PIECES.findall(text))
-    count = 2
-    for piece in _TOKEN_PIECES.findall(text):
-        if piece.isalpha(): count += math.ceil(len(piece) / 4) if piece.isascii() else len(piece.encode())
-        else: count += 1
-    return count
+    return 2 + sum((math.ceil(len(p) / 4) if p.isascii() else len(p.encode())) if p.isalpha() else 1 for p in _TOKEN_PIECES.findall(text))
 
 def load_clip_tokenizer(source: str | Path):
     "A `transformers.CLIPTokenizer` from a folder or hub id; an SDXL pipeline folder or id works (its `tokenizer/`)."
     from transformers import CLIPTokenizer
-    path, problem, tokenizer = Path(source), "", None
-    try:
-        if path.is_dir():
-            tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer" if (path / "tokenizer").is_dir() else path)
-        else:
-            try: tokenizer = CLIPTokenizer.from_pretrained(str(source), subfolder="tokenizer")
-            except (OSError, ValueError): tokenizer = CLIPTokenizer.from_pretrained(str(source))
-    except (OSError, ValueError) as error: problem = f" ({type(error).__name__})"
+    tokenizer, problem = None, ""
+    for subfolder in ("tokenizer", ""):   # an SDXL model's tokenizer/, else the folder or id itself
+        try: tokenizer = CLIPTokenizer.from_pretrained(str(source), subfolder=subfolder); break
+        except (OSError, ValueError) as error: problem = f" ({type(error).__name__})"
     if tokenizer is None or len(tokenizer) < 512:  # a byte-level BPE has at least 512 symbols; an empty folder gives 2
         raise ValueError(f"tokenizer={str(source)!r}: no CLIP tokenizer there{problem}; give a folder holding "
                          "vocab.json and merges.txt, an SDXL model folder, or a hub id you can download")
@@ -117,11 +83,9 @@ def count_clip_tokens(text: str, tokenizer: Callable | None = None) -> int:
     "CLIP tokens of `text` (start/end included): exact with `tokenizer`, else `estimate_clip_tokens`."
     if tokenizer is None: return estimate_clip_tokens(text)
     result = tokenizer(text)
-    if isinstance(result, int): return result
-    ids = result["input_ids"] if isinstance(result, dict) or hasattr(result, "keys") else result
-    return len(ids)
+    return result if isinstance(result, int) else len(result["input_ids"] if hasattr(result, "keys") else result)
 
-# %% ../nbs/02_story.ipynb #2f4ff0bb
+# %% ../nbs/02_story.ipynb #12e78994
 PROMPTS = {
     "system": (
         "You are a screenwriter planning a short film that an image model (Stable Diffusion XL) will draw as "
@@ -170,78 +134,63 @@ PROMPTS = {
                  "(limit {limit}); shorten it by at least {excess} tokens, e.g. drop adjectives or a second action"),
 }
 
-# %% ../nbs/02_story.ipynb #3cf3faaf
+# %% ../nbs/02_story.ipynb #6e4fdea6
+_TITLE, _PARAGRAPH = text_field(200), text_field(4000)   # as in movie.json, but never empty
+
 def _items(item_type, count: int, maximum: int | None = None, **kw):
     "A list field of exactly `count` items (or `count`..`maximum`)."
     return (list[item_type], Field(min_length=count, max_length=count if maximum is None else maximum, **kw))
 
-def _text(description: str):
-    return (str, Field(min_length=1, description=description))
+def _text(text_type, description: str, **kw): return (text_type, Field(description=description, **kw))
 
-def _number(highest: int):
-    "An integer from 1 to `highest` (how the LLM refers to a location or a frame)."
-    return Annotated[int, Field(ge=1, le=highest)]
+def _number(highest: int): return Annotated[int, Field(ge=1, le=highest)]   # how the LLM refers to a location or a frame
 
 LOOK_PATTERN = r"^[Aa] (man|woman) who looks like [^,]+ in [A-Za-z]+ clothes$"  # the reference's look-alike phrase
-_STORY_QA = create_model("StoryQA", question=_text("a question about the story"), answer=_text("its answer"))
-_SHOT_QA = create_model("ShotQA", question=_text("a question about the shot"), answer=_text("its answer"))
+_STORY_QA = create_model("StoryQA", question=_text(Sentence, "a question about the story"), answer=_text(Sentence, "its answer"))
+_SHOT_QA = create_model("ShotQA", question=_text(Sentence, "a question about the shot"), answer=_text(Sentence, "its answer"))
 
 def level1_model(cfg: StoryConfig) -> type[BaseModel]:
     "Response model of the level-1 call (theme -> skeleton) for `cfg`."
-    qa = _STORY_QA
     character = create_model(
-        "CharacterDraft", name=(str, Field(pattern=r"^[A-Z][a-zA-Z]+$", description="one-word first name")),
-        look=(str, Field(pattern=LOOK_PATTERN, description='"a man/woman who looks like <famous person> in <colour> clothes"')))
-    location = create_model("LocationDraft", name=_text("short noun phrase"), description=_text("one sentence"))
+        "CharacterDraft", name=_text(Name, "one-word first name", pattern=r"^[A-Z][a-zA-Z]+$"),
+        look=_text(text_field(200), '"a man/woman who looks like <famous person> in <colour> clothes"', pattern=LOOK_PATTERN))
+    location = create_model("LocationDraft", name=_text(Name, "short noun phrase"), description=_text(_PARAGRAPH, "one sentence"))
     substory = create_model(
-        "SubstoryDraft", title=_text("short title"),
-        locations=_items(_number(cfg.n_locations), 1, 3,
-                         description=f"numbers (1 to {cfg.n_locations}) of locations from the list"),
-        content=_text("3 to 5 sentences"), qa=_items(qa, cfg.substory_qas))
+        "SubstoryDraft", title=_text(_TITLE, "short title"),
+        locations=_items(_number(cfg.n_locations), 1, 3, description=f"numbers (1 to {cfg.n_locations}) of locations from the list"),
+        content=_text(_PARAGRAPH, "3 to 5 sentences"), qa=_items(_STORY_QA, cfg.substory_qas))
     return create_model(
-        "Level1", title=_text("short title"), overview=_text("the plot in 4 to 6 sentences"),
-        style_keyword=(str, Field(pattern=r"^[A-Za-z]+$", description="one word")),
-        style_description=_text("one sentence"),
-        characters=_items(character, cfg.min_characters, cfg.max_characters),
+        "Level1", title=_text(_TITLE, "short title"), overview=_text(_PARAGRAPH, "the plot in 4 to 6 sentences"),
+        style_keyword=(str, Field(pattern=r"^[A-Za-z]{1,40}$", description="one word")),
+        style_description=_text(_PARAGRAPH, "one sentence"), characters=_items(character, cfg.min_characters, cfg.max_characters),
         locations=_items(location, cfg.n_locations), substories=_items(substory, cfg.substories))
 
 def level2_model(cfg: StoryConfig, location_names: list[str]) -> type[BaseModel]:
     "Response model of a level-2 call (substory -> shots): a shot happens in one of the substory's `location_names`."
-    qa = _SHOT_QA  # the same for every substory: made once
     shot = create_model(
-        "ShotDraft", title=_text("short title"),
+        "ShotDraft", title=_text(_TITLE, "short title"),
         location=(Literal[tuple(location_names)], Field(description="one of the substory's locations")),
-        content=_text("1 or 2 sentences using the characters' names"), qa=_items(qa, cfg.shot_qas))
+        content=_text(_PARAGRAPH, "1 or 2 sentences using the characters' names"), qa=_items(_SHOT_QA, cfg.shot_qas))
     return create_model("Level2", shots=_items(shot, cfg.shots))
 
 def level3_model(cfg: StoryConfig, character_names: list[str]) -> type[BaseModel]:
     "Response model of a level-3 call (shot -> frame prompts, dialogue, QA); a speaker is a character or null."
     line = create_model(
         "LineDraft", speaker=(Literal[tuple(character_names)] | None, Field(description="who speaks; null for narration")),
-        text=_text("what is said"),
+        text=_text(Sentence, "what is said"),
         after_frame=(_number(cfg.frames), Field(description=f"number (1 to {cfg.frames}) of the frame it follows")))
-    qa = create_model("FrameQA", question=_text("a question about these frames"), answer=_text("its answer"),
+    qa = create_model("FrameQA", question=_text(Sentence, "a question about these frames"), answer=_text(Sentence, "its answer"),
                       frames=_items(_number(cfg.frames), 1, cfg.frames, description="numbers of the frames showing it"))
-    frame = create_model("FrameDraft", prompt=_text('"In <place>, <who> is <doing>", characters by name'))
-    return create_model(
-        "Level3", frames=_items(frame, cfg.frames, description="the shot's keyframes, in order"),
-        lines=_items(line, cfg.lines), qa=_items(qa, cfg.frame_qas))
+    frame = create_model("FrameDraft", prompt=_text(Prompt, '"In <place>, <who> is <doing>", characters by name'))
+    return create_model("Level3", frames=_items(frame, cfg.frames, description="the shot's keyframes, in order"),
+                        lines=_items(line, cfg.lines), qa=_items(qa, cfg.frame_qas))
 
-# %% ../nbs/02_story.ipynb #9f16eb7d
-def _duplicates(names: list[str]) -> list[str]:
-    seen, dups = set(), []
-    for name in names:
-        key = name.strip().lower()
-        if key in seen and name not in dups: dups.append(name)
-        seen.add(key)
-    return dups
-
+# %% ../nbs/02_story.ipynb #39db4852
 def check_level1(answer) -> list[str]:
     "Problems of a level-1 answer the schema can't express: two characters with the same name."
-    problems = []
-    names = [c.name for c in answer.characters]
-    if dups := _duplicates(names): problems.append(f"characters: names must differ, {dups} repeat(s)")
-    return problems
+    names = [c.name.lower() for c in answer.characters]
+    repeated = sorted({c.name for c in answer.characters if names.count(c.name.lower()) > 1})
+    return [f"characters: names must differ, {repeated} repeat(s)"] if repeated else []
 
 def mentioned_characters(prompt: str, names: list[str]) -> list[str]:
     "The character `names` that appear as whole words in `prompt`, in `names` order."
@@ -259,9 +208,9 @@ def level3_checker(cfg: StoryConfig, skeleton: Movie, tokenizer: Callable | None
         return problems
     return check
 
-# %% ../nbs/02_story.ipynb #2712e99d
+# %% ../nbs/02_story.ipynb #0e91aae6
 def _qa(draft, qa_type: str) -> QA:
-    return QA(type=qa_type, question=draft.question.strip(), answer=draft.answer.strip())
+    return QA(type=qa_type, question=draft.question, answer=draft.answer)
 
 def assemble_movie(skeleton, shot_plans: dict | None = None, shot_scripts: dict | None = None, theme: str = "") -> Movie:
     "Build a `Movie` from a level-1 answer, level-2 answers by substory index and level-3 answers by (substory, shot)."
@@ -269,10 +218,8 @@ def assemble_movie(skeleton, shot_plans: dict | None = None, shot_scripts: dict 
     characters = [Character(name=c.name, look="a" + c.look[1:]) for c in skeleton.characters]  # "A woman…" -> "a woman…"
     canonical, locations = [], {}   # a place listed twice (any case) is one place: keep its first description
     for l in skeleton.locations:
-        location = locations.setdefault(l.name.strip().lower(), Location(name=l.name.strip(), description=l.description.strip()))
-        canonical.append(location.name)
-    locations = list(locations.values())
-    names = [c.name for c in characters]
+        canonical.append(locations.setdefault(l.name.lower(), Location(name=l.name, description=l.description)).name)
+    names = [c.name for c in characters]   # (the drafts' text is already clean: schema text types)
     substories = []
     for s, sub in enumerate(skeleton.substories):
         shots = []
@@ -280,19 +227,14 @@ def assemble_movie(skeleton, shot_plans: dict | None = None, shot_scripts: dict 
             script = shot_scripts.get((s, t))
             frames, lines, qa = [], [], [_qa(q, "shot") for q in plan.qa]
             if script is not None:
-                frames = [Frame(prompt=f.prompt.strip(), location=plan.location,
-                                characters=mentioned_characters(f.prompt, names)) for f in script.frames]
-                lines = sorted((Line(text=l.text.strip(), speaker=l.speaker,
-                                     after_frame=l.after_frame - 1) for l in script.lines), key=lambda l: l.after_frame)
+                frames = [Frame(prompt=f.prompt, location=plan.location, characters=mentioned_characters(f.prompt, names)) for f in script.frames]
+                lines = sorted((Line(text=l.text, speaker=l.speaker, after_frame=l.after_frame - 1) for l in script.lines), key=lambda l: l.after_frame)
                 qa += [_qa(q, "frames") for q in script.qa]
-            shots.append(Shot(title=plan.title.strip(), location=plan.location, content=plan.content.strip(),
-                              frames=frames, lines=lines, qa=qa))
-        substories.append(Substory(title=sub.title.strip(), content=sub.content.strip(), shots=shots,
-                                   locations=list(dict.fromkeys(canonical[n - 1] for n in sub.locations)),
-                                   qa=[_qa(q, "substory") for q in sub.qa]))
-    movie = Movie(theme=theme, title=skeleton.title.strip(), overview=skeleton.overview.strip(),
-                  style_keyword=skeleton.style_keyword, style_description=skeleton.style_description.strip(),
-                  characters=characters, locations=locations, substories=substories)
+            shots.append(Shot(title=plan.title, location=plan.location, content=plan.content, frames=frames, lines=lines, qa=qa))
+        substories.append(Substory(title=sub.title, content=sub.content, shots=shots, qa=[_qa(q, "substory") for q in sub.qa],
+                                   locations=list(dict.fromkeys(canonical[n - 1] for n in sub.locations))))
+    movie = Movie(theme=theme, title=skeleton.title, overview=skeleton.overview, style_keyword=skeleton.style_keyword,
+                  style_description=skeleton.style_description, characters=characters, locations=list(locations.values()), substories=substories)
     for s, sub in enumerate(movie.substories):  # frame evidence, now that frames have ids
         for t, shot in enumerate(sub.shots):
             if not shot.frames: continue
@@ -305,7 +247,7 @@ def assemble_movie(skeleton, shot_plans: dict | None = None, shot_scripts: dict 
             for q in sub.qa: q.frame_ids = [f.id for shot in sub.shots for f in shot.frames]
     return movie  # the frame ids above come from the movie itself, so they exist
 
-# %% ../nbs/02_story.ipynb #b30422a1
+# %% ../nbs/02_story.ipynb #8f4807d5
 def _messages(text: str) -> list[dict]:
     return [{"role": "system", "content": PROMPTS["system"]}, {"role": "user", "content": text}]
 
@@ -337,54 +279,48 @@ def level3_messages(cfg: StoryConfig, movie: Movie, s: int, t: int, tokenizer: C
         shot_content=shot.content, frames=cfg.frames, example_name=movie.characters[0].name, look_tokens=look_tokens,
         word_budget=words, max_prompt_tokens=cfg.max_prompt_tokens, lines=cfg.lines, frame_qas=cfg.frame_qas))
 
-# %% ../nbs/02_story.ipynb #7fbf9a25
-class StoryError(RuntimeError):
-    "Some calls of a level failed after every retry; the answered ones are cached, so rerunning resumes."
-
-def _postfix(llm) -> dict:
-    stats = getattr(llm, "stats", None)
-    return {k: getattr(stats, k) for k in ("sent", "cache_hits", "retries", "repairs") if hasattr(stats, k)}
+# %% ../nbs/02_story.ipynb #491dac40
+class StoryError(RuntimeError): "Some calls of a level failed after every retry; the answered ones are cached, so rerunning resumes."
 
 async def _run_level(desc: str, calls: dict, on_answer: Callable, save: Callable, progress: bool, llm=None):
     "Await every call of one level concurrently, counting them on a progress bar; raise StoryError on failures."
     bar = tqdm(total=len(calls), desc=desc, unit="call", disable=not progress)
     async def one(key, call):
-        answer = await call
-        on_answer(key, answer)
-        bar.set_postfix(_postfix(llm), refresh=False)
+        on_answer(key, await call)
+        stats = getattr(llm, "stats", None)
+        bar.set_postfix({k: getattr(stats, k) for k in ("sent", "cache_hits", "retries", "repairs") if hasattr(stats, k)}, refresh=False)
         bar.update()
     results = await asyncio.gather(*(one(k, c) for k, c in calls.items()), return_exceptions=True)
     bar.close()
     save()
     failed = [(key, r) for key, r in zip(calls, results) if isinstance(r, BaseException)]
-    for _, error in failed:
-        if not isinstance(error, Exception): raise error  # cancelled, interrupted
+    if interrupted := [error for _, error in failed if not isinstance(error, Exception)]: raise interrupted[0]  # cancelled
     if failed:
         key, error = failed[0]
         kept = f"the {len(calls) - len(failed)} answered ones are cached, " if len(failed) < len(calls) else ""
         raise StoryError(f"{len(failed)} of {len(calls)} {desc} calls failed (first, {key}: {type(error).__name__}: "
                          f"{error}); {kept}run again to resume")
 
+def _check_arguments(cfg, llm, tokenizer):
+    "Refuse bad arguments before any call; the tokenizer of `cfg.tokenizer` when none is given."
+    if not isinstance(cfg, StoryConfig): raise TypeError(f"cfg must be a StoryConfig, got {type(cfg).__name__}; e.g. StoryConfig(theme=...)")
+    if not callable(getattr(llm, "ask", None)): raise TypeError(f"llm must have an async `ask` method (LLM or ScriptedLLM), got {type(llm).__name__}")
+    return tokenizer if tokenizer is not None or cfg.tokenizer is None else load_clip_tokenizer(cfg.tokenizer)
+
+# %% ../nbs/02_story.ipynb #de2329dd
 async def expand_story_async(cfg: StoryConfig, llm, run_dir: str | Path, *, tokenizer: Callable | None = None,
                              progress: bool = True, save_every: float = 2.0) -> Movie:
     "Write the three-level story of `cfg` with `llm` into `run_dir/movie.json`; returns the `Movie`."
-    if not isinstance(cfg, StoryConfig):
-        raise TypeError(f"cfg must be a StoryConfig, got {type(cfg).__name__}; build one with StoryConfig(theme=...)")
-    if not callable(getattr(llm, "ask", None)):
-        raise TypeError(f"llm must have an async `ask` method (dreamframe.llm.LLM or ScriptedLLM), got {type(llm).__name__}")
-    run_dir = Path(run_dir)
+    tokenizer, run_dir = _check_arguments(cfg, llm, tokenizer), Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_stage_config(run_dir, "story", cfg)
-    if is_dataclass(getattr(llm, "cfg", None)): save_stage_config(run_dir, "llm", llm.cfg)  # no key in it
     state = {"plans": {}, "scripts": {}, "saved": time.monotonic()}
     def save() -> Movie:  # assemble what is answered so far, write it, and remember when
-        state["movie"] = assemble_movie(state["skeleton"], state["plans"], state["scripts"], cfg.theme)
+        state["movie"], state["saved"] = assemble_movie(state["skeleton"], state["plans"], state["scripts"], cfg.theme), time.monotonic()
         state["movie"].save(run_dir)
-        state["saved"] = time.monotonic()
         return state["movie"]
 
-    request = (level1_messages(cfg), level1_model(cfg))
-    await _run_level("level 1", {"level 1": llm.ask(*request, check=check_level1, name="level 1")},
+    await _run_level("level 1", {"level 1": llm.ask(level1_messages(cfg), level1_model(cfg), check=check_level1, name="level 1")},
                      lambda key, answer: state.update(skeleton=answer), lambda: None, progress, llm)
     movie = save()
 
@@ -402,78 +338,13 @@ async def expand_story_async(cfg: StoryConfig, llm, run_dir: str | Path, *, toke
         state["scripts"][key] = answer
         if time.monotonic() - state["saved"] >= save_every: save()
     await _run_level("level 3", {key: llm.ask(*r, check=check, name=f"level 3 {movie.substories[key[0]].shots[key[1]].id}")
-                                 for key, r in requests.items()},
-                     on_script, save, progress, llm)
+                                 for key, r in requests.items()}, on_script, save, progress, llm)
     return state["movie"]
 
-def _run_sync(coroutine):
-    "Run `coroutine` to completion from sync code, also inside Jupyter's running event loop."
-    try: from dreamframe.llm import run_sync
-    except ImportError: run_sync = None
-    if run_sync is not None: return run_sync(coroutine)
-    try: asyncio.get_running_loop()
-    except RuntimeError: return asyncio.run(coroutine)
-    from concurrent.futures import ThreadPoolExecutor
-    with ThreadPoolExecutor(1) as pool: return pool.submit(asyncio.run, coroutine).result()
-
-def expand_story(cfg: StoryConfig, llm, run_dir: str | Path, *, tokenizer: Callable | None = None,
-                 progress: bool = True) -> Movie:
-    "Synchronous `expand_story_async` (works in scripts and in Jupyter)."
+def expand_story(cfg: StoryConfig, llm, run_dir: str | Path, *, tokenizer: Callable | None = None, progress: bool = True) -> Movie:
+    "Stage 1: write the three-level story of `cfg` into `RUN/movie.json` (sync; works in scripts and in Jupyter)."
     async def expand_and_close():
         try: return await expand_story_async(cfg, llm, run_dir, tokenizer=tokenizer, progress=progress)
-        finally:  # this event loop ends here: close the LLM's HTTP client that belongs to it
+        finally:  # this event loop ends here: close the LLM's HTTP clients that belong to it
             if callable(getattr(llm, "aclose", None)): await llm.aclose()
-    return _run_sync(expand_and_close())
-
-# %% ../nbs/02_story.ipynb #3e11f184
-_LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
-
-def is_local_url(base_url: str | None) -> bool:
-    "Whether `base_url` points at this machine (where a server may run without an API key)."
-    return base_url is not None and (urlparse(base_url).hostname or "").lower() in _LOCAL_HOSTS
-
-def story_cli(argv: list[str] | None = None) -> int:
-    "`dreamframe story RUN --theme ...`: write the three-level plot to RUN/movie.json."
-    parser = argparse.ArgumentParser(prog="dreamframe story", description="Stage 1: write the three-level plot of "
-                                     "a movie with an OpenAI-compatible LLM into RUN/movie.json (rerun to resume).")
-    parser.add_argument("run_dir", metavar="RUN", help="run folder (created if missing)")
-    parser.add_argument("--theme", required=True, help='one line, e.g. "a lighthouse keeper adopts a stray dog"')
-    parser.add_argument("--model", default=LLMConfig.model, help=f"model name (default {LLMConfig.model})")
-    parser.add_argument("--base-url", default=None, help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 "
-                        "(default: OpenAI; the key comes from OPENAI_API_KEY)")
-    for name, help_text in [("substories", "substories in the movie"), ("shots", "shots per substory"),
-                            ("frames", "frames per shot"), ("lines", "dialogue lines per shot")]:
-        default = getattr(StoryConfig, name)
-        parser.add_argument(f"--{name}", type=int, default=default, help=f"{help_text} (default {default})")
-    parser.add_argument("--concurrency", type=int, default=LLMConfig.concurrency,
-                        help=f"LLM requests in flight at once (default {LLMConfig.concurrency})")
-    parser.add_argument("--scripted", action="store_true", help="use the offline stand-in LLM (no network, no key; "
-                        "a deterministic placeholder story, for demos and tests)")
-    parser.add_argument("--tokenizer", default=None, help="CLIP tokenizer for exact prompt token counts: a folder "
-                        "(an SDXL model folder works) or hub id (default: a conservative estimate)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
-    try:
-        cfg = StoryConfig(theme=args.theme, substories=args.substories, shots=args.shots, frames=args.frames,
-                          lines=args.lines)
-        llm_cfg = LLMConfig(model=args.model, base_url=args.base_url, concurrency=args.concurrency)
-    except ValueError as error:
-        parser.error(str(error))
-    api_key = os.environ.get("OPENAI_API_KEY") or None
-    if not args.scripted and api_key is None and not is_local_url(args.base_url):
-        parser.error(f"OPENAI_API_KEY is not set, and {args.base_url or 'OpenAI'} is not a local server. Export the key "
-                     "(it is read only from the environment and never saved), or use --base-url "
-                     "http://127.0.0.1:PORT/v1 for a local server, or --scripted for the offline stand-in.")
-    try: tokenizer = load_clip_tokenizer(args.tokenizer) if args.tokenizer else None
-    except ValueError as error: parser.error(str(error))
-    run_dir = Path(args.run_dir)
-    llm = (ScriptedLLM(seed=0, cache_dir=run_dir / "llm") if args.scripted
-           else LLM(llm_cfg, cache_dir=run_dir / "llm", api_key=api_key))
-    try:
-        movie = expand_story(cfg, llm, run_dir, tokenizer=tokenizer, progress=not args.quiet)
-    except (StoryError, LLMError) as error:  # one clear line; the answered calls are cached
-        print(f"dreamframe story: {type(error).__name__}: {error}", file=sys.stderr)
-        return 1
-    print(f"wrote {run_dir / 'movie.json'}: {len(movie.substories)} substories, {len(movie.shots)} shots, "
-          f"{len(movie.frames)} frames, {len(movie.lines)} lines, {len(movie.qa)} QA; LLM: {getattr(llm, 'stats', '')}")
-    return 0
+    return run_sync(expand_and_close())

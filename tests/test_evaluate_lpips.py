@@ -1,4 +1,4 @@
-"""dreamframe's LPIPS against the `lpips` package itself (same backbone weights, the package's v0.1 lin weights).
+"""dreamframe's LPIPS (`dreamframe.lpips`) against the `lpips` package itself (same backbone weights, the package's v0.1 lin weights).
 
 `lpips` needs torchvision, which dreamframe does not install, so this test gives it a stand-in `torchvision.models`
 whose AlexNet/VGG16 conv towers are dreamframe's own (random weights: the comparison is of the formula, not the
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dreamframe.evaluate import LPIPS, _lin_weights, _weights, alexnet_features, vgg16_features
+from dreamframe.lpips import LPIPS, _lin_weights, _weights, alexnet_features, vgg16_features
 
 
 @pytest.fixture

@@ -1,13 +1,16 @@
-"""Stage 5 (export): every export validates; the mp4 has one video frame per keyframe; errors name what is missing."""
+"""Stage 5 (export): every export validates; the mp4 has one video frame per keyframe; errors name what is missing or
+broken (the frame, the manifest line, the qa.json item) and nothing is written before the checks pass."""
 import json
 
 import pytest
 from PIL import Image
 
-from dreamframe.export import (QA_JSONL_KEYS, ExportConfig, export_cli, export_run, frame_path, llava_records, load_qa,
+from dreamframe.config import ConfigError
+from dreamframe.export import (QA_JSONL_KEYS, ExportConfig, check_frames, export_run, frame_path, llava_records, load_qa,
                                long_video_inputs, srt_text, validate_llava, validate_long_video, validate_qa_jsonl,
                                validate_srt, video_frame_count)
-from dreamframe.schema import sample_movie
+from dreamframe.run_folder import write_manifest
+from dreamframe.schema import FormatError, sample_movie
 
 
 def make_run(tmp_path, size=(64, 48), n_substories=3):
@@ -17,11 +20,12 @@ def make_run(tmp_path, size=(64, 48), n_substories=3):
         path = frame_path(tmp_path, frame.id)
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", size, (10 * k % 256, 100, 200)).save(path)
+    write_manifest(tmp_path / "frames", [{"frame_id": f.id, "path": f"frames/{f.id}.png", "seed": k} for k, f in enumerate(movie.frames)])
     items = [{"id": "qa0001", "type": "dialogue_attribution", "question": 'Who says "Line 1 of shot 1 in part 1."?', "answer": "Mara",
               "frame_ids": ["s01.t01.f01"], "choices": ["Mara", "Tom"], "turns": None, "source": "structure"},
              {"id": "qa0002", "type": "temporal_order", "question": 'Which happens first: "B" or "A"?', "answer": "A",
               "frame_ids": ["s01.t01.f02", "s02.t01.f01"], "choices": ["B", "A"], "turns": None, "source": "structure"},
-             {"id": "qa0003", "type": "overview", "question": "What is it about?", "answer": "A message.", "frame_ids": [],
+             {"id": "qa0003", "type": "overview", "question": "What is it about?", "answer": "A message.", "frame_ids": [f.id for f in movie.frames],
               "choices": None, "turns": None, "source": "llm"}]
     items += [{"id": f"qa{k:04d}", "type": "dialogue", "question": "Q1", "answer": "A1", "frame_ids": ["s03.t02.f04"], "choices": None,
                "source": "llm", "turns": [{"question": f"Q{t}", "answer": f"A{t}"} for t in range(1, 6)]} for k in (4, 5)]
@@ -31,7 +35,7 @@ def make_run(tmp_path, size=(64, 48), n_substories=3):
 
 def test_export_run_validates_everything(tmp_path):
     movie = make_run(tmp_path)
-    written = export_run(ExportConfig(rounds_per_record=3), tmp_path)
+    written = export_run(ExportConfig(rounds_per_record=3), tmp_path, progress=False)
     assert sorted(written) == ["clip s01", "clip s03", "llava", "long_video", "qa_jsonl", "srt", "video"]
     assert video_frame_count(written["clip s03"]) == 8
     llava = json.loads(written["llava"].read_text())
@@ -47,12 +51,22 @@ def test_export_run_validates_everything(tmp_path):
     assert flat[1]["frame_paths"] == ["frames/s01.t01.f02.png", "frames/s02.t01.f01.png"]
     assert validate_srt(written["srt"].read_text()) == len(movie.lines)
     assert video_frame_count(written["video"]) == len(movie.frames)
-    assert json.loads((tmp_path / "config.json").read_text())["export"]["rounds_per_record"] == 3
+    saved = json.loads((tmp_path / "config.json").read_text())["export"]
+    assert saved["rounds_per_record"] == 3 and "progress" not in saved
+
+
+def test_settings_are_checked():
+    with pytest.raises(ConfigError, match=r"(?s)seconds_per_frame × video_fps = 1.5 must be a whole number"):
+        ExportConfig(seconds_per_frame=1.5, video_fps=1)
+    with pytest.raises(ConfigError, match=r"at \$\.media: .*'clip', 'video' or 'image' \(got 'gif'\)"): ExportConfig(media="gif")
+    with pytest.raises(ConfigError, match=r"at \$\.max_side: .*greater than or equal to 16"): ExportConfig(max_side=8)
+    with pytest.raises(ConfigError, match="progress"): ExportConfig(progress=False)   # an argument of export_run
+    assert ExportConfig(seconds_per_frame=0.5, video_fps=4).repeat == 2
 
 
 def test_mp4_repeats_and_odd_sizes(tmp_path):
     movie = make_run(tmp_path, size=(65, 49))  # odd sides: yuv420p needs them even
-    written = export_run(ExportConfig(seconds_per_frame=2, video_fps=1, media="video"), tmp_path)
+    written = export_run(ExportConfig(seconds_per_frame=2, video_fps=1, media="video"), tmp_path, progress=False)
     assert video_frame_count(written["video"]) == 2 * len(movie.frames)
     import imageio_ffmpeg
     reader = imageio_ffmpeg.read_frames(str(written["video"]))
@@ -67,16 +81,72 @@ def test_missing_frame_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"frame s02\.t02\.f03 has no image at .*s02\.t02\.f03\.png"):
         export_run(ExportConfig(), tmp_path)
     assert not (tmp_path / "export").exists()   # nothing written before the check
-    assert export_cli([str(tmp_path)]) == 2
 
 
-def test_bad_qa_frame_ids(tmp_path):
+def test_frame_missing_from_manifest_is_not_exported(tmp_path):
+    "A PNG without its manifest line is not a finished frame (the keyframes stage writes the line last)."
+    movie = make_run(tmp_path)
+    write_manifest(tmp_path / "frames", [{"frame_id": f.id, "path": f"frames/{f.id}.png"} for f in movie.frames[:-1]])
+    with pytest.raises(FileNotFoundError, match=r"frame s03\.t02\.f04 is not in .*manifest\.jsonl \(not rendered yet\)"):
+        export_run(ExportConfig(), tmp_path)
+    assert not (tmp_path / "export").exists()
+
+
+@pytest.mark.parametrize("path", ["/etc/hostname", "../outside.png", "frames/../../outside.png"])
+def test_manifest_path_outside_the_run_is_refused(tmp_path, path):
+    "Issue 14.6: frames are read only through run_folder.read_manifest; a line pointing elsewhere is an error naming the line."
+    run = tmp_path / "run"
+    movie = make_run(run)
+    Image.new("RGB", (64, 48), (255, 0, 0)).save(tmp_path / "outside.png")
+    manifest = run / "frames" / "manifest.jsonl"
+    lines = manifest.read_text().splitlines()
+    lines[4] = json.dumps({"frame_id": movie.frames[4].id, "path": path})
+    manifest.write_text("\n".join(lines) + "\n")
+    with pytest.raises(FormatError, match=r"manifest\.jsonl, line 5: .*frames/s01\.t02\.f01\.png"):
+        export_run(ExportConfig(), run)
+    assert not (run / "export").exists()
+
+
+def test_symlinked_frame_leading_outside_is_refused(tmp_path):
+    run = tmp_path / "run"
+    make_run(run)
+    Image.new("RGB", (64, 48)).save(tmp_path / "outside.png")
+    frame_path(run, "s01.t01.f02").unlink()
+    frame_path(run, "s01.t01.f02").symlink_to(tmp_path / "outside.png")
+    with pytest.raises(FormatError, match="leads outside the run folder"): export_run(ExportConfig(), run)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda text: text[: len(text) // 2], r"qa\.json: not valid JSON: "),
+    (lambda text: text.replace('"answer": "A1"', '"answer": 7', 1), r"qa\.json: 1 problem\(s\) in the QA items:\n  at \$\[3\]\.answer: Input should be a valid string"),
+    (lambda text: json.dumps({"items": json.loads(text)}), r"qa\.json: 1 problem\(s\) in the QA items:\n  at \$: Input should be a valid list"),
+    (lambda text: text.replace('"question": "Q1"', '"question": "<video> Q1"', 1), r"at \$\[3\]\.question: holds '<video>'"),
+    (lambda text: "[" * 100_000, r"qa\.json: JSON nested too deeply"),
+])
+def test_broken_qa_json_is_one_format_error(tmp_path, damage, message):
+    "Issue 14.7: a truncated or hand-broken qa.json is one FormatError naming the file (and the item); nothing is written."
+    make_run(tmp_path)
+    path = tmp_path / "qa.json"
+    path.write_text(damage(path.read_text()))
+    with pytest.raises(FormatError, match=message): export_run(ExportConfig(), tmp_path)
+    assert not (tmp_path / "export").exists()
+    path.write_bytes(b"\xff\xfe[" + b"\x00" * 8)
+    with pytest.raises(FormatError, match=r"qa\.json: not a UTF-8 text file"): export_run(ExportConfig(), tmp_path)
+
+
+def test_qa_items_must_be_grounded_in_the_movie(tmp_path):
     make_run(tmp_path)
     items = json.loads((tmp_path / "qa.json").read_text())
     items[0]["frame_ids"] = ["s09.t01.f01"]
     (tmp_path / "qa.json").write_text(json.dumps(items))
-    with pytest.raises(ValueError, match=r"item qa0001 points at frames \['s09.t01.f01'\]"):
+    with pytest.raises(FormatError, match=r"qa\.json: item 0 \(id 'qa0001'\): points at frames \['s09.t01.f01'\] that are not in the movie"):
         export_run(ExportConfig(), tmp_path)
+    items[0]["frame_ids"] = []
+    (tmp_path / "qa.json").write_text(json.dumps(items))
+    with pytest.raises(FormatError, match=r"item 0 \(id 'qa0001'\): points at no frames"): export_run(ExportConfig(), tmp_path)
+    items[0]["frame_ids"], items[0]["answer"] = ["s01.t01.f01"], "Nobody"
+    (tmp_path / "qa.json").write_text(json.dumps(items))
+    with pytest.raises(FormatError, match=r"item 0 \(id 'qa0001'\): the answer must be one of at most 26 choices"): export_run(ExportConfig(), tmp_path)
 
 
 @pytest.mark.parametrize("mutate, message", [
@@ -89,7 +159,7 @@ def test_bad_qa_frame_ids(tmp_path):
 ])
 def test_validate_llava_rejects(tmp_path, mutate, message):
     movie = make_run(tmp_path)
-    records = llava_records(movie, load_qa(tmp_path), ExportConfig(rounds_per_record=2))
+    records = llava_records(movie, load_qa(tmp_path, movie), ExportConfig(rounds_per_record=2))
     validate_llava(records)
     mutate(records)
     with pytest.raises(ValueError, match=message): validate_llava(records)
@@ -97,9 +167,11 @@ def test_validate_llava_rejects(tmp_path, mutate, message):
 
 def test_image_media(tmp_path):
     movie = make_run(tmp_path)
-    records = llava_records(movie, load_qa(tmp_path), ExportConfig(media="image"))
+    records = llava_records(movie, load_qa(tmp_path, movie), ExportConfig(media="image"))
     assert validate_llava(records, root=tmp_path) == len(records)
+    # the overview (about every frame) has no one picture: left out; the others show their first frame
     assert {r["image"] for r in records} == {"frames/s01.t01.f01.png", "frames/s01.t01.f02.png", "frames/s03.t02.f04.png"}
+    assert not any("What is it about?" in r["conversations"][0]["value"] for r in records)
 
 
 def test_long_video_inputs_and_srt_timing(tmp_path):
@@ -118,7 +190,7 @@ def test_long_video_inputs_and_srt_timing(tmp_path):
 def test_qa_jsonl_loads_with_datasets(tmp_path):
     datasets = pytest.importorskip("datasets")
     make_run(tmp_path)
-    written = export_run(ExportConfig(write_video=False), tmp_path)
+    written = export_run(ExportConfig(write_video=False), tmp_path, progress=False)
     ds = datasets.load_dataset("json", data_files=str(written["qa_jsonl"]), split="train", cache_dir=str(tmp_path / "hf"))
     assert len(ds) == 5 and ds.column_names == list(QA_JSONL_KEYS)
     assert ds[3]["turns"][4] == {"question": "Q5", "answer": "A5"}
@@ -126,9 +198,14 @@ def test_qa_jsonl_loads_with_datasets(tmp_path):
 
 def test_clip_and_video_media(tmp_path):
     movie = make_run(tmp_path)
-    clip = {r["video"] for r in llava_records(movie, load_qa(tmp_path), ExportConfig())}
+    clip = {r["video"] for r in llava_records(movie, load_qa(tmp_path, movie), ExportConfig())}
     assert clip == {"export/clips/s01.mp4", "export/clips/s03.mp4", "export/movie.mp4"}   # qa0002 spans parts 1 and 2: the movie
-    whole = {r["video"] for r in llava_records(movie, load_qa(tmp_path), ExportConfig(media="video"))}
+    whole = {r["video"] for r in llava_records(movie, load_qa(tmp_path, movie), ExportConfig(media="video"))}
     assert whole == {"export/movie.mp4"}
-    written = export_run(ExportConfig(media="video", progress=False), tmp_path)
+    written = export_run(ExportConfig(media="video"), tmp_path, progress=False)
     assert not any(k.startswith("clip") for k in written) and not (tmp_path / "export" / "clips").exists()
+
+
+def test_frames_come_from_the_manifest(tmp_path):
+    movie = make_run(tmp_path)
+    assert check_frames(movie, tmp_path) == [tmp_path / "frames" / f"{f.id}.png" for f in movie.frames]

@@ -1,15 +1,20 @@
-"""Stage 4 (QA): every structural type gives the exact answer on a hand-made movie; LLM items via the local server."""
+"""Stage 4 (QA): every structural type gives the exact answer on a hand-made movie; LLM items via the local server;
+every item points at the frames it is about; settings are checked on creation."""
 import json
 import random
 from collections import Counter
 
 import pytest
 
-from dreamframe.llm import LLM, LLMConfig, LocalLLMServer
-from dreamframe.qa import (LLM_TYPES, QA_TYPES, STRUCTURAL_TYPES, QAConfig, QAItem, balance, before_after_qa, build_qa,
-                           characters_together_qa, check_qa, dedup, numbered_answers, dialogue_attribution_qa, llm_check, next_location_qa,
-                           qa_cli, range_summary_qa, response_model, scene_count_qa, story_qa, temporal_order_qa)
+from dreamframe.config import ConfigError
+from dreamframe.llm import LLM, LLMConfig
+from dreamframe.qa import (QA_TYPES, STRUCTURAL_TYPES, QAConfig, balance, before_after_qa, build_qa, characters_together_qa,
+                           check_qa, dedup, dialogue_attribution_qa, next_location_qa, range_summary_qa, scene_count_qa, story_qa,
+                           temporal_order_qa)
+from dreamframe.qa_llm import LLM_TYPES, llm_check, response_model
 from dreamframe.schema import QA, Character, Frame, Line, Location, Movie, Shot, Substory
+
+from dreamframe.testing import LocalLLMServer, schema_instance   # the server's own filler
 
 
 def F(prompt, *who, where=None): return Frame(prompt=prompt, characters=list(who), location=where)
@@ -119,7 +124,8 @@ def test_range_summary(movie):
 
 def test_story_qa_levels(movie):
     items = story_qa(movie)
-    assert [(i.type, i.frame_ids) for i in items] == [("story_movie", []), ("story_substory", ["s01.t01.f01", "s01.t01.f02", "s01.t02.f01", "s01.t02.f02"]),
+    everything = [f.id for f in movie.frames]
+    assert [(i.type, i.frame_ids) for i in items] == [("story_movie", everything), ("story_substory", ["s01.t01.f01", "s01.t01.f02", "s01.t02.f01", "s01.t02.f02"]),
                                                       ("story_shot", ["s01.t01.f01", "s01.t01.f02"])]
 
 
@@ -130,8 +136,8 @@ def test_deterministic_and_seeded(movie):
 
 
 def test_dedup_and_balance():
-    items = [QAItem(type="a", question=f"Q {k}?", answer="x") for k in range(50)] + [QAItem(type="a", question="q 0", answer="y")]
-    items += [QAItem(type=t, question=f"{t} {k}", answer="x") for t in "bcd" for k in range(3 + "bcd".index(t))]
+    items = [QA(type="a", question=f"Q {k}?", answer="x") for k in range(50)] + [QA(type="a", question="q 0", answer="y")]
+    items += [QA(type=t, question=f"{t} {k}", answer="x") for t in "bcd" for k in range(3 + "bcd".index(t))]
     kept = balance(dedup(items), 0.35, random.Random(0))
     counts = Counter(i.type for i in kept)
     assert max(counts.values()) / len(kept) <= 0.35 and counts["b"] == 3 and counts["d"] == 5
@@ -139,9 +145,12 @@ def test_dedup_and_balance():
 
 
 def test_config_validation():
-    with pytest.raises(ValueError, match="unknown QA types"): QAConfig(mix={"why": 1})
-    with pytest.raises(ValueError, match="max_share"): QAConfig(max_share=1.5)
-    with pytest.raises(ValueError, match="dialogue_turns"): QAConfig(dialogue_turns=1)
+    with pytest.raises(ConfigError, match=r"(?s)QAConfig.*at \$\.mix\.why.*'temporal_order'"): QAConfig(mix={"why": 1})
+    with pytest.raises(ConfigError, match=r"at \$\.mix\.causal: .*greater than or equal to 0"): QAConfig(mix={"causal": -1})
+    with pytest.raises(ConfigError, match=r"at \$\.max_share: .*less than or equal to 1 \(got 1\.5\) — max_share: no type may exceed"): QAConfig(max_share=1.5)
+    with pytest.raises(ConfigError, match="dialogue_turns"): QAConfig(dialogue_turns=1)
+    with pytest.raises(ConfigError, match="progress"): QAConfig(progress=False)   # an argument of build_qa, not a setting
+    assert QAConfig(mix={"causal": 0}).cap("causal") == 0 and QAConfig().cap("causal") is None
 
 
 def test_mc_check_and_frame_enum(movie):
@@ -156,37 +165,71 @@ def local(base_url): return LLMConfig(model="local-test", base_url=base_url, tim
 
 def test_build_qa_with_local_server(movie, tmp_path):
     movie.save(tmp_path)
-    with LocalLLMServer(answer=numbered_answers) as server:
+    with LocalLLMServer() as server:
         llm = LLM(local(server.base_url), cache_dir=tmp_path / "llm")
-        qaset = build_qa(QAConfig(llm_items=4, items_per_call=2), llm, tmp_path)
+        qaset = build_qa(QAConfig(llm_items=4, items_per_call=2), llm, tmp_path, progress=False)
     saved = json.loads((tmp_path / "qa.json").read_text())
     assert [i["id"] for i in saved] == [f"qa{k:04d}" for k in range(1, len(saved) + 1)]
+    assert [QA.model_validate(i) for i in saved] == qaset.items   # qa.json holds schema.QA items
     counts = Counter(i["type"] for i in saved)
     assert set(counts) == set(QA_TYPES)
     assert max(counts.values()) / len(saved) <= 0.35
     assert check_qa(movie, qaset.items) == []
-    parts = {s.id: {f.id for sh in s.shots for f in sh.frames} for s in movie.substories}
     for item in qaset.items:
-        if item.source == "llm" and item.type not in ("overview", "style"):
-            assert item.frame_ids and any(set(item.frame_ids) <= ids for ids in parts.values())   # within one part
         if item.type == "multiple_choice": assert len(item.choices) == 4 and item.answer in item.choices
         if item.type == "dialogue": assert len(item.turns) == 3 and item.turns[0].question == item.question
         if item.type == "character": assert any(n in item.question + item.answer for n in ("Ann", "Ben", "Cal"))
     # resumable: a second run answers every request from RUN/llm/ and writes the same file
     again = LLM(local("http://127.0.0.1:9/v1"), cache_dir=tmp_path / "llm")
-    build_qa(QAConfig(llm_items=4, items_per_call=2), again, tmp_path)
+    build_qa(QAConfig(llm_items=4, items_per_call=2), again, tmp_path, progress=False)
     assert again.stats.sent == 0 and json.loads((tmp_path / "qa.json").read_text()) == saved
-    assert json.loads((tmp_path / "config.json").read_text())["qa"]["llm_items"] == 4
+    config = json.loads((tmp_path / "config.json").read_text())["qa"]
+    assert config["llm_items"] == 4 and "llm" not in config and "progress" not in config   # the LLM has its own section
 
 
-def test_qa_cli(movie, tmp_path):
-    with pytest.raises(SystemExit): qa_cli([str(tmp_path / "nothing"), "--no-llm"])
+def test_every_item_points_at_its_frames(movie, tmp_path):
+    "Issue 14.8: items about the whole movie point at every frame; items about a part at frames of that part only."
     movie.save(tmp_path)
-    assert qa_cli([str(tmp_path), "--no-llm"]) == 0
+    with LocalLLMServer() as server:
+        build_qa(QAConfig(llm_items=4, items_per_call=2), LLM(local(server.base_url), cache_dir=tmp_path / "llm"), tmp_path, progress=False)
+    saved = json.loads((tmp_path / "qa.json").read_text())
+    everything = [f.id for f in movie.frames]
+    parts = {s.id: [f.id for sh in s.shots for f in sh.frames] for s in movie.substories}
+    whole = [i for i in saved if i["type"] in ("overview", "style", "story_movie")]
+    assert {i["type"] for i in whole} == {"overview", "style", "story_movie"}
+    assert all(i["frame_ids"] == everything for i in whole)
+    for item in saved:
+        assert item["frame_ids"], item
+        if item["type"] in ("causal", "character", "dialogue", "multiple_choice", "story_substory", "story_shot", "range_summary"):
+            part = item["frame_ids"][0].split(".")[0]
+            assert set(item["frame_ids"]) <= set(parts[part]), item
+    assert check_qa(movie, [QA(type="overview", question="What is it about?", answer="A storm.")]) == [
+        "QA 'What is it about?' (overview): points at no frames (an item about the whole movie points at all of them)"]
+
+
+def test_llm_text_that_breaks_formats_is_repaired(movie, tmp_path):
+    "An LLM answer holding <image> (or only whitespace) fails the response model; the client asks again; qa.json stays clean."
+    def answer(request: dict) -> str:
+        value = schema_instance(request["response_format"]["json_schema"]["schema"], seed=len(request["messages"]))
+        first_try = len(request["messages"]) == 2
+        def spoil(node):
+            if isinstance(node, dict): return {k: ("see <image> here" if first_try and k == "answer" else spoil(v)) for k, v in node.items()}
+            return [spoil(v) for v in node] if isinstance(node, list) else node
+        return json.dumps(spoil(value))
+    movie.save(tmp_path)
+    with LocalLLMServer(answer=answer) as server:
+        llm = LLM(local(server.base_url), cache_dir=tmp_path / "llm")
+        build_qa(QAConfig(llm_items=2, items_per_call=2, mix={"dialogue": 0, "multiple_choice": 0}), llm, tmp_path, progress=False)
+    assert llm.stats.repairs > 0
+    text = (tmp_path / "qa.json").read_text()
+    assert "<image>" not in text and '"source": "llm"' in text
+
+
+def test_build_qa_without_llm(movie, tmp_path):
+    movie.save(tmp_path)
+    qaset = build_qa(QAConfig(use_llm=False), None, tmp_path, progress=False)
+    assert qaset.source_counts().keys() == {"structure", "story"}
     assert {i["source"] for i in json.loads((tmp_path / "qa.json").read_text())} == {"structure", "story"}
-    with LocalLLMServer(answer=numbered_answers) as server:
-        assert qa_cli([str(tmp_path), "--base-url", server.base_url, "--model", "local-test", "--llm-items", "2"]) == 0
-    assert {i["type"] for i in json.loads((tmp_path / "qa.json").read_text())} >= set(LLM_TYPES) | set(STRUCTURAL_TYPES)
 
 
 def test_repeated_prompts_are_qualified_or_skipped(movie):
@@ -227,7 +270,20 @@ def test_repeated_line_is_qualified_by_scene(movie):
 
 
 def test_check_qa_names(movie):
-    bad = [QAItem(type="dialogue_attribution", question="Who?", answer="Zed", frame_ids=["s01.t01.f01"]),
-           QAItem(type="characters_together", question="Who together?", answer="Ann, Zed and Ben")]
+    bad = [QA(type="dialogue_attribution", question="Who?", answer="Zed", frame_ids=["s01.t01.f01"]),
+           QA(type="characters_together", question="Who together?", answer="Ann, Zed and Ben", frame_ids=["s01.t01.f02"])]
     assert check_qa(movie, bad) == ["QA 'Who?' (dialogue_attribution): 'Zed' is not a character",
                                     "QA 'Who together?' (characters_together): ['Zed'] are not characters"]
+
+
+def test_story_text_longer_than_a_qa_answer_is_left_out(movie, tmp_path):
+    "A scene text or a dialogue line near the schema's caps would make a question or an answer too long: that item is skipped."
+    movie.substories[0].shots[0].content = "Ann walks. " * 300            # 3,300 characters: fine for a scene, too long for an answer
+    movie.substories[0].shots[0].lines[0].text = "Hello, Ben. " + "x" * 1985   # fits a line, not inside 'Who says "…"?'
+    movie = Movie.model_validate(movie.model_dump())
+    questions = [i.question for i in range_summary_qa(movie, random.Random(0), None)]
+    assert 'What happens in the scene "Ann arrives"?' not in questions and 'What happens in the scene "The tower"?' in questions
+    assert not any("Hello, Ben." in i.question for i in dialogue_attribution_qa(movie, random.Random(0), None))
+    movie.save(tmp_path)
+    qaset = build_qa(QAConfig(use_llm=False), None, tmp_path, progress=False)
+    assert check_qa(movie, qaset.items) == []

@@ -1,9 +1,10 @@
 """Stage 1 (story) acceptance tests that need a real HTTP server, subprocesses or SIGKILL.
 
 (a) a 3×2×4 movie completes against a server whose answers are ≥20% faulty;
-(b) `dreamframe story` killed with SIGKILL during level 3 and restarted finishes, re-sending no answered request;
+(b) a story process killed with SIGKILL during level 3 and restarted finishes, re-sending no answered request;
 (c) the OPENAI_API_KEY value appears in no file under RUN;
-(d) a bad theme/config is refused before any request reaches the server.
+(d) bad settings and arguments are refused before any request reaches the server;
+(e) text that would break a later stage (a `<image>` placeholder, an oversized prompt) is repaired by the LLM, never saved.
 """
 import json
 import os
@@ -11,23 +12,27 @@ import secrets
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
-from dreamframe.llm import LLM, LLMConfig, LocalLLMServer
+from dreamframe.config import ConfigError
+from dreamframe.llm import LLM, LLMConfig
 from dreamframe.schema import Movie
-from dreamframe.story import StoryConfig, expand_story, story_cli
+from dreamframe.story import StoryConfig, expand_story
+from dreamframe.testing import LocalLLMServer, schema_instance
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fault_server import FaultServer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-c", "import sys; from dreamframe.cli import main; sys.exit(main())", "story"]
-SMALL = ["--substories", "3", "--shots", "2", "--frames", "4"]
 
 
 def _fast(base_url: str, **kw) -> LLMConfig:
-    "Short timeouts and backoff, so injected faults cost milliseconds."
-    return LLMConfig(**{"model": "local-test", "base_url": base_url, "timeout_s": 0.4, "retry_base_s": 0.005,
+    "A short deadline, stalls given up after 0.4 s, millisecond backoff, so injected faults cost little."
+    return LLMConfig(**{"model": "local-test", "base_url": base_url, "timeout_s": 20, "stall_s": 0.4, "retry_base_s": 0.005,
                         "retry_max_s": 0.05, "max_retries": 12, **kw})
 
 
@@ -38,27 +43,28 @@ def _env(**extra) -> dict:
 
 
 def _asked(request: dict) -> str:
-    "What a request asks, independent of transport details: its messages and response format."
+    "What a request asks: its messages and response format."
     return json.dumps([request["messages"], request.get("response_format")], sort_keys=True)
 
 
 def _cached_requests(run_dir: Path) -> dict[str, str]:
-    "name -> asked, for every answered request in RUN/llm/."
+    "asked -> name, for every answered request in RUN/llm/."
     out = {}
     for path in (run_dir / "llm").glob("*.json"):
-        entry = json.loads(path.read_text())
+        try: entry = json.loads(path.read_text())
+        except ValueError: continue
         out[_asked(entry["request"])] = entry["name"]
     return out
 
 
 def test_completes_under_faults(tmp_path):
     cfg = StoryConfig("a lighthouse keeper adopts a stray dog", substories=3, shots=2, frames=4)
-    with LocalLLMServer(fault_rate=0.5, seed=7, hang_s=1.0) as server:   # half the responses faulty
+    faults = ("429", "500", "stall", "not_json", "bad_schema", "truncated", "half_json", "cut", "reset")
+    with FaultServer(faults=faults, rate=0.5, seed=7, hang_s=1.0) as server:   # half the responses faulty
         llm = LLM(_fast(server.base_url, concurrency=8), cache_dir=tmp_path / "llm")
         movie = expand_story(cfg, llm, tmp_path, progress=False)
         counts = dict(server.counts)
-    faults = counts["requests"] - counts.get("ok", 0)
-    assert faults / counts["requests"] >= 0.2, counts
+    assert (counts["requests"] - counts.get("ok", 0)) / counts["requests"] >= 0.2, counts
     assert llm.stats.failed == 0 and llm.stats.retries > 0
     loaded = Movie.load(tmp_path / "movie.json")
     assert loaded == movie
@@ -67,17 +73,26 @@ def test_completes_under_faults(tmp_path):
     assert {c.name for c in loaded.characters} >= {n for f in loaded.frames for n in f.characters}
 
 
+STORY_SCRIPT = textwrap.dedent("""
+    import os, sys
+    from dreamframe.llm import LLM, LLMConfig
+    from dreamframe.story import StoryConfig, expand_story
+    run_dir, base_url = sys.argv[1], sys.argv[2]
+    llm = LLM(LLMConfig(model="local-test", base_url=base_url, concurrency=2, timeout_s=30), cache_dir=f"{run_dir}/llm")
+    movie = expand_story(StoryConfig("a winter market", substories=3, shots=2, frames=4), llm, run_dir, progress=False)
+    print(len(movie.frames))
+""")
+
+
 def test_sigkill_resume_sends_no_answered_request_and_key_stays_out(tmp_path):
     run_dir = tmp_path / "run"
     key = "sk-test-" + secrets.token_hex(16)
     with LocalLLMServer(latency=0.25) as server:
-        argv = CLI + [str(run_dir), "--theme", "a winter market", "--base-url", server.base_url, "--model", "local-test",
-                      "--concurrency", "2", "--quiet", *SMALL]
+        argv = [sys.executable, "-c", STORY_SCRIPT, str(run_dir), server.base_url]
         first = subprocess.Popen(argv, env=_env(OPENAI_API_KEY=key), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline and first.poll() is None:
-            if sum(name.startswith("level_3") for name in _cached_requests(run_dir).values()) >= 2:
-                break
+            if sum(name.startswith("level_3") for name in _cached_requests(run_dir).values()) >= 2: break
             time.sleep(0.01)
         assert first.poll() is None, f"the run ended before it could be killed: {first.communicate()}"
         first.send_signal(signal.SIGKILL)
@@ -88,7 +103,7 @@ def test_sigkill_resume_sends_no_answered_request_and_key_stays_out(tmp_path):
         sent_before = len(server.requests)
 
         second = subprocess.run(argv, env=_env(OPENAI_API_KEY=key), capture_output=True, text=True, timeout=60)
-        assert second.returncode == 0, second.stderr
+        assert second.returncode == 0 and second.stdout.split() == ["24"], second.stderr
         resent = [r for r in server.requests[sent_before:] if _asked(r) in answered]
         assert resent == [], f"{len(resent)} answered request(s) were sent again"
         assert len(server.requests) - sent_before >= 6 - len(level3)   # what was left was really sent
@@ -101,27 +116,39 @@ def test_sigkill_resume_sends_no_answered_request_and_key_stays_out(tmp_path):
     assert any(p.parent.name == "llm" for p in files) and (run_dir / "config.json").exists()
     leaks = [str(p) for p in files if key.encode() in p.read_bytes()]
     assert leaks == [] and key not in logged
-    assert "local-test" in (run_dir / "config.json").read_text()   # the LLM config was saved, without the key
 
 
-def test_bad_input_is_refused_before_any_request(tmp_path, capsys, monkeypatch):
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+def test_bad_input_is_refused_before_any_request(tmp_path):
     with LocalLLMServer() as server:
-        local = ["--base-url", server.base_url, "--quiet"]
-        cases = [(["--theme", "   "] + local, "non-empty one-line theme"),
-                 (["--theme", "x" * 900] + local, "at most 500"),
-                 (["--theme", "a picnic", "--substories", "0"] + local, "substories=0"),
-                 (["--theme", "a picnic", "--concurrency", "0"] + local, "concurrency=0"),
-                 (["--theme", "a picnic", "--base-url", "https://llm.example.com/v1"], "OPENAI_API_KEY is not set")]
-        for argv, message in cases:
-            with pytest.raises(SystemExit) as exit_:
-                story_cli([str(tmp_path / "run")] + argv)
-            assert exit_.value.code == 2
-            assert message in capsys.readouterr().err, argv
+        for make, message in [(lambda: StoryConfig("   "), "must not be empty"),
+                              (lambda: StoryConfig("x" * 900), "at most 500 characters"),
+                              (lambda: StoryConfig("a picnic", substories=0), "substories"),
+                              (lambda: StoryConfig("a picnic", max_prompt_tokens=100), "less than or equal to 77"),
+                              (lambda: LLMConfig(concurrency=0), "concurrency")]:
+            with pytest.raises(ConfigError, match=message): make()
         llm = LLM(_fast(server.base_url))
-        with pytest.raises(ValueError, match="max_prompt_tokens=100"):
-            expand_story(StoryConfig("a picnic", max_prompt_tokens=100), llm, tmp_path / "run")
         with pytest.raises(TypeError, match="must be a StoryConfig"):
             expand_story({"theme": "a picnic"}, llm, tmp_path / "run")
+        with pytest.raises(ValueError, match="no CLIP tokenizer there"):
+            expand_story(StoryConfig("a picnic", tokenizer=str(tmp_path)), llm, tmp_path / "run")
         assert server.requests == []
     assert not (tmp_path / "run" / "movie.json").exists()
+
+
+def test_text_that_would_break_later_stages_is_repaired_not_saved(tmp_path):
+    "A dialogue line holding `<image>` and a 5,000-character prompt go back to the LLM; movie.json never holds them."
+    def careless_until_told(request):
+        schema = request["response_format"]["json_schema"]["schema"]
+        answer = schema_instance(schema, seed=len(request["messages"]), text=request["messages"][1]["content"])
+        if "frames" in answer and len(request["messages"]) == 2:   # the first answer of each shot, not its repair
+            answer["lines"][0]["text"] = "Look at this <image> of the harbour."
+            answer["frames"][1]["prompt"] = "In the harbour, " + "a very long description " * 220
+        return json.dumps(answer)
+    with LocalLLMServer(answer=careless_until_told) as server:
+        llm = LLM(_fast(server.base_url, concurrency=8), cache_dir=tmp_path / "llm")
+        movie = expand_story(StoryConfig("a picnic", substories=2, shots=2, frames=3), llm, tmp_path, progress=False)
+    assert llm.stats.repairs == 4 and llm.stats.failed == 0   # one repair round per shot
+    text = (tmp_path / "movie.json").read_text()
+    assert "<image>" not in text and "a very long description" not in text
+    assert all(len(f.prompt) <= 400 for f in movie.frames)
+

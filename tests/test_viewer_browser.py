@@ -54,12 +54,10 @@ def page(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("view")
     run = make_run(tmp / "run")
     plain = make_run(tmp / "plain", shift=90)
-    out = tmp / "out.html"
-    result = subprocess.run(DREAMFRAME + ["view", str(run), "--html", str(out), "--against", str(plain)],
+    result = subprocess.run(DREAMFRAME + ["view", str(run), "--against", str(plain), "--thumb-size", "48"],
                             capture_output=True, text=True, cwd=tmp)
     assert result.returncode == 0, result.stderr
-    assert "wrote" in result.stdout
-    return run, out
+    return run, run / "view.html"
 
 
 def test_cli_entry_point_writes_page(page):
@@ -67,6 +65,37 @@ def test_cli_entry_point_writes_page(page):
     text = out.read_text()
     assert text.startswith("<!doctype html>") and text.count("data:image/jpeg") > 0
     assert "http://" not in text and "https://" not in text  # self-contained: nothing to fetch
+    assert json.loads((run / "config.json").read_text())["view"]["thumb_size"] == 48   # the flag is the ViewConfig field
+
+
+def test_write_view_html_and_link(tmp_path):
+    "`write_view`: `html` puts the page elsewhere; `link` points at the PNGs (relative to the page) instead of embedding them."
+    from dreamframe.viewer import ViewConfig, write_view
+    run = make_run(tmp_path / "run", n_substories=1)
+    out = write_view(ViewConfig(html=str(tmp_path / "pages" / "linked.html"), link=True), run)
+    assert out == tmp_path / "pages" / "linked.html"
+    text = out.read_text()
+    assert "data:image" not in text and '"../run/frames/s01.t01.f01.png"' in text
+    assert not (run / "view.html").exists()
+
+
+@pytest.mark.parametrize("path", ["/etc/hostname", "../../outside.png"])
+def test_manifest_line_outside_the_run_is_refused(tmp_path, path):
+    "Issue 14.6: frames come only through run_folder.read_manifest; a line pointing elsewhere names the line, and nothing is embedded."
+    from dreamframe.schema import FormatError
+    from dreamframe.viewer import ViewConfig, write_view
+    run = make_run(tmp_path / "run", n_substories=1)
+    Image.new("RGB", (64, 64), (255, 0, 0)).save(tmp_path / "outside.png")
+    manifest = run / "frames" / "manifest.jsonl"
+    lines = manifest.read_text().splitlines()
+    lines[2] = json.dumps({**json.loads(lines[2]), "path": path})
+    manifest.write_text("\n".join(lines) + "\n")
+    with pytest.raises(FormatError, match=r"manifest\.jsonl, line 3: .*path must be 'frames/s01\.t01\.f03\.png'"):
+        write_view(ViewConfig(), run)
+    assert not (run / "view.html").exists()
+    result = subprocess.run(DREAMFRAME + ["view", str(run)], capture_output=True, text=True)
+    assert result.returncode != 0 and "manifest.jsonl, line 3" in result.stderr and "Traceback" not in result.stderr
+    assert not (run / "view.html").exists()
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install -y chromium)")

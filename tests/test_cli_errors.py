@@ -1,0 +1,121 @@
+"""Every CLI failure is one line on stderr with an exit status >= 1 and no traceback (issue: bad input, item 7)."""
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dreamframe.cli import main
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
+DREAMFRAME = [sys.executable, "-m", "dreamframe.cli"]
+
+
+def dreamframe(*args, timeout=600):
+    return subprocess.run([*DREAMFRAME, *map(str, args)], capture_output=True, text=True, env=ENV, timeout=timeout)
+
+
+def one_line_failure(done, *words):
+    "The command failed with one line on stderr, no traceback, naming `words`."
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode >= 1, done.stdout
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    for word in words: assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("demo") / "run"
+    assert dreamframe("demo", run_dir, "--quiet").returncode == 0
+    return run_dir
+
+
+@pytest.fixture
+def run_copy(demo_run, tmp_path) -> Path:
+    shutil.copytree(demo_run, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path):
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen([*DREAMFRAME, "demo", str(run_dir), "--quiet"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for _ in range(600):
+        if (run_dir / "movie.json").exists(): break
+        time.sleep(0.05)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    _out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert err.strip().splitlines() == ["dreamframe demo: interrupted; run the same command again to resume"]
+    assert dreamframe("demo", run_dir, "--quiet").returncode == 0
+
+
+def test_disk_full_names_the_folder_and_the_bytes(tmp_path, monkeypatch, capsys):
+    reference = {"character": {}, "img_diag": [["frame", "In a room, a man is sitting"]], "QA": [], "overview": ""}
+    (tmp_path / "ref.json").write_text(json.dumps(reference))
+    real_fdopen = os.fdopen
+    class Full:
+        def __init__(self, fd, mode): self.file = real_fdopen(fd, mode)
+        def __enter__(self): return self
+        def __exit__(self, *exc): self.file.close()
+        def write(self, data): raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "fdopen", Full)
+    code = main(["import-reference", str(tmp_path / "ref.json"), str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1
+    assert "disk full" in err[0] and str(tmp_path / "run") in err[0] and "bytes" in err[0]
+
+
+def test_uncached_hub_id_offline_says_how_to_provide_the_model(tmp_path):
+    done = dreamframe("run", tmp_path / "run", "--theme", "a dog learns to sail", "--llm-model", "scripted",
+                      "--model", "stabilityai/stable-diffusion-xl-base-1.0")
+    one_line_failure(done, "stabilityai/stable-diffusion-xl-base-1.0", "local folder")
+
+
+def test_import_reference_of_a_png(tmp_path):
+    (tmp_path / "frame.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe\xfd")
+    one_line_failure(dreamframe("import-reference", tmp_path / "frame.png", tmp_path / "run"), "frame.png", "not a UTF-8 text file")
+
+
+def test_truncated_config_json(run_copy):
+    path = run_copy / "config.json"
+    path.write_text(path.read_text()[:40])
+    one_line_failure(dreamframe("run", run_copy), "config.json", "not valid JSON")
+
+
+def test_truncated_qa_json(run_copy):
+    path = run_copy / "qa.json"
+    path.write_text(path.read_text()[:100])
+    (run_copy / "export" / "llava.json").unlink()
+    one_line_failure(dreamframe("export", run_copy), "qa.json")
+
+
+def test_deeply_nested_movie_json(run_copy):
+    (run_copy / "movie.json").write_text("[" * 100_000 + "]" * 100_000)
+    one_line_failure(dreamframe("keyframes", run_copy), "movie.json", "nested too deeply")
+
+
+def test_wrong_shaped_manifest_line(run_copy):
+    manifest = run_copy / "frames" / "manifest.jsonl"
+    lines = manifest.read_text().splitlines()
+    lines[3] = json.dumps({"frame_id": "s01.t01.f04", "path": "/etc/passwd"})
+    manifest.write_text("\n".join(lines) + "\n")
+    one_line_failure(dreamframe("keyframes", run_copy), "manifest.jsonl, line 4")
+
+
+def test_qa_against_a_broken_llm(run_copy):
+    (run_copy / "qa.json").unlink()
+    done = dreamframe("qa", run_copy, "--llm-model", "gpt-4o-mini", "--base-url", "http://127.0.0.1:9/v1")
+    one_line_failure(done, "http://127.0.0.1:9/v1")
+
+
+def test_unknown_flag_is_one_line():
+    done = dreamframe("keyframes", "nowhere", "--stepz", "3")
+    one_line_failure(done)
