@@ -1,12 +1,13 @@
 """Keyframe scaling: the same movie slice rendered by `accelerate launch --num_processes N` for several N.
 
 For each N a fresh run folder gets the first `--frames` frames of a 1,331-frame movie (11 x 11 x 11). Each process
-renders every N-th pending group (`generate_keyframes`' own split) after one warm-up group per process in a separate
+renders every N-th pending group (`generate_keyframes`' own split, through `generate_keyframes_fast`) after one
+warm-up group per process in a separate
 folder (compile and cuDNN set-up stay out of the timing). Recorded per N: generation seconds (barrier to barrier,
 model build excluded), frames per hour, scaling efficiency = throughput(N) / (N x throughput(1)), and whether every
 frame's PNG is byte-identical to the N=1 run (else the largest pixel difference).
 
-    python bench/keyframe_scaling.py --tiny --nprocs 1,2          # CPU, tiny pipeline (gloo), a rehearsal
+    python bench/keyframe_scaling.py --tiny --nprocs 1,2          # CPU processes (torchrun, gloo), tiny pipeline: a rehearsal
     python bench/keyframe_scaling.py --nprocs 1,2,4,8 --frames 64  # GPUs: full-size random-weight SDXL, 1024², 30 steps
 Writes $OUT/keyframe_scaling.json (or bench/results/keyframe_scaling.json).
 """
@@ -36,12 +37,14 @@ def movie_1331():
 
 def worker(args):
     "One process of `accelerate launch`: build the model, warm up, render the slice, report timing (main process)."
+    import dataclasses
     import warnings
     import torch
     from accelerate import PartialState
     from dreamframe import models
-    from dreamframe.keyframes import KeyframeConfig, generate_keyframes
-    state = PartialState()
+    from dreamframe.keyframes import KeyframeConfig
+    from dreamframe.keyframes_fast import KeyframeSpeed, generate_keyframes_fast
+    state = PartialState(cpu=args.tiny)
     if args.tiny:
         torch.set_num_threads(1)
         device, dtype = "cpu", torch.float32
@@ -51,24 +54,27 @@ def worker(args):
         torch.cuda.set_device(device)
         pipe = models.sdxl_from_configs(ROOT / "bench/sdxl-configs", dtype=dtype, device=device, seed=0)
     movie = movie_1331()
-    cfg = KeyframeConfig(steps=args.steps, resolution=args.resolution, batch_size=args.batch_size, device=device,
-                         dtype="float32" if args.tiny else "float16", compile=args.compile, progress=False)
-    warm, run = Path(args.run).with_name(Path(args.run).name + "-warmup"), Path(args.run)
+    cfg = KeyframeConfig(steps=args.steps, resolution=args.resolution, batch_size=args.batch_size)
+    speed = KeyframeSpeed(compile=args.compile)
+    model_name = "tiny_sdxl" if args.tiny else "random-weight SDXL from bench/sdxl-configs"
+    def draw(limit, run):
+        generate_keyframes_fast(dataclasses.replace(cfg, limit=limit), speed, pipe, movie, run, model_name=model_name, progress=False)
+    warm, run = Path(args.run_folder).with_name(Path(args.run_folder).name + "-warmup"), Path(args.run_folder)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if state.is_main_process: movie.save(warm)
         state.wait_for_everyone()
         # warm-up: one group per process, in its own folder
-        generate_keyframes(KeyframeConfig(**{**cfg.__dict__, "limit": args.batch_size * state.num_processes}), pipe, movie, warm)
+        draw(args.batch_size * state.num_processes, warm)
         state.wait_for_everyone()
         if not args.tiny: torch.cuda.synchronize()
         start = time.perf_counter()
-        generate_keyframes(KeyframeConfig(**{**cfg.__dict__, "limit": args.frames}), pipe, movie, run)
+        draw(args.frames, run)
         if not args.tiny: torch.cuda.synchronize()
         state.wait_for_everyone()
         seconds = time.perf_counter() - start
     if state.is_main_process:
-        Path(args.timing).write_text(json.dumps(dict(seconds=seconds, processes=state.num_processes,
+        Path(args.timing_file).write_text(json.dumps(dict(seconds=seconds, processes=state.num_processes,
                                                      device=torch.cuda.get_device_name(0) if not args.tiny else "cpu")))
 
 
@@ -104,7 +110,7 @@ def main():
     parser.add_argument("--out", type=Path)
     parser.add_argument("--timeout", type=float, default=500, help="seconds allowed per N")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--run", help=argparse.SUPPRESS); parser.add_argument("--timing", help=argparse.SUPPRESS)
+    parser.add_argument("--run-folder", help=argparse.SUPPRESS); parser.add_argument("--timing-file", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS); parser.add_argument("--resolution", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.frames = args.frames or (16 if args.tiny else 32)
@@ -128,10 +134,13 @@ def main():
     if args.tiny: env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     for n in [int(x) for x in args.nprocs.split(",")]:
         run, timing = tmp / f"n{n}", tmp / f"n{n}.json"
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n), "--num_machines", "1",
-                   "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-                   *(["--cpu"] if args.tiny else (["--multi_gpu"] if n > 1 else [])),
-                   str(Path(__file__).resolve()), "--worker", "--run", str(run), "--timing", str(timing), "--model", model,
+        # CPU processes start with torchrun (`accelerate launch --cpu` starts one process unless MPI is set up)
+        launcher = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "--master_port", str(free_port())]
+                    if args.tiny else
+                    [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n), "--num_machines", "1",
+                     "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+                     *(["--multi_gpu"] if n > 1 else [])])
+        command = [*launcher, str(Path(__file__).resolve()), "--worker", "--run-folder", str(run), "--timing-file", str(timing), "--model", model,
                    "--frames", str(args.frames), "--batch-size", str(args.batch_size), "--steps", str(args.steps),
                    "--resolution", str(args.resolution), *(["--tiny"] if args.tiny else []), *(["--compile"] if args.compile else [])]
         start = time.perf_counter()
@@ -151,6 +160,7 @@ def main():
                 record["efficiency"] = round(record["frames_per_hour"] / (n * one["frames_per_hour"]), 3)
                 record["vs_1_process"] = compare(tmp / "n1", run)
             record["device"] = json.loads(timing.read_text())["device"]
+            record["processes_seen"] = json.loads(timing.read_text())["processes"]  # what the workers saw: N, not 1
         results["runs"][str(n)] = record
         print(json.dumps(record), flush=True)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,21 +1,26 @@
-"""Keyframe speed: the DreamFrame reference recipe vs dreamframe's `generate_keyframes`, one run, one card.
+"""Keyframe speed: the DreamFrame reference recipe vs dreamframe's `generate_keyframes_fast`, one run, one card.
 
 Full SDXL-size random-weight base + refiner (bench/sdxl-configs), fp16, 1024², guidance 5:
   (a) reference: batch 1, 30 base + 10 refiner steps (denoising_end/start 0.75), default SDPA attention, no
       compile, stock pipeline decode (fp32-upcast VAE), PNG saved in the loop
-  (b) ours, same settings: `generate_keyframes` with batch 8, torch.compile of both UNets, channels-last, fused QKV,
-      cuDNN autotuning, bf16 VAE decode of the batch, PNGs written on a background thread
+  (b) ours, same settings: `generate_keyframes_fast` (KeyframeConfig + KeyframeSpeed) with batch 8, torch.compile of
+      both UNets and the VAE decoder, channels-last, fused QKV, cuDNN autotuning, bf16 VAE decode of the batch, PNGs
+      written on a background thread
   (c) ours, base only, 30 steps
   (d) ours, low-memory mode (model CPU offload + VAE tiling/slicing), batch 1: peak GPU memory at 1024²
   (c) variants (--c-variants): several settings of (c) side by side in one process, e.g. the previous default
       (batch 8, UNet-only compile) as the in-run baseline and the new ones (compiled channels-last VAE, batch 16,
       cuDNN attention), plus a micro-benchmark of the UNet's attention shapes under each SDPA kernel; written to
       keyframe_speed_c.json
-Seconds per frame are medians over timed frames after warm-up (ours: group seconds / frames in the group, and the
-wall clock of the timed groups, PNG writing included). Frames per GPU-hour = 3600 / seconds per frame.
+One measurement = the median seconds per frame over the timed frames after warm-up (ours: group seconds / frames in
+the group, and the wall clock of the timed groups, PNG writing included). (a), (b) and (c) repeat their measurement
+`--repeats` times (default 3) in the same process on the same models, each repeat drawing the same frames into a fresh
+run folder; the result is the median of the repeats with their range, and the b/a ratio is the median of the
+per-repeat ratios with its range. Frames per GPU-hour = 3600 / seconds per frame.
 
     python bench/keyframe_speed.py            # H100; writes $OUT/keyframe_speed.json (or bench/results/)
     python bench/keyframe_speed.py --tiny     # CPU rehearsal on the tiny pipeline (64 px, 2+1 steps)
+    python bench/keyframe_speed.py --only b,c --repeats 5   # (b) and (c) only, five measurements each
     python bench/keyframe_speed.py --only c --c-variants prev_b8,b8_vae,b16_vae_cudnn,b16_vae   # (c) side by side
 """
 import argparse
@@ -39,7 +44,9 @@ os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", "/tmp/dreamframe-inductor")  # 
 import torch
 import diffusers, transformers, accelerate
 from dreamframe import models
-from dreamframe.keyframes import KeyframeConfig, _attention, _decode, generate_keyframes, read_manifest
+from dreamframe.keyframes import KeyframeConfig, decode_latents
+from dreamframe.keyframes_fast import KeyframeSpeed, attention, generate_keyframes_fast
+from dreamframe.run_folder import read_manifest
 from dreamframe.schema import sample_movie
 
 T0 = time.perf_counter()
@@ -64,6 +71,12 @@ def summary(seconds_per_frame, **extra):
     return dict(seconds_per_frame=round(seconds_per_frame, 3), frames_per_gpu_hour=round(3600 / seconds_per_frame), **extra)
 
 
+def repeated(measurements, key="seconds_per_frame"):
+    "Median and range of one number over the repeats."
+    values = [m[key] for m in measurements]
+    return round(statistics.median(values), 3), [round(min(values), 3), round(max(values), 3)]
+
+
 def reference(args, base, refiner, movie, tmp):
     "The reference loop: one frame per call, base then refiner, pipeline decode, PNG save."
     for p in (base, refiner):
@@ -72,10 +85,10 @@ def reference(args, base, refiner, movie, tmp):
     total = args.steps + args.refiner_steps
     split = args.steps / total
     negative = KeyframeConfig().negative_prompt
-    times = []
     if args.device == "cuda": torch.cuda.reset_peak_memory_stats()
-    for i, frame in enumerate(movie.frames[: args.ref_warmup + args.ref_frames]):
-        prompt = f"generate an image in {movie.style_keyword} style: {movie.render_prompt(frame)}"
+
+    def frame(i):
+        prompt = f"generate an image in {movie.style_keyword} style: {movie.render_prompt(movie.frames[i])}"
         sync(); start = time.perf_counter()
         generator = torch.Generator(args.device).manual_seed(20 + i)
         latents = base(prompt=prompt, negative_prompt=negative, num_inference_steps=total, denoising_end=split,
@@ -84,59 +97,79 @@ def reference(args, base, refiner, movie, tmp):
         image = refiner(prompt=prompt, negative_prompt=negative, num_inference_steps=total, denoising_start=split,
                         guidance_scale=args.guidance, image=latents, generator=generator).images[0]
         image.save(tmp / f"reference-{i}.png")
-        sync(); times.append(time.perf_counter() - start)
-        log(f"(a) frame {i}: {times[-1]:.3f}s")
-    timed = times[args.ref_warmup:]
+        sync(); return time.perf_counter() - start
+
+    warmup = [frame(i) for i in range(args.ref_warmup)]
+    log(f"(a) warm-up {[round(t, 3) for t in warmup]}")
+    measurements = []
+    for repeat in range(args.repeats):
+        times = [frame(i) for i in range(args.ref_warmup, args.ref_warmup + args.ref_frames)]
+        measurements.append(dict(seconds_per_frame=statistics.median(times), per_frame=[round(t, 3) for t in times]))
+        log(f"(a) repeat {repeat}: median {measurements[-1]['seconds_per_frame']:.3f}s/frame {measurements[-1]['per_frame']}")
+    median, spread = repeated(measurements)
     peak = gib(torch.cuda.max_memory_allocated()) if args.device == "cuda" else None
-    return summary(statistics.median(timed), frames_timed=len(timed), per_frame=[round(t, 3) for t in timed],
-                   warmup_s=[round(t, 3) for t in times[: args.ref_warmup]], peak_allocated_gib=peak,
+    return summary(median, range=spread, repeats=[round(m["seconds_per_frame"], 3) for m in measurements],
+                   frames_timed_per_repeat=args.ref_frames, per_frame=[m["per_frame"] for m in measurements],
+                   warmup_s=[round(t, 3) for t in warmup], peak_allocated_gib=peak,
                    settings=f"fp16, batch 1, {args.steps}+{args.refiner_steps} steps, SDPA, no compile, fp32-upcast VAE")
 
 
-def ours(args, base, refiner, movie, tmp, label, timed_groups=None, **overrides):
-    "generate_keyframes: warm-up groups (compile happens here), then timed groups in the same run folder."
-    settings = dict(steps=args.steps, guidance=args.guidance, resolution=args.resolution, batch_size=args.batch_size,
-                    dtype="float16" if args.device == "cuda" else "float32", device=args.device, progress=False,
-                    compile=args.compile, compile_mode=args.compile_mode, cudnn_benchmark=args.device == "cuda")
-    cfg = KeyframeConfig(**{**settings, **overrides})
-    run = tmp / label
-    movie.save(run)
+def ours(args, base, refiner, movie, tmp, label, timed_groups=None, speed_overrides=None, **overrides):
+    "generate_keyframes_fast: warm-up groups (compile happens here) in one folder, then `--repeats` timed runs of the same frames."
+    cfg = KeyframeConfig(**{**dict(steps=args.steps, guidance=args.guidance, resolution=args.resolution,
+                                   batch_size=args.batch_size), **overrides})
+    speed = KeyframeSpeed(**{**dict(compile=args.compile, compile_mode=args.compile_mode, cudnn_benchmark=args.device == "cuda"),
+                             **(speed_overrides or {})})
+    model_name = "tiny_sdxl" if args.tiny else "random-weight SDXL from bench/sdxl-configs"
     warm_frames = cfg.batch_size * args.warmup_groups
     timed_frames = cfg.batch_size * (timed_groups or args.timed_groups)
+
+    def draw(folder, frames):
+        run = tmp / folder
+        movie.save(run)
+        sync(); start = time.perf_counter()
+        generate_keyframes_fast(dataclasses.replace(cfg, limit=frames), speed, base, movie, run, refiner=refiner,
+                                model_name=model_name, progress=False)
+        sync(); return run, time.perf_counter() - start
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        sync(); start = time.perf_counter()
-        generate_keyframes(dataclasses.replace(cfg, limit=warm_frames), base, movie, run, refiner=refiner)
-        sync(); warm_s = time.perf_counter() - start
+        _, warm_s = draw(f"{label}-warmup", warm_frames)
         log(f"{label}: warm-up {warm_frames} frames {warm_s:.1f}s")
         warm_peak = gib(torch.cuda.max_memory_allocated()) if args.device == "cuda" else None
         if args.device == "cuda": torch.cuda.reset_peak_memory_stats()
-        start = time.perf_counter()
-        generate_keyframes(dataclasses.replace(cfg, limit=warm_frames + timed_frames), base, movie, run, refiner=refiner)
-        sync(); wall = time.perf_counter() - start
-    records = read_manifest(run / "frames")
-    timed_ids = [f.id for f in movie.frames[warm_frames: warm_frames + timed_frames]]
-    per_frame = [records[i]["seconds"] for i in timed_ids]
-    log(f"{label}: {timed_frames} frames {wall:.2f}s wall, median {statistics.median(per_frame):.3f}s/frame")
+        measurements = []
+        for repeat in range(args.repeats):
+            run, wall = draw(f"{label}-{repeat}", timed_frames)
+            records = read_manifest(run / "frames")
+            per_frame = [records[f.id]["seconds"] for f in movie.frames[:timed_frames]]
+            measurements.append(dict(seconds_per_frame=statistics.median(per_frame), wall_seconds_per_frame=wall / timed_frames))
+            log(f"{label} repeat {repeat}: {timed_frames} frames {wall:.2f}s wall, median {measurements[-1]['seconds_per_frame']:.3f}s/frame")
     latent = args.resolution // 8
     decode_times = []
     for _ in range(3):
         latents = torch.randn(cfg.batch_size, 4, latent, latent, device=args.device, dtype=base.unet.dtype)
         sync(); start = time.perf_counter()
-        _decode(base, latents)
+        decode_latents(base, latents, cfg.vae_dtype)
         sync(); decode_times.append(time.perf_counter() - start)
     decode_s = round(statistics.median(decode_times) / cfg.batch_size, 3)
     log(f"{label}: VAE decode + 8-bit conversion {decode_s:.3f}s/frame")
-    return summary(statistics.median(per_frame), wall_seconds_per_frame=round(wall / timed_frames, 3),
-                   frames_timed=timed_frames, warmup_s=round(warm_s, 1), vae_decode_seconds_per_frame=decode_s,
+    median, spread = repeated(measurements)
+    wall_median, wall_spread = repeated(measurements, "wall_seconds_per_frame")
+    return summary(median, range=spread, repeats=[round(m["seconds_per_frame"], 3) for m in measurements],
+                   wall_seconds_per_frame=wall_median, wall_range=wall_spread,
+                   wall_repeats=[round(m["wall_seconds_per_frame"], 3) for m in measurements],
+                   frames_timed_per_repeat=timed_frames, warmup_s=round(warm_s, 1), vae_decode_seconds_per_frame=decode_s,
                    inductor_tuning=args.inductor_tuning,
                    peak_allocated_gib=gib(torch.cuda.max_memory_allocated()) if args.device == "cuda" else None,
                    peak_allocated_warmup_gib=warm_peak,
                    peak_reserved_gib=gib(torch.cuda.max_memory_reserved()) if args.device == "cuda" else None,
-                   config={k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("negative_prompt", "template")})
+                   config={k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("negative_prompt", "template")},
+                   speed=dataclasses.asdict(speed))
 
 
-# (c) variants: name -> KeyframeConfig overrides. "prev_b8" is the setting before the compiled VAE (the in-run baseline).
+# (c) variants: name -> KeyframeConfig batch size and KeyframeSpeed switches. "prev_b8" is the setting before the
+# compiled VAE (the in-run baseline).
 C_VARIANTS = {
     "prev_b8": dict(batch_size=8, compile_vae=False, attention_backend="default"),
     "b8_vae": dict(batch_size=8, compile_vae=True, attention_backend="default"),
@@ -147,9 +180,8 @@ C_VARIANTS = {
 
 
 def uncompile(pipe):
-    "Hand the pipeline's models back uncompiled and drop every compiled graph (the next call traces afresh)."
-    if hasattr(pipe.unet, "_orig_mod"): pipe.unet = pipe.unet._orig_mod
-    if hasattr(pipe.vae.decoder, "_orig_mod"): pipe.vae.decoder = pipe.vae.decoder._orig_mod
+    "Drop every compiled graph: `speed_up` applies the next variant's switches afresh and the next call traces anew."
+    pipe._dreamframe_speed = None
     torch._dynamo.reset()
 
 
@@ -170,7 +202,7 @@ def attention_bench(args, batch_size):
             for layers, heads, lq, lk in shapes:
                 q = torch.randn(n, heads, lq, 64, device="cuda", dtype=torch.float16)
                 k, v = (torch.randn(n, heads, lk, 64, device="cuda", dtype=torch.float16) for _ in range(2))
-                ctx = (_attention(KeyframeConfig(attention_backend="cudnn")) if backends == "cfg" else
+                ctx = (attention("cudnn") if backends == "cfg" else
                        sdpa_kernel(backends) if backends else torch.no_grad())
                 with ctx, torch.inference_mode():
                     for _ in range(3): torch.nn.functional.scaled_dot_product_attention(q, k, v)
@@ -199,7 +231,7 @@ def c_variants(args, base, movie, tmp, names, results, save):
         reset = traced.get(batch, attention) != attention  # Dynamo does not guard on the SDPA kernel: force a new trace
         new_unet = reset or batch not in traced
         estimate = (cost["unet"] if new_unet else 0) + (cost["vae"] if overrides["compile_vae"] else 0) + \
-                   1.2 * (batch + args.c_timed_frames) + 10
+                   1.2 * (batch + args.repeats * args.c_timed_frames) + 10
         failed = results.get("attention_microbench_s_per_frame", {}).get(f"batch_{batch}", {}).get("cudnn", 0)
         if attention == "cudnn" and isinstance(failed, str):
             results["c_variants"][name] = dict(skipped=f"cuDNN attention failed in the micro-benchmark: {failed}")
@@ -212,7 +244,8 @@ def c_variants(args, base, movie, tmp, names, results, save):
         gc.collect()
         if args.device == "cuda": torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
         try:
-            r = ours(args, base, None, movie, tmp, f"c_{name}", timed_groups=args.c_timed_frames // batch, **overrides)
+            r = ours(args, base, None, movie, tmp, f"c_{name}", timed_groups=args.c_timed_frames // batch, batch_size=batch,
+                     speed_overrides=dict(compile_vae=overrides["compile_vae"], attention_backend=attention))
             traced[batch] = attention
             group_s = r["seconds_per_frame"] * batch
             if new_unet and not overrides["compile_vae"]: cost["unet"] = max(30.0, r["warmup_s"] - group_s)
@@ -229,13 +262,14 @@ def c_variants(args, base, movie, tmp, names, results, save):
 def low_memory(args, movie, tmp):
     "Fresh models, CPU offload + VAE tiling, batch 1: peak GPU memory and speed at full resolution."
     base, refiner = build(args, tmp)
-    if args.device == "cuda":
+    if args.device == "cuda":  # what models.load_sdxl(..., low_memory=True) does: offload whole models, tile the VAE
+        for p in (base, refiner): p.enable_model_cpu_offload(device=args.device)
+        base.vae.enable_tiling(); base.vae.enable_slicing()
         torch.cuda.empty_cache()
     result = {}
     for label, ref in (("base_only", None), ("base_refiner", refiner)):
         cfg = KeyframeConfig(steps=args.steps, refiner_steps=args.refiner_steps if ref is not None else 0, guidance=args.guidance,
-                             resolution=args.resolution, batch_size=1, dtype="float16" if args.device == "cuda" else "float32",
-                             device=args.device, low_memory=True, progress=False, limit=args.lowmem_frames)
+                             resolution=args.resolution, batch_size=1, limit=args.lowmem_frames)
         if args.device == "cuda":
             gc.collect(); torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
         run = tmp / f"lowmem-{label}"; movie.save(run)
@@ -243,7 +277,8 @@ def low_memory(args, movie, tmp):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 sync(); start = time.perf_counter()
-                generate_keyframes(cfg, base, movie, run, refiner=ref)
+                generate_keyframes_fast(cfg, KeyframeSpeed(), base, movie, run, refiner=ref, model_name="random-weight SDXL",
+                                        progress=False)
                 sync(); seconds = (time.perf_counter() - start) / cfg.limit
             result[label] = dict(seconds_per_frame=round(seconds, 2), frames=cfg.limit,
                                  peak_allocated_gib=gib(torch.cuda.max_memory_allocated()) if args.device == "cuda" else None,
@@ -269,7 +304,8 @@ def main():
     parser.add_argument("--deadline", type=float, default=480, help="skip sections that would start after this many seconds")
     parser.add_argument("--only", default="a,b,c,d", help="sections to run, e.g. a,b,c")
     parser.add_argument("--c-variants", default="", help=f"run these (c) variants instead of (c), in order: {','.join(C_VARIANTS)}")
-    parser.add_argument("--c-timed-frames", type=int, default=16, help="timed frames per (c) variant (after one warm-up group)")
+    parser.add_argument("--c-timed-frames", type=int, default=16, help="timed frames per (c) variant and repeat (after one warm-up group)")
+    parser.add_argument("--repeats", type=int, default=3, help="measurements of (a), (b), (c) and each (c) variant, same process, same models")
     args = parser.parse_args()
     args.device = "cpu" if args.tiny else "cuda"
     args.steps, args.refiner_steps = (2, 1) if args.tiny else (30, 10)
@@ -333,8 +369,10 @@ def main():
         save()
     a, b, c = (results.get(k, {}) for k in ("a_reference", "b_ours_refiner", "c_ours_base_only"))
     if "seconds_per_frame" in a and "seconds_per_frame" in b:
-        results["speedup_b_over_a"] = round(a["seconds_per_frame"] / b["seconds_per_frame"], 2)
-        results["speedup_b_over_a_wall"] = round(a["seconds_per_frame"] / b["wall_seconds_per_frame"], 2)
+        for key, b_key in (("speedup_b_over_a", "repeats"), ("speedup_b_over_a_wall", "wall_repeats")):
+            ratios = [ra / rb for ra, rb in zip(a["repeats"], b[b_key])]   # repeat i of (a) against repeat i of (b)
+            results[key] = round(statistics.median(ratios), 2)
+            results[key + "_range"] = [round(min(ratios), 2), round(max(ratios), 2)]
     d = results.get("d_low_memory", {})
     measured = {k: v for k, v in results.get("c_variants", {}).items() if "seconds_per_frame" in v}
     if measured:
@@ -346,10 +384,11 @@ def main():
         d_at_most_15_gib=max((v.get("peak_reserved_gib") or 99) for v in d.values()) <= 15 if d and all("peak_reserved_gib" in v for v in d.values()) else None)
     results["total_s"] = round(elapsed(), 1)
     save()
-    print(json.dumps({k: results[k] for k in ("card", "speedup_b_over_a", "acceptance", "total_s") if k in results}, indent=1))
+    print(json.dumps({k: results[k] for k in ("card", "speedup_b_over_a", "speedup_b_over_a_range", "acceptance", "total_s") if k in results}, indent=1))
     for name in ("a_reference", "b_ours_refiner", "c_ours_base_only"):
         r = results.get(name, {})
-        print(f"{name:18s} {r.get('seconds_per_frame', '-')!s:>7} s/frame  {r.get('frames_per_gpu_hour', '-')!s:>6} frames/h  wall {r.get('wall_seconds_per_frame', '-')}")
+        print(f"{name:18s} {r.get('seconds_per_frame', '-')!s:>7} s/frame {r.get('range', '')}  {r.get('frames_per_gpu_hour', '-')!s:>6} frames/h  "
+              f"wall {r.get('wall_seconds_per_frame', '-')} {r.get('wall_range', '')}")
     print("d_low_memory", json.dumps(results.get("d_low_memory")))
     for name, r in results.get("c_variants", {}).items():
         print(f"c/{name:14s} {r.get('seconds_per_frame', r.get('skipped', r.get('error', '-')))!s:>7} s/frame  "

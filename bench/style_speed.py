@@ -6,14 +6,19 @@ The reference's amount of work is 400 updates x 2 accumulated micro-steps at 768
     gradient), bf16 weights, gradient checkpointing, the VAE encodes the style image on every micro-step, the trained
     row lives inside the bf16 embedding matrix, the loss is read back every micro-step. Too slow to run in full: we time
     `--ref-micro-steps` micro-steps after `--ref-warmup` warm-up ones and extrapolate to 800 (stated in the JSON).
-(b) ours, `dreamframe.style.train_embedding` with the defaults: the full 400 updates (800 micro-steps), end to end
-    (token set-up, latent cache, checkpoints, loss plot included), after a 5-update warm-up run.
+(b) ours, the engine `dreamframe.style_fast.train_embedding_fast` with the default `StyleSpeed` (fused accumulation,
+    CUDA graph, channels-last): the full 400 updates (800 micro-steps), end to end (token set-up, latent cache,
+    checkpoints, loss plot included), after a 5-update warm-up run.
 (c) ours in the low-memory setting (gradient checkpointing, one micro-step per pass): peak memory over `--lowmem-steps`.
+(l) opt-in (`--variants ...,l`): the same measurement as (b) through the lesson's plain loop,
+    `dreamframe.style.train_embedding` (two eager passes per update, no graph, no channels-last switch), `--lesson-steps`
+    updates (default: all of them) after the same kind of warm-up run.
 
 Weights are random (`models.sdxl_from_configs`): the cost of a step does not depend on their values.
-Usage: python bench/style_speed.py [--tiny] [--out bench/results/style_speed.json]
+Usage: python bench/style_speed.py [--tiny] [--variants c,e,b,p,a,k,l] [--out bench/results/style_speed.json]
 """
 import argparse
+import dataclasses
 import datetime
 import json
 import platform
@@ -31,7 +36,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from dreamframe import models  # noqa: E402
-from dreamframe.style import StyleConfig, _pixels, encode_prompts, tokenize_prompts, train_embedding  # noqa: E402
+from dreamframe.style import StyleConfig, encode_prompts, tokenize_prompts, train_embedding  # noqa: E402
+from dreamframe.style_fast import StyleSpeed, train_embedding_fast  # noqa: E402
 
 
 def sync(device):
@@ -54,13 +60,19 @@ def style_images(n, resolution, seed=0):
     return [Image.fromarray(rng.integers(0, 256, (resolution, resolution, 3), dtype=np.uint8)) for _ in range(n)]
 
 
-def ours(pipe, images, cfg, log):
-    "Time one `train_embedding` run end to end; return seconds and peak memory."
+def pixels_of(images):
+    "Images as a [-1, 1] float tensor [n, 3, h, w], as the VAE reads them."
+    return torch.from_numpy(np.stack([np.asarray(im.convert("RGB")) for im in images])).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def ours(pipe, images, cfg, log, speed=StyleSpeed(), lesson=False):
+    "Time one training run end to end (the engine with `speed`, or the lesson's plain loop); return seconds and peak memory."
     device = pipe.unet.device
     with tempfile.TemporaryDirectory() as folder:
         reset_peak(device)
         start = time.perf_counter()
-        train_embedding(cfg, pipe, images, folder, init_word="style")
+        if lesson: train_embedding(cfg, pipe, images, folder, init_word="style", progress=False)
+        else: train_embedding_fast(cfg, speed, pipe, images, folder, init_word="style", progress=False)
         sync(device)
         seconds = time.perf_counter() - start
         loss = json.loads((Path(folder) / "loss.json").read_text())["loss"]
@@ -87,7 +99,7 @@ def reference(pipe, images, resolution, n_warmup, n_timed, log):
     optimizer = torch.optim.AdamW(tables, lr=1e-3)
     from diffusers import DDPMScheduler
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    pixels = _pixels(images)
+    pixels = pixels_of(images)
     time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], device=device, dtype=dtype)
     rng = np.random.default_rng(0)
     generator = torch.Generator(device).manual_seed(0)
@@ -159,6 +171,7 @@ def main(argv=None):
     parser.add_argument("--ref-warmup", type=int, default=3)
     parser.add_argument("--ref-micro-steps", type=int, default=12)
     parser.add_argument("--lowmem-steps", type=int, default=4)
+    parser.add_argument("--lesson-steps", type=int, default=None, help="updates of variant (l), the lesson's plain loop (default: --steps)")
     parser.add_argument("--variants", default="c,e,b,p,a,k")
     parser.add_argument("--compile-if-under-s", type=float, default=170)
     args = parser.parse_args(argv)
@@ -175,7 +188,8 @@ def main(argv=None):
         log(f"built full-size random SDXL in {time.perf_counter() - start:.1f} s")
         steps = args.steps
     images = style_images(16, resolution)
-    base = dict(resolution=resolution, batch_size=1, grad_accum=2, checkpoint_every=100, log_every=25, dtype="bfloat16" if device.type == "cuda" else "float32")
+    base = dict(resolution=resolution, batch_size=1, grad_accum=2, dtype="bfloat16" if device.type == "cuda" else "float32")
+    fast = StyleSpeed(checkpoint_every=100, log_every=25)  # the defaults, spelled out
     result = {
         "what": "stage-2 textual inversion, reference amount of work: 400 updates x 2 micro-steps at 768^2, batch 1",
         "card": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
@@ -186,7 +200,7 @@ def main(argv=None):
     import importlib.util
     if importlib.util.find_spec("matplotlib") is None:  # the device image has no matplotlib: skip only the loss plot
         import dreamframe.style
-        dreamframe.style._loss_plot = lambda losses, path: None
+        dreamframe.style.plot_loss = lambda losses, path: None
         result["note"] = "matplotlib missing on this machine: the loss.png step was skipped (timed runs exclude it)"
     variants = args.variants.split(",")
     out = Path(args.out); out.parent.mkdir(parents=True, exist_ok=True)
@@ -199,10 +213,11 @@ def main(argv=None):
                 continue
             log("(k) ours with torch.compile(unet) instead of a CUDA graph (only run when (b) missed 60 s)")
             try:
-                warm = StyleConfig(token="<bench-compile-warm>", steps=2, compile_unet=True, **base)
-                compile_seconds = ours(pipe, images, warm, log)[0]
-                cfg = StyleConfig(token="<bench-compile>", steps=40, compile_unet=True, **base)
-                seconds, allocated, reserved, _ = ours(pipe, images, cfg, log)
+                compiled = dataclasses.replace(fast, compile_unet=True)
+                warm = StyleConfig(token="<bench-compile-warm>", steps=2, **base)
+                compile_seconds = ours(pipe, images, warm, log, compiled)[0]
+                cfg = StyleConfig(token="<bench-compile>", steps=40, **base)
+                seconds, allocated, reserved, _ = ours(pipe, images, cfg, log, compiled)
             except Exception as error:
                 result["compile_error"] = f"{type(error).__name__}: {str(error)[:300]}"; log(result["compile_error"])
                 continue
@@ -213,9 +228,9 @@ def main(argv=None):
                 "peak_allocated_gib": allocated, "peak_reserved_gib": reserved}
         elif name == "c":
             log("(c) ours, low-memory setting")
-            cfg = StyleConfig(token="<bench-lowmem>", steps=min(args.lowmem_steps, steps), fuse_accumulation=False,
-                              gradient_checkpointing=True, **base)
-            seconds, allocated, reserved, _ = ours(pipe, images, cfg, log)
+            cfg = StyleConfig(token="<bench-lowmem>", steps=min(args.lowmem_steps, steps), **base)
+            low_memory = dataclasses.replace(fast, fuse_accumulation=False, gradient_checkpointing=True)
+            seconds, allocated, reserved, _ = ours(pipe, images, cfg, log, low_memory)
             result["variants"]["c_ours_low_memory"] = {
                 "settings": "gradient checkpointing, unfused accumulation (2 passes of batch 1), bf16 frozen parts, latent cache",
                 "updates_run": cfg.steps, "seconds": round(seconds, 2), "s_per_micro_step": round(seconds / (2 * cfg.steps), 4),
@@ -227,13 +242,13 @@ def main(argv=None):
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 if device.type == "cuda": torch.cuda.set_sync_debug_mode("warn")
-                ours(pipe, images, warm, log)
+                ours(pipe, images, warm, log, fast)
                 if device.type == "cuda": torch.cuda.set_sync_debug_mode(0)
             syncs = [f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message).lower()]
             cfg = StyleConfig(token="<bench-style>", steps=steps, **base)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                seconds, allocated, reserved, loss = ours(pipe, images, cfg, log)
+                seconds, allocated, reserved, loss = ours(pipe, images, cfg, log, fast)
             graph_failures = [str(w.message)[:300] for w in caught if "CUDA graph" in str(w.message)]
             if graph_failures: log("  " + graph_failures[0])
             result["variants"]["b_ours"] = {
@@ -241,7 +256,7 @@ def main(argv=None):
                             "SDPA, channels-last, cached latents, no gradient checkpointing, loss read every 25 updates",
                 "updates_run": steps, "micro_steps_run": 2 * steps, "seconds": round(seconds, 2),
                 "s_per_micro_step": round(seconds / (2 * steps), 4), "peak_allocated_gib": allocated, "peak_reserved_gib": reserved,
-                "cuda_graph": cfg.cuda_graph and not graph_failures, "cuda_graph_failure": graph_failures[:1],
+                "cuda_graph": fast.cuda_graph and device.type == "cuda" and not graph_failures, "cuda_graph_failure": graph_failures[:1],
                 "host_syncs_in_5_update_warmup_run": len(syncs), "host_sync_sites": sorted(set(syncs))[:12],
                 "loss_first_last": [round(loss[0], 4), round(loss[-1], 4)],
                 "note": "end to end: token set-up, VAE latent caching of 16 images (x2 flips), 400 updates, checkpoints, loss plot"}
@@ -249,12 +264,26 @@ def main(argv=None):
             log("(e) the CUDA-graph update computes what the eager update computes: 3 updates each, same seed")
             rows = {}
             for graphed in (False, True):
-                cfg = StyleConfig(token=f"<bench-eq-{int(graphed)}>", steps=3, cuda_graph=graphed, **base)
+                cfg = StyleConfig(token=f"<bench-eq-{int(graphed)}>", steps=3, **base)
                 with tempfile.TemporaryDirectory() as folder:
-                    rows[graphed] = train_embedding(cfg, pipe, images, folder, init_word="style")
+                    rows[graphed] = train_embedding_fast(cfg, dataclasses.replace(fast, cuda_graph=graphed), pipe, images, folder,
+                                                         init_word="style", progress=False)
             diff = {k: float((rows[True][k] - rows[False][k]).abs().max()) for k in rows[True]}
             log(f"  max |graph - eager| after 3 updates: {diff}")
             result["graph_vs_eager_max_abs_diff_after_3_updates"] = diff
+        elif name == "l":
+            lesson_steps = min(args.lesson_steps or steps, steps)
+            log(f"(l) the lesson's plain loop (style.train_embedding), {lesson_steps} updates after a 5-update warm-up run")
+            ours(pipe, images, StyleConfig(token="<bench-lesson-warmup>", steps=5, **base), log, lesson=True)
+            cfg = StyleConfig(token="<bench-lesson>", steps=lesson_steps, **base)
+            seconds, allocated, reserved, loss = ours(pipe, images, cfg, log, lesson=True)
+            result["variants"]["l_lesson_plain_loop"] = {
+                "settings": "as (b) through dreamframe.style.train_embedding: grad_accum eager passes of batch 1 per update, "
+                            "no fused pass, no CUDA graph, no channels-last switch (the pipeline's own layout)",
+                "updates_run": lesson_steps, "micro_steps_run": 2 * lesson_steps, "seconds": round(seconds / lesson_steps * steps, 2),
+                "seconds_run": round(seconds, 2), "extrapolated": None if lesson_steps == steps else f"seconds = run scaled to {steps} updates",
+                "s_per_micro_step": round(seconds / (2 * lesson_steps), 4), "peak_allocated_gib": allocated, "peak_reserved_gib": reserved,
+                "loss_first_last": [round(loss[0], 4), round(loss[-1], 4)]}
         elif name == "p":
             log("(p) where ours spends its time: UNet forward / forward+backward into the text embeddings, batch 2")
             result["unet_breakdown_batch2"] = breakdown(pipe, resolution, log)

@@ -6,10 +6,10 @@ Docs: https://dreamframe.github.io/dreamframe/cli.html.md"""
 
 # %% auto #0
 __all__ = ['ALIASES', 'STAGE_HELP', 'COMMANDS', 'FUNCTIONS', 'WRITERS', 'CREATORS', 'flag_name', 'add_settings', 'given_settings',
-           'UsageError', 'Parser', 'command_parser', 'run_command', 'status_command', 'function_command', 'one_line',
-           'main']
+           'UsageError', 'Parser', 'command_parser', 'run_command', 'view_command', 'status_command',
+           'function_command', 'one_line', 'main']
 
-# %% ../nbs/10a_cli.ipynb #9d062ea6
+# %% ../nbs/10a_cli.ipynb #70d792e0
 import argparse
 import contextlib
 import importlib
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .config import setting_fields
 
-# %% ../nbs/10a_cli.ipynb #9f07f1b2
+# %% ../nbs/10a_cli.ipynb #592859a4
 ALIASES = {"--base-url": ("llm", "base_url")}  # the few second names of a setting
 
 def _parts(annotation) -> tuple[list, bool]:
@@ -84,7 +84,7 @@ def given_settings(args: argparse.Namespace, sets: list[str] = ()) -> dict[str, 
         given.setdefault(section, {})[name] = _converter(str | None)(text)
     return given
 
-# %% ../nbs/10a_cli.ipynb #2469bbe8
+# %% ../nbs/10a_cli.ipynb #3c1d6e31
 STAGE_HELP = {
     "story": "stage 1: write the three-level plot with an LLM",
     "style": "stage 2: learn the style embedding on both SDXL encoders",
@@ -131,6 +131,7 @@ def run_command(command: str, argv: list[str]) -> int:
     "`dreamframe run|demo|STAGE RUN [options]`."
     from dreamframe.pipeline import STAGE_SECTIONS, STAGES, demo_outputs, run_pipeline, status
     args = command_parser(command).parse_args(argv)
+    if command == "view": return view_command(args)
     stages = [command] if command in STAGE_SECTIONS else [s.strip() for s in args.only.split(",")] if args.only else list(STAGES)
     preset = "demo" if command == "demo" else getattr(args, "preset", None)
     run_pipeline(args.run_dir, stages=stages, given=given_settings(args, args.set), preset=preset, redo=args.redo,
@@ -141,6 +142,16 @@ def run_command(command: str, argv: list[str]) -> int:
         print("The pictures come from an untrained stand-in model (random weights, 64 px), so they are noise-like; the story,\n"
               "QA, dataset, video, viewer and metrics are the real thing. Real pictures: `dreamframe run RUN --theme \"...\"\n"
               "--model stabilityai/stable-diffusion-xl-base-1.0 --llm-model NAME [--base-url URL]`.")
+    return 0
+
+def view_command(args: argparse.Namespace) -> int:
+    "`dreamframe view RUN [options]`: write the HTML player; read-only for the run (no lock, nothing saved)."
+    from dreamframe.pipeline import run_settings
+    from dreamframe.viewer import frames_to_html
+    cfg = run_settings(args.run_dir, ["view"], given_settings(args, args.set))["view"]
+    out = Path(cfg.html) if cfg.html else args.run_dir / "view.html"
+    frames_to_html(args.run_dir, out, compare=cfg.against, thumb_size=cfg.thumb_size, image_size=cfg.image_size, embed=not cfg.link)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB); open it in a browser")
     return 0
 
 def status_command(argv: list[str]) -> int:
@@ -167,7 +178,7 @@ def function_command(target: str, prog: str, argv: list[str]) -> int:
     function(**args)
     return 0
 
-# %% ../nbs/10a_cli.ipynb #caba8359
+# %% ../nbs/10a_cli.ipynb #84f18c4f
 COMMANDS = {  # subcommand: one-line help
     "demo": "run the whole pipeline offline on a tiny stand-in model (the `demo` preset)",
     "run": "run every unfinished stage of one movie",

@@ -10,7 +10,7 @@ __all__ = ['STAGES', 'SECTIONS', 'STAGE_SECTIONS', 'MODEL_IDENTITY', 'DEMO_THEME
            'plan_stage', 'StaleWorkError', 'check_stale', 'make_llm', 'tiny_model_path', 'model_source', 'Models',
            'preflight', 'run_stage', 'pipeline_settings', 'run_pipeline', 'status', 'demo_outputs']
 
-# %% ../nbs/10_pipeline.ipynb #9425adcf
+# %% ../nbs/10_pipeline.ipynb #b580b721
 import asyncio
 import importlib
 import os
@@ -26,7 +26,7 @@ from .config import ConfigError, changed_settings, config_values, describe_chang
 from .run_folder import StagePlan, clean_partial_files, file_digest, read_manifest, record_stage, stage_records
 from .schema import FormatError, Movie
 
-# %% ../nbs/10_pipeline.ipynb #47efaa68
+# %% ../nbs/10_pipeline.ipynb #6977f59c
 STAGES = ("story", "style", "keyframes", "qa", "export", "view", "eval")
 
 SECTIONS = {  # RUN/config.json section: (settings class, flag prefix)
@@ -58,7 +58,7 @@ def section_class(section: str):
     if section not in SECTIONS: raise ConfigError(f"unknown settings section {section!r}; sections: {', '.join(SECTIONS)}")
     return resolve(SECTIONS[section][0])
 
-# %% ../nbs/10_pipeline.ipynb #5c164eb3
+# %% ../nbs/10_pipeline.ipynb #214c006b
 DEMO_THEME = "a lighthouse keeper finds a message in a bottle"
 PRESETS = {
     "demo": {  # everything offline in a minute: the scripted LLM, the tiny untrained SDXL, a 3 x 2 x 4 story
@@ -80,7 +80,7 @@ def run_settings(run_dir: str | Path, sections, given: dict[str, dict] | None = 
     layered = {s: {**PRESETS.get(preset, {}).get(s, {}), **given.get(s, {})} for s in sections}
     return {s: make_config(section_class(s), saved.get(s), layered[s]) for s in sections}
 
-# %% ../nbs/10_pipeline.ipynb #581231a9
+# %% ../nbs/10_pipeline.ipynb #a8f258c0
 STAGE_OUTPUTS = {"story": ("movie.json",), "style": ("style/embedding.safetensors",), "qa": ("qa.json",),
                  "export": ("export/llava.json", "export/qa.jsonl"), "view": ("view.html",), "eval": ("eval/metrics.json",)}
 DERIVED = ("export", "view", "eval")
@@ -106,8 +106,9 @@ def stage_inputs(stage: str, run_dir: Path) -> dict:
     if stage in DERIVED: return {"movie": file_digest(movie), "frames": file_digest(frames), "qa": file_digest(run_dir / "qa.json")}
     return {}
 
-# %% ../nbs/10_pipeline.ipynb #d78393a3
-def _outputs_exist(stage: str, run_dir: Path) -> bool:
+# %% ../nbs/10_pipeline.ipynb #54bbad22
+def _outputs_exist(stage: str, run_dir: Path, settings: dict) -> bool:
+    if stage == "view" and settings["view"].html: return Path(settings["view"].html).exists()
     return all((run_dir / name).exists() for name in STAGE_OUTPUTS.get(stage, ()))
 
 def plan_stage(stage: str, run_dir: str | Path, settings: dict) -> StagePlan:
@@ -121,10 +122,10 @@ def plan_stage(stage: str, run_dir: str | Path, settings: dict) -> StagePlan:
         if seconds and plan.total: plan.eta_s = sum(seconds) / len(seconds) * max(0, plan.total - plan.done)
         return plan
     record = stage_records(run_dir).get(stage)
-    if stage == "style" and not _outputs_exist(stage, run_dir):
+    if stage == "style" and not _outputs_exist(stage, run_dir, settings):
         steps = [int(p.stem.split("-")[-1]) for p in (run_dir / "style" / "checkpoints").glob("step-*.safetensors") if p.stem.split("-")[-1].isdigit()]
         return StagePlan(stage, "updates", settings["style"].steps if "style" in settings else None, max(steps, default=0))
-    if not _outputs_exist(stage, run_dir) or (record or {}).get("state") == "running":
+    if not _outputs_exist(stage, run_dir, settings) or (record or {}).get("state") == "running":
         return StagePlan(stage, "files", 1, 0)
     if record is None: return StagePlan(stage, "files", 1, 1, note="(brought by the user)")
     changes = {}
@@ -136,7 +137,7 @@ def plan_stage(stage: str, run_dir: str | Path, settings: dict) -> StagePlan:
     if inputs_changed: changes.update({"inputs": (record.get("inputs"), stage_inputs(stage, run_dir))})
     return StagePlan(stage, "files", 1, 1, stale={STAGE_OUTPUTS[stage][0]: changes} if changes else {})
 
-# %% ../nbs/10_pipeline.ipynb #93e7dcbd
+# %% ../nbs/10_pipeline.ipynb #15b1cdee
 class StaleWorkError(RuntimeError):
     "Finished work would be redone; the caller did not ask for it (`redo=True`, `--redo`)."
 
@@ -153,7 +154,7 @@ def check_stale(plans: list[StagePlan], run_dir: Path, redo: bool) -> None:
         parts.append(f"{plan.stage}: would redo {units}{where} made with other settings ({describe_changes(changes, 4)})")
     raise StaleWorkError(f"{run_dir}: " + "; ".join(parts) + ". Nothing was changed; add --redo to redo them")
 
-# %% ../nbs/10_pipeline.ipynb #297ac442
+# %% ../nbs/10_pipeline.ipynb #e3c07ffa
 TINY_MODEL_DIR = "_tiny_model"
 
 def make_llm(cfg, run_dir: str | Path, gate=None):
@@ -218,7 +219,7 @@ class Models:
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_available(): torch.cuda.empty_cache()
 
-# %% ../nbs/10_pipeline.ipynb #925a4a1d
+# %% ../nbs/10_pipeline.ipynb #890e3964
 def preflight(run_dir: Path, settings: dict, stages: list[str], llm=None) -> None:
     "Check the folder, the models, the device and the LLM that `stages` will use; raise at the first problem."
     probe = run_dir / f".write-check-{os.getpid()}.tmp"
@@ -239,7 +240,7 @@ def preflight(run_dir: Path, settings: dict, stages: list[str], llm=None) -> Non
     if llm is not None and {"story", "qa"} & set(stages) and callable(getattr(llm, "check", None)):
         resolve("dreamframe.llm:run_sync")(llm.check())
 
-# %% ../nbs/10_pipeline.ipynb #c97765b1
+# %% ../nbs/10_pipeline.ipynb #24f0a99b
 def run_stage(stage: str, run_dir: Path, settings: dict, resources: dict, redo: bool, progress: bool):
     "Run one stage with its settings; `resources` holds `llm` and `models` (made on first use)."
     if stage == "story":
@@ -265,7 +266,7 @@ def run_stage(stage: str, run_dir: Path, settings: dict, resources: dict, redo: 
                                                            dtype=str(models.torch_dtype()).removeprefix("torch."), progress=progress)
     raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
 
-# %% ../nbs/10_pipeline.ipynb #afb10e8a
+# %% ../nbs/10_pipeline.ipynb #23c4a9f6
 def _sections(stages) -> list[str]:
     return list(dict.fromkeys(s for stage in stages for s in STAGE_SECTIONS[stage]))
 
@@ -327,7 +328,7 @@ def run_pipeline(run_dir: str | Path, *,
         log(f"{stage}: done in {time.perf_counter() - started:.1f}s")
     return outcome
 
-# %% ../nbs/10_pipeline.ipynb #c813c6d2
+# %% ../nbs/10_pipeline.ipynb #5c55ad22
 def status(run_dir: str | Path) -> str:
     "One line per stage: done, stale or left, with counts (e.g. `keyframes  done   24/24 frames`)."
     run_dir = Path(run_dir)
@@ -340,7 +341,7 @@ def status(run_dir: str | Path) -> str:
         except (FormatError, ConfigError) as error: rows.append(f"  {stage:<10} ?      {error}")
     return "\n".join(rows)
 
-# %% ../nbs/10_pipeline.ipynb #1c97cfb9
+# %% ../nbs/10_pipeline.ipynb #268463cd
 def demo_outputs(run_dir: str | Path) -> dict[str, Path]:
     "Where the demo's results are in `run_dir`."
     run_dir = Path(run_dir)

@@ -8,7 +8,7 @@ Docs: https://dreamframe.github.io/dreamframe/run_many.html.md"""
 __all__ = ['read_themes', 'movie_folders', 'RunManyConfig', 'movie_line', 'run_movie', 'run_local', 'RayGate', 'run_ray',
            'summary', 'run_many_command']
 
-# %% ../nbs/10b_run_many.ipynb #51034a4c
+# %% ../nbs/10b_run_many.ipynb #e7cc153f
 import asyncio
 import os
 import time
@@ -21,7 +21,7 @@ from pydantic import Field
 from .config import make_config, settings
 from .schema import slugify
 
-# %% ../nbs/10b_run_many.ipynb #a2a253bf
+# %% ../nbs/10b_run_many.ipynb #1485adc9
 def read_themes(path: str | Path) -> list[str]:
     "Themes from a text file: one per line, blank lines and `#` comments skipped."
     path = Path(path)
@@ -37,7 +37,7 @@ def movie_folders(themes: list[str], out_dir: str | Path) -> dict[str, Path]:
     if repeated: raise ValueError(f"themes that give the same run folder name {repeated}: make them differ")
     return {theme: Path(out_dir) / slug for theme, slug in zip(themes, slugs)}
 
-# %% ../nbs/10b_run_many.ipynb #9c0e5142
+# %% ../nbs/10b_run_many.ipynb #a9e7032c
 @settings
 class RunManyConfig:
     "How `dreamframe run-many` spreads its movies."
@@ -48,7 +48,7 @@ class RunManyConfig:
     max_retries: int = Field(3, ge=0)  # ray: times a movie whose worker died is run again (it resumes)
     refresh_s: float = Field(10.0, gt=0)  # seconds between progress lines while movies run
 
-# %% ../nbs/10b_run_many.ipynb #2d6ec2b9
+# %% ../nbs/10b_run_many.ipynb #a23a8ebe
 def movie_line(run_dir: Path) -> str:
     "`name  stage  done/total unit  ETA` for the first unfinished stage of a run folder."
     from dreamframe.pipeline import STAGES, pipeline_settings, plan_stage
@@ -63,29 +63,30 @@ def movie_line(run_dir: Path) -> str:
     except Exception as error:  # a folder not yet started or broken: say so, don't stop the others
         return f"{run_dir.name:<40} {'not started' if not (run_dir / 'config.json').exists() else ' '.join(str(error).split())[:80]}"
 
-# %% ../nbs/10b_run_many.ipynb #0f85d4cb
-def run_movie(run_dir: Path, theme: str, given: dict, preset: str | None, redo: bool, progress: bool, llm_gate=None) -> str:
+# %% ../nbs/10b_run_many.ipynb #d031e748
+def run_movie(run_dir: Path, theme: str, given: dict, preset: str | None, redo: bool, progress: bool, llm_gate=None,
+              stages=None) -> str:
     "Run one movie's pipeline in `run_dir`; returns 'complete' or raises."
-    from dreamframe.pipeline import run_pipeline
+    from dreamframe.pipeline import STAGES, run_pipeline
     given = {**given, "story": {**given.get("story", {}), "theme": theme}}
-    run_pipeline(run_dir, given=given, preset=preset, redo=redo, progress=progress, llm_gate=llm_gate)
+    run_pipeline(run_dir, stages=stages or STAGES, given=given, preset=preset, redo=redo, progress=progress, llm_gate=llm_gate)
     return "complete"
 
 def _failure(error: BaseException) -> str:
     cause = getattr(error, "cause", None) or error   # a Ray task error carries the movie's own exception
     return f"FAILED: {type(cause).__name__}: {' '.join(str(cause).split())[:300]}"
 
-def run_local(folders: dict[str, Path], given: dict, preset, redo: bool, progress: bool) -> dict[str, str]:
+def run_local(folders: dict[str, Path], given: dict, preset, redo: bool, progress: bool, stages=None) -> dict[str, str]:
     "Every movie here, one after another."
     results = {}
     for theme, run_dir in folders.items():
         print(f"=== {theme!r} -> {run_dir}", flush=True)
-        try: results[run_dir.name] = run_movie(run_dir, theme, given, preset, redo, progress)
+        try: results[run_dir.name] = run_movie(run_dir, theme, given, preset, redo, progress, stages=stages)
         except Exception as error:  # one broken movie must not stop the others
             results[run_dir.name] = _failure(error)
     return results
 
-# %% ../nbs/10b_run_many.ipynb #07de8d50
+# %% ../nbs/10b_run_many.ipynb #e4954ff9
 class RayGate:
     "An async context manager that takes a slot of a Ray semaphore actor for one LLM request."
     def __init__(self, actor): self.actor = actor
@@ -101,7 +102,7 @@ def _semaphore_actor(limit: int):
         async def release(self): self.slots.release()
     return Semaphore.remote(limit)
 
-def run_ray(folders: dict[str, Path], given: dict, preset, redo: bool, cfg: RunManyConfig) -> dict[str, str]:
+def run_ray(folders: dict[str, Path], given: dict, preset, redo: bool, cfg: RunManyConfig, stages=None) -> dict[str, str]:
     "Every movie as a Ray task (embedded Ray, or the cluster at `cfg.address`)."
     import ray
     if not ray.is_initialized():
@@ -110,7 +111,7 @@ def run_ray(folders: dict[str, Path], given: dict, preset, redo: bool, cfg: RunM
     gpus = cfg.gpus_per_movie if cfg.gpus_per_movie is not None else (1 if ray.cluster_resources().get("GPU") else 0)
     gate = RayGate(_semaphore_actor(cfg.total_llm_concurrency))
     task = ray.remote(num_gpus=gpus, max_retries=cfg.max_retries)(run_movie)
-    pending = {task.remote(run_dir.resolve(), theme, given, preset, redo, False, gate): run_dir for theme, run_dir in folders.items()}
+    pending = {task.remote(run_dir.resolve(), theme, given, preset, redo, False, gate, stages): run_dir for theme, run_dir in folders.items()}
     results, refs = {}, list(pending)
     while refs:
         ready, refs = ray.wait(refs, num_returns=1, timeout=cfg.refresh_s)
@@ -126,7 +127,7 @@ def summary(results: dict[str, str], out_dir: Path) -> str:
     rows = [f"{len(results) - failed} of {len(results)} movies complete in {out_dir}"]
     return "\n".join(rows + [f"  {name:<40} {result}" for name, result in results.items()])
 
-# %% ../nbs/10b_run_many.ipynb #e4f6ddca
+# %% ../nbs/10b_run_many.ipynb #d135257f
 def run_many_command(argv: list[str]) -> int:
     "`dreamframe run-many THEMES.txt OUT/ [options]`."
     from dreamframe.cli import Parser, _common, add_settings, given_settings
@@ -135,13 +136,15 @@ def run_many_command(argv: list[str]) -> int:
     parser.add_argument("themes", type=Path, help="text file, one theme per line")
     parser.add_argument("out_dir", type=Path, metavar="OUT", help="folder that gets one run folder per theme")
     parser.add_argument("--preset", choices=list(PRESETS), help="named settings applied under the flags")
+    parser.add_argument("--only", help=f"comma-separated stages (default all: {','.join(STAGES)})")
     _common(parser)
     add_settings(parser, ["run_many", *_sections(STAGES)])
     args = parser.parse_args(argv)
     given = given_settings(args, args.set)
     cfg = make_config(RunManyConfig, None, given.pop("run_many", {}))
     folders = movie_folders(read_themes(args.themes), args.out_dir)
-    if cfg.executor == "ray": results = run_ray(folders, given, args.preset, args.redo, cfg)
-    else: results = run_local(folders, given, args.preset, args.redo, not args.quiet)
+    stages = [s.strip() for s in args.only.split(",")] if args.only else None
+    if cfg.executor == "ray": results = run_ray(folders, given, args.preset, args.redo, cfg, stages)
+    else: results = run_local(folders, given, args.preset, args.redo, not args.quiet, stages)
     print("\n" + summary(results, args.out_dir))
     return 1 if any(not r.startswith("complete") for r in results.values()) else 0

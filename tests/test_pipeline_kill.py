@@ -14,18 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from dreamframe.llm import LocalLLMServer
+from dreamframe.testing import LocalLLMServer
 
 THEME = "a lighthouse keeper finds a message in a bottle"
-SMALL = ["--model", "tiny", "--substories", "2", "--shots", "2", "--frames", "3", "--size", "64", "--steps", "2",
-         "--style-steps", "6", "--style-images", "2", "--quiet",
-         "--set", "style.checkpoint_every=1", "--set", "style.image_steps=2", "--set", "keyframes.batch_size=1",
-         "--set", "keyframes.negative_prompt=blurry", "--set", "qa.llm_items=2", "--set", "eval.lpips_size=64"]
+SMALL = ["--preset", "demo", "--substories", "2", "--shots", "2", "--frames", "3", "--style-steps", "6",
+         "--style-checkpoint-every", "1", "--style-image-steps", "2", "--batch-size", "1", "--negative-prompt", "blurry",
+         "--qa-llm-items", "2", "--eval-lpips-size", "64", "--quiet"]
 
 # Files whose bytes legitimately differ between two runs, and why. Everything else must be byte-identical.
 NOT_COMPARED_AS_BYTES = {
     "frames/manifest.jsonl": "per-frame `seconds` is a wall-clock timing (compared on the other fields)",
     "config.json": "compared as JSON, minus the LLM server's base_url (a new port each run)",
+    "pipeline.json": "records when each stage finished (compared without the times)",
     "eval/metrics.json": "records the absolute run folder path (compared as JSON without `run_dir`)",
     "style/checkpoints/*.safetensors": "safetensors writes its metadata map in hash order, which varies between "
                                        "processes (compared as tensors + metadata)",
@@ -39,8 +39,8 @@ MANIFEST_VARYING = {"seconds", "model"}
 
 
 def _command(run_dir: Path, base_url: str) -> list[str]:
-    return [str(Path(sys.executable).with_name("dreamframe")), "run", str(run_dir), "--theme", THEME,
-            "--llm-model", "local-test", "--base-url", base_url, *SMALL]
+    return [str(Path(sys.executable).with_name("dreamframe")), "run", str(run_dir), "--theme", THEME, *SMALL,
+            "--llm-model", "local-test", "--base-url", base_url]
 
 
 def _env() -> dict:
@@ -115,6 +115,11 @@ def _metrics(path: Path) -> dict:
     return metrics
 
 
+def _records(path: Path) -> dict:
+    stages = json.loads(path.read_text())["stages"]
+    return {stage: {k: v for k, v in record.items() if k != "at"} for stage, record in stages.items()}
+
+
 def _config(path: Path) -> dict:
     config = json.loads(path.read_text())
     for stage in config.values():
@@ -154,6 +159,7 @@ def test_killed_and_restarted_run_equals_uninterrupted(tmp_path):
         if any(name.startswith(prefix) for prefix in NOT_COMPARED_PREFIXES): continue
         if name == "frames/manifest.jsonl": same = _manifest(path) == _manifest(got[name])
         elif name == "config.json": same = _config(path) == _config(got[name])
+        elif name == "pipeline.json": same = _records(path) == _records(got[name])
         elif name == "eval/metrics.json": same = _metrics(path) == _metrics(got[name])
         elif name.startswith("style/checkpoints/"): same = _same_safetensors(path, got[name])
         else: same = path.read_bytes() == got[name].read_bytes()
