@@ -6,10 +6,10 @@ Docs: https://dreamframe.github.io/dreamframe/cli.html.md"""
 
 # %% auto #0
 __all__ = ['ALIASES', 'STAGE_HELP', 'COMMANDS', 'FUNCTIONS', 'WRITERS', 'CREATORS', 'flag_name', 'add_settings', 'given_settings',
-           'UsageError', 'Parser', 'command_parser', 'run_command', 'view_command', 'status_command',
+           'UsageError', 'Parser', 'command_parser', 'quiet_libraries', 'run_command', 'view_command', 'status_command',
            'function_command', 'one_line', 'main']
 
-# %% ../nbs/10a_cli.ipynb #70d792e0
+# %% ../nbs/10a_cli.ipynb #4cc28812
 import argparse
 import contextlib
 import importlib
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .config import setting_fields
 
-# %% ../nbs/10a_cli.ipynb #592859a4
+# %% ../nbs/10a_cli.ipynb #4a268fec
 ALIASES = {"--base-url": ("llm", "base_url")}  # the few second names of a setting
 
 def _parts(annotation) -> tuple[list, bool]:
@@ -84,7 +84,7 @@ def given_settings(args: argparse.Namespace, sets: list[str] = ()) -> dict[str, 
         given.setdefault(section, {})[name] = _converter(str | None)(text)
     return given
 
-# %% ../nbs/10a_cli.ipynb #3c1d6e31
+# %% ../nbs/10a_cli.ipynb #26f4ad09
 STAGE_HELP = {
     "story": "stage 1: write the three-level plot with an LLM",
     "style": "stage 2: learn the style embedding on both SDXL encoders",
@@ -127,9 +127,19 @@ def command_parser(command: str) -> Parser:
     add_settings(parser, sections)
     return parser
 
+def quiet_libraries() -> None:
+    "No progress bars or warnings from the libraries underneath (`--quiet`)."
+    import os
+    os.environ.update(TQDM_DISABLE="1", HF_HUB_DISABLE_PROGRESS_BARS="1", DIFFUSERS_VERBOSITY="error")
+    for name in ("huggingface_hub.utils", "diffusers.utils.logging", "transformers.utils.logging"):
+        module = importlib.import_module(name)
+        getattr(module, "disable_progress_bars", None) and module.disable_progress_bars()
+        getattr(module, "disable_progress_bar", None) and module.disable_progress_bar()
+
 def run_command(command: str, argv: list[str]) -> int:
     "`dreamframe run|demo|STAGE RUN [options]`."
     from dreamframe.pipeline import STAGE_SECTIONS, STAGES, demo_outputs, run_pipeline, status
+    if "--quiet" in argv: quiet_libraries()
     args = command_parser(command).parse_args(argv)
     if command == "view": return view_command(args)
     stages = [command] if command in STAGE_SECTIONS else [s.strip() for s in args.only.split(",")] if args.only else list(STAGES)
@@ -178,7 +188,7 @@ def function_command(target: str, prog: str, argv: list[str]) -> int:
     function(**args)
     return 0
 
-# %% ../nbs/10a_cli.ipynb #84f18c4f
+# %% ../nbs/10a_cli.ipynb #581c75f6
 COMMANDS = {  # subcommand: one-line help
     "demo": "run the whole pipeline offline on a tiny stand-in model (the `demo` preset)",
     "run": "run every unfinished stage of one movie",
@@ -218,7 +228,9 @@ def _top_help() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `dreamframe` console command."
+    import os
     from dreamframe.run_folder import run_lock
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # transformers' notes about torchvision are noise here
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"): print(_top_help()); return 0
     command, rest = argv[0], argv[1:]
@@ -244,3 +256,6 @@ def main(argv: list[str] | None = None) -> int:
         hint = "" if known else f" ({type(error).__name__}; run with --debug for the traceback)"
         print(f"{prog}: error: {one_line(error)}{hint}", file=sys.stderr)
         return 1
+
+# %% ../nbs/10a_cli.ipynb #ef9723b0
+if __name__ == "__main__": sys.exit(main())

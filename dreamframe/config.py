@@ -9,7 +9,7 @@ __all__ = ['CONFIG_FILE', 'ConfigError', 'settings', 'Setting', 'setting_fields'
            'load_run_config', 'save_run_config', 'save_stage_config', 'load_stage_config', 'changed_settings',
            'fingerprint', 'describe_changes']
 
-# %% ../nbs/00a_config.ipynb #b259d407
+# %% ../nbs/00a_config.ipynb #e763e55f
 import dataclasses
 import functools
 import hashlib
@@ -25,15 +25,17 @@ from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from .schema import FormatError, atomic_write_json, format_errors, read_json
 
-# %% ../nbs/00a_config.ipynb #e81fcec5
+# %% ../nbs/00a_config.ipynb #96ccaf83
 class ConfigError(ValueError):
     "A setting has a value its field does not allow (or a name no field has)."
 
 _SETTINGS = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
 
 def _help(cls) -> dict[str, str]:
-    "Each field's help: the comment beside its definition."
-    return {name: (doc.get("docment") or "") for name, doc in docments(cls, full=True).items() if name != "return"}
+    "Each field's help: the comment beside its definition (none when the source can't be read, e.g. a reloaded module)."
+    try: docs = docments(cls, full=True)
+    except (TypeError, OSError): return {}
+    return {name: (doc.get("docment") or "") for name, doc in docs.items() if name != "return"}
 
 def settings(cls):
     "Make `cls` a settings class: a validated pydantic dataclass whose errors are one readable `ConfigError`."
@@ -55,7 +57,7 @@ def _explain(cls, error: ValidationError) -> str:
         if helps.get(name): lines[i] += f" — {name}: {helps[name]}"
     return "\n".join(lines)
 
-# %% ../nbs/00a_config.ipynb #b01f5b90
+# %% ../nbs/00a_config.ipynb #5c4f3679
 @dataclass(frozen=True)
 class Setting:
     "One field of a settings class."
@@ -82,7 +84,7 @@ def make_config(cls, stored: dict | None = None, given: dict | None = None):
     values = {k: v for k, v in (stored or {}).items() if k in names}
     return cls(**{**values, **(given or {})})
 
-# %% ../nbs/00a_config.ipynb #a8a46fe6
+# %% ../nbs/00a_config.ipynb #ecb52c42
 CONFIG_FILE = "config.json"
 _SECRET_FIELD = re.compile(r"(api_?key|password|secret|auth)", re.I)
 
@@ -113,7 +115,7 @@ def load_stage_config(run_dir: str | Path, stage: str) -> dict | None:
     "The settings saved for `stage` in `RUN/config.json`, or None."
     return load_run_config(run_dir).get(stage)
 
-# %% ../nbs/00a_config.ipynb #7d97be58
+# %% ../nbs/00a_config.ipynb #abbf10d9
 def changed_settings(old: dict, new: dict) -> dict[str, tuple]:
     "The settings whose values differ between `old` and `new`, as `name: (old, new)`."
     return {name: (old.get(name), new.get(name)) for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name)}

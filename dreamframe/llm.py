@@ -8,7 +8,7 @@ Docs: https://dreamframe.github.io/dreamframe/llm.html.md"""
 __all__ = ['LLMConfig', 'strict_schema', 'LLMError', 'LLMAnswerError', 'LLMTransportError', 'LLMStats', 'LLM', 'request_key',
            'run_sync']
 
-# %% ../nbs/01_llm.ipynb #3e7ea7df
+# %% ../nbs/01_llm.ipynb #4648de05
 import asyncio, concurrent.futures, contextlib, copy, functools, hashlib, json, os, random, re, weakref
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,7 +24,7 @@ except ImportError: import httpx   # openai 1.x and 2.x
 from .config import settings
 from .schema import atomic_write_bytes
 
-# %% ../nbs/01_llm.ipynb #a38d9cf4
+# %% ../nbs/01_llm.ipynb #451caa51
 @settings
 class LLMConfig:
     "Which LLM to ask and how hard to try; saved with the run, so it never holds the API key."
@@ -42,7 +42,7 @@ class LLMConfig:
     retry_max_s: float = Field(60.0, ge=0)  # cap on any backoff and on a server's Retry-After
     max_answer_bytes: int = Field(8_000_000, ge=1024)  # a larger answer is refused (read in pieces, never held whole)
 
-# %% ../nbs/01_llm.ipynb #8807d929
+# %% ../nbs/01_llm.ipynb #268c0549
 _STRICT_REFUSED = {"minLength": "at least {} characters", "maxLength": "at most {} characters",  # told in the description
                    "uniqueItems": "items must be distinct", "minProperties": "at least {} properties", "maxProperties": "at most {} properties"}
 _STRICT_DROPPED = {"default", "discriminator", "examples", "patternProperties", "propertyNames", "unevaluatedProperties",
@@ -82,7 +82,7 @@ def _strict_schema(response_model: type[BaseModel]) -> dict:   # shared: never m
     schema = response_model.model_json_schema()
     return _strict(schema, schema.pop("$defs", {}), response_model.__name__)
 
-# %% ../nbs/01_llm.ipynb #2a7c213d
+# %% ../nbs/01_llm.ipynb #4cc2c4f7
 def _one_line(text: Any, limit: int = 300) -> str:
     "`text` on one line, at most `limit` characters."
     return line if len(line := " ".join(str(text).split())) <= limit else line[:limit - 1] + "…"
@@ -126,7 +126,7 @@ class LLMStats:
         return (f"{self.calls} calls: {self.sent} sent, {self.cache_hits} cached, {self.retries} retries, {self.repairs} repairs, {self.fallbacks} "
                 f"fallbacks, {self.failed} failed; faults: {', '.join(f'{k}={v}' for k, v in sorted(self.faults.items())) or 'none'}")
 
-# %% ../nbs/01_llm.ipynb #4ff6e9de
+# %% ../nbs/01_llm.ipynb #7b5287e4
 @functools.lru_cache(maxsize=8)
 def _tls_context(cafile: str | None, capath: str | None): return httpx.create_ssl_context()   # for these $SSL_CERT_FILE/DIR, made once
 
@@ -171,7 +171,7 @@ class LLM:
         "Close the HTTP clients of the running event loop (optional; clients of finished loops are dropped)."
         for client in self._clients.pop(asyncio.get_running_loop(), []): await client.close()
 
-# %% ../nbs/01_llm.ipynb #97dd1049
+# %% ../nbs/01_llm.ipynb #ce7aa07b
 _SCHEMA_PROMPT = "Answer with one JSON object and nothing else. It must follow this JSON schema:\n"
 _MODES = ("json_schema", "json_object")   # what to ask for, best first
 
@@ -211,7 +211,7 @@ def _cache_write(self: LLM, request: dict, name: str, content: str) -> None:
     entry = {"key": (key := request_key(request)), "name": name, "request": request, "response": {"content": content}}
     atomic_write_bytes(self.cache_dir / f"{key}.json", json.dumps(entry, ensure_ascii=False).encode(), fsync=False)
 
-# %% ../nbs/01_llm.ipynb #1adce07d
+# %% ../nbs/01_llm.ipynb #1ce77ee3
 def _retry_after(response: Any) -> float | None:
     "Seconds the server asked us to wait (`retry-after-ms`, or `Retry-After` in seconds), if it said."
     for name, scale in (("retry-after-ms", 1000), ("retry-after", 1)):
@@ -262,7 +262,7 @@ def _answer_text(completion: Any, request: dict) -> str:
     except ValueError: raise _Transient("not_json", f"the answer is not JSON: {content[:80]!r}") from None
     return content
 
-# %% ../nbs/01_llm.ipynb #33263cb3
+# %% ../nbs/01_llm.ipynb #08c33ef3
 @patch
 async def _send_with_retries(self: LLM, request: dict, name: str, read: Callable = _answer_text) -> Any:
     "`read(completion, request)` of the first usable answer to `request`, within `timeout_s` in all."
@@ -288,7 +288,7 @@ async def _send_with_retries(self: LLM, request: dict, name: str, read: Callable
     what = fault.detail if isinstance(fault, _Fatal) else f"no usable answer after {tries} tries; last fault {fault.kind}: {fault.detail}"
     raise LLMTransportError(name, f"{what}{self._where()}; {_FIXES.get(fault.kind, 'raise --llm-max-retries, or check the server')}", fault.kind)
 
-# %% ../nbs/01_llm.ipynb #488653b6
+# %% ../nbs/01_llm.ipynb #b95de841
 _REPAIR = "Your JSON answer has these problems:\n{}\nReply with the whole corrected JSON object only, keeping everything that was right."
 
 def _validate(content: str, response_model: type[BaseModel], check) -> tuple[Any, list[str]]:
@@ -334,7 +334,7 @@ async def ask(self: LLM, messages: list[dict], response_model: type[BaseModel], 
         self.stats.failed += 1
         raise
 
-# %% ../nbs/01_llm.ipynb #e12e4dee
+# %% ../nbs/01_llm.ipynb #2347482b
 @patch
 async def check(self: LLM) -> None:
     "Preflight: one tiny request, to learn now that the server, the model and the key work (else `LLMTransportError`)."

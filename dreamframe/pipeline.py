@@ -10,11 +10,12 @@ __all__ = ['STAGES', 'SECTIONS', 'STAGE_SECTIONS', 'MODEL_IDENTITY', 'DEMO_THEME
            'plan_stage', 'StaleWorkError', 'check_stale', 'make_llm', 'tiny_model_path', 'model_source', 'Models',
            'preflight', 'run_stage', 'pipeline_settings', 'run_pipeline', 'status', 'demo_outputs']
 
-# %% ../nbs/10_pipeline.ipynb #b580b721
-import asyncio
+# %% ../nbs/10_pipeline.ipynb #fccdd840
 import importlib
 import os
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from .config import ConfigError, changed_settings, config_values, describe_chang
 from .run_folder import StagePlan, clean_partial_files, file_digest, read_manifest, record_stage, stage_records
 from .schema import FormatError, Movie
 
-# %% ../nbs/10_pipeline.ipynb #6977f59c
+# %% ../nbs/10_pipeline.ipynb #34b190eb
 STAGES = ("story", "style", "keyframes", "qa", "export", "view", "eval")
 
 SECTIONS = {  # RUN/config.json section: (settings class, flag prefix)
@@ -58,7 +59,7 @@ def section_class(section: str):
     if section not in SECTIONS: raise ConfigError(f"unknown settings section {section!r}; sections: {', '.join(SECTIONS)}")
     return resolve(SECTIONS[section][0])
 
-# %% ../nbs/10_pipeline.ipynb #214c006b
+# %% ../nbs/10_pipeline.ipynb #b3273654
 DEMO_THEME = "a lighthouse keeper finds a message in a bottle"
 PRESETS = {
     "demo": {  # everything offline in a minute: the scripted LLM, the tiny untrained SDXL, a 3 x 2 x 4 story
@@ -80,7 +81,7 @@ def run_settings(run_dir: str | Path, sections, given: dict[str, dict] | None = 
     layered = {s: {**PRESETS.get(preset, {}).get(s, {}), **given.get(s, {})} for s in sections}
     return {s: make_config(section_class(s), saved.get(s), layered[s]) for s in sections}
 
-# %% ../nbs/10_pipeline.ipynb #a8f258c0
+# %% ../nbs/10_pipeline.ipynb #de7f0fde
 STAGE_OUTPUTS = {"story": ("movie.json",), "style": ("style/embedding.safetensors",), "qa": ("qa.json",),
                  "export": ("export/llava.json", "export/qa.jsonl"), "view": ("view.html",), "eval": ("eval/metrics.json",)}
 DERIVED = ("export", "view", "eval")
@@ -106,7 +107,7 @@ def stage_inputs(stage: str, run_dir: Path) -> dict:
     if stage in DERIVED: return {"movie": file_digest(movie), "frames": file_digest(frames), "qa": file_digest(run_dir / "qa.json")}
     return {}
 
-# %% ../nbs/10_pipeline.ipynb #54bbad22
+# %% ../nbs/10_pipeline.ipynb #13cd26d9
 def _outputs_exist(stage: str, run_dir: Path, settings: dict) -> bool:
     if stage == "view" and settings["view"].html: return Path(settings["view"].html).exists()
     return all((run_dir / name).exists() for name in STAGE_OUTPUTS.get(stage, ()))
@@ -137,7 +138,7 @@ def plan_stage(stage: str, run_dir: str | Path, settings: dict) -> StagePlan:
     if inputs_changed: changes.update({"inputs": (record.get("inputs"), stage_inputs(stage, run_dir))})
     return StagePlan(stage, "files", 1, 1, stale={STAGE_OUTPUTS[stage][0]: changes} if changes else {})
 
-# %% ../nbs/10_pipeline.ipynb #15b1cdee
+# %% ../nbs/10_pipeline.ipynb #8db54906
 class StaleWorkError(RuntimeError):
     "Finished work would be redone; the caller did not ask for it (`redo=True`, `--redo`)."
 
@@ -154,7 +155,7 @@ def check_stale(plans: list[StagePlan], run_dir: Path, redo: bool) -> None:
         parts.append(f"{plan.stage}: would redo {units}{where} made with other settings ({describe_changes(changes, 4)})")
     raise StaleWorkError(f"{run_dir}: " + "; ".join(parts) + ". Nothing was changed; add --redo to redo them")
 
-# %% ../nbs/10_pipeline.ipynb #e3c07ffa
+# %% ../nbs/10_pipeline.ipynb #185bcd33
 TINY_MODEL_DIR = "_tiny_model"
 
 def make_llm(cfg, run_dir: str | Path, gate=None):
@@ -200,7 +201,8 @@ class Models:
         import torch
         models = importlib.import_module("dreamframe.models")
         self.pipe = models.load_sdxl(model_source(self.cfg.model, self.run_dir), dtype=self.cfg.torch_dtype(getattr(torch, half)),
-                                     device=self.device(), vae=self.cfg.vae, variant=self.cfg.variant, low_memory=self.cfg.low_memory)
+                                     device=self.device(), vae=self.cfg.vae, variant=self.cfg.variant, low_memory=self.cfg.low_memory,
+                                     gpu_memory=self.cfg.gpu_memory)
         self.half = half
         return self.pipe
 
@@ -210,7 +212,7 @@ class Models:
         import torch
         return importlib.import_module("dreamframe.models").load_refiner(
             model_source(self.cfg.refiner, self.run_dir, "refiner"), self.base(), dtype=self.cfg.torch_dtype(torch.float16),
-            device=self.device(), variant=self.cfg.variant, low_memory=self.cfg.low_memory)
+            device=self.device(), variant=self.cfg.variant, low_memory=self.cfg.low_memory, gpu_memory=self.cfg.gpu_memory)
 
     def release(self):
         "Drop the loaded pipeline and free its memory."
@@ -219,7 +221,7 @@ class Models:
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_available(): torch.cuda.empty_cache()
 
-# %% ../nbs/10_pipeline.ipynb #890e3964
+# %% ../nbs/10_pipeline.ipynb #b577fef9
 def preflight(run_dir: Path, settings: dict, stages: list[str], llm=None) -> None:
     "Check the folder, the models, the device and the LLM that `stages` will use; raise at the first problem."
     probe = run_dir / f".write-check-{os.getpid()}.tmp"
@@ -240,7 +242,7 @@ def preflight(run_dir: Path, settings: dict, stages: list[str], llm=None) -> Non
     if llm is not None and {"story", "qa"} & set(stages) and callable(getattr(llm, "check", None)):
         resolve("dreamframe.llm:run_sync")(llm.check())
 
-# %% ../nbs/10_pipeline.ipynb #24f0a99b
+# %% ../nbs/10_pipeline.ipynb #aa2a4fac
 def run_stage(stage: str, run_dir: Path, settings: dict, resources: dict, redo: bool, progress: bool):
     "Run one stage with its settings; `resources` holds `llm` and `models` (made on first use)."
     if stage == "story":
@@ -266,17 +268,18 @@ def run_stage(stage: str, run_dir: Path, settings: dict, resources: dict, redo: 
                                                            dtype=str(models.torch_dtype()).removeprefix("torch."), progress=progress)
     raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
 
-# %% ../nbs/10_pipeline.ipynb #23c4a9f6
+# %% ../nbs/10_pipeline.ipynb #bc91c25f
 def _sections(stages) -> list[str]:
     return list(dict.fromkeys(s for stage in stages for s in STAGE_SECTIONS[stage]))
 
 def pipeline_settings(run_dir: Path, stages, given: dict | None = None, preset: str | None = None) -> tuple[dict, list[str]]:
-    "The settings `stages` need, and the stages left once a story the user brought (no story settings) is set aside."
+    "The settings `stages` need (and any section given), and the stages left once a story the user brought is set aside."
     stages, given = list(stages), given or {}
     brought = ("story" in stages and (run_dir / "movie.json").exists() and "story" not in load_run_config(run_dir)
                and "story" not in given and "story" not in PRESETS.get(preset, {}))
     if brought: stages.remove("story")
-    return run_settings(run_dir, _sections(stages), given, preset), stages
+    extra = [s for s in [*PRESETS.get(preset, {}), *given] if s != "story" or not brought]
+    return run_settings(run_dir, list(dict.fromkeys(_sections(stages) + extra)), given, preset), stages
 
 def run_pipeline(run_dir: str | Path, *,
                  stages=STAGES,                       # which stages to consider, run in pipeline order
@@ -311,8 +314,8 @@ def run_pipeline(run_dir: str | Path, *,
     save_run_config(run_dir, settings)
     models = []
     resources = {"llm": lambda: llm, "models": lambda: models[0] if models else models.append(Models(settings["models"], run_dir)) or models[0]}
-    outcome = {}
-    for stage in tqdm(stages, desc="dreamframe", unit="stage", disable=not progress):
+    outcome, bar = {}, tqdm(stages, desc="dreamframe", unit="stage", disable=not progress, leave=False)
+    for stage in bar:
         plan = plan_stage(stage, run_dir, settings)
         if plan.finished: outcome[stage] = "done"; continue
         check_stale([plan], run_dir, redo)   # an earlier stage of this command may have changed its inputs
@@ -321,27 +324,31 @@ def run_pipeline(run_dir: str | Path, *,
         started = time.perf_counter()
         record_stage(run_dir, stage, {"state": "running"})
         run_stage(stage, run_dir, settings, resources, redo, progress)
+        settings = run_settings(run_dir, list(settings))   # as the stage saved them (e.g. a token it chose)
         record_stage(run_dir, stage, {"state": "done", "settings": stage_values(stage, settings), "inputs": stage_inputs(stage, run_dir)})
         after = plan_stage(stage, run_dir, settings)
         if not after.finished: raise RuntimeError(f"stage {stage!r} returned but is not complete in {run_dir}:{after.line()}")
         outcome[stage] = "ran"
         log(f"{stage}: done in {time.perf_counter() - started:.1f}s")
+    bar.close()
     return outcome
 
-# %% ../nbs/10_pipeline.ipynb #5c55ad22
+# %% ../nbs/10_pipeline.ipynb #f0796b91
 def status(run_dir: str | Path) -> str:
     "One line per stage: done, stale or left, with counts (e.g. `keyframes  done   24/24 frames`)."
     run_dir = Path(run_dir)
     if not run_dir.is_dir(): return f"{run_dir}: no such run folder"
     rows = [f"run folder {run_dir}"]
-    settings, stages = pipeline_settings(run_dir, STAGES)
-    if "story" not in stages: rows.append(StagePlan("story", "files", 1, 1, note="(brought by the user)").line())
-    for stage in stages:
-        try: rows.append(plan_stage(stage, run_dir, settings).line())
-        except (FormatError, ConfigError) as error: rows.append(f"  {stage:<10} ?      {error}")
+    for stage in STAGES:
+        try:
+            settings, stages = pipeline_settings(run_dir, [stage])
+            plan = plan_stage(stage, run_dir, settings) if stages else StagePlan(stage, "files", 1, 1, note="(brought by the user)")
+            rows.append(plan.line())
+        except ConfigError: rows.append(StagePlan(stage, "files", None, note="(its settings are not saved yet)").line())
+        except FormatError as error: rows.append(f"  {stage:<10} ?      {' '.join(str(error).split())}")
     return "\n".join(rows)
 
-# %% ../nbs/10_pipeline.ipynb #268463cd
+# %% ../nbs/10_pipeline.ipynb #4727a7df
 def demo_outputs(run_dir: str | Path) -> dict[str, Path]:
     "Where the demo's results are in `run_dir`."
     run_dir = Path(run_dir)

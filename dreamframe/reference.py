@@ -7,7 +7,7 @@ Docs: https://dreamframe.github.io/dreamframe/reference.html.md"""
 # %% auto #0
 __all__ = ['read_reference', 'to_reference', 'import_reference_cli', 'import_reference']
 
-# %% ../nbs/02a_reference.ipynb #fad08c2b
+# %% ../nbs/02a_reference.ipynb #b6c002bd
 import re
 import sys
 from pathlib import Path
@@ -16,7 +16,7 @@ from .schema import (QA, Character, Frame, Line, Movie, Shot, StoryFormatError, 
                                name_pattern, read_json, slugify)
 from pydantic import ValidationError
 
-# %% ../nbs/02a_reference.ipynb #992f57dd
+# %% ../nbs/02a_reference.ipynb #720a0631
 _REF_KEYS = {"character", "img_diag", "QA", "overview"}
 _PREFIX = re.compile(r"^(.*?\bin ([\w-]+) style:\s*)")
 
@@ -89,7 +89,7 @@ def to_reference(movie: Movie) -> dict:
     return {"character": {c.name: c.look for c in movie.characters}, "img_diag": items,
             "QA": [{"Question": q.question, "Answer": q.answer} for q in movie.qa], "overview": movie.overview}
 
-# %% ../nbs/02a_reference.ipynb #76ae4b27
+# %% ../nbs/02a_reference.ipynb #446a6d65
 def import_reference_cli(argv: list[str]) -> int:
     "`dreamframe import-reference SRC RUN`: write RUN/movie.json from a DreamFrame reference story."
     import argparse
@@ -106,7 +106,7 @@ def import_reference_cli(argv: list[str]) -> int:
     print(f"wrote {path}: {len(movie.frames)} frames, {len(movie.lines)} lines, {len(movie.qa)} QA, style keyword {movie.style_keyword or '(none found)'!r}")
     return 0
 
-# %% ../nbs/02a_reference.ipynb #682eb812
+# %% ../nbs/02a_reference.ipynb #38048bbb
 def import_reference(src: str,               # reference story JSON (keys character, img_diag, QA, overview)
                      run: str,               # run folder to write movie.json into
                      id: str | None = None,  # movie id (default: from the file name)

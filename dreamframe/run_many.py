@@ -8,7 +8,7 @@ Docs: https://dreamframe.github.io/dreamframe/run_many.html.md"""
 __all__ = ['read_themes', 'movie_folders', 'RunManyConfig', 'movie_line', 'run_movie', 'run_local', 'RayGate', 'run_ray',
            'summary', 'run_many_command']
 
-# %% ../nbs/10b_run_many.ipynb #e7cc153f
+# %% ../nbs/10b_run_many.ipynb #4fe0549d
 import asyncio
 import os
 import time
@@ -21,7 +21,7 @@ from pydantic import Field
 from .config import make_config, settings
 from .schema import slugify
 
-# %% ../nbs/10b_run_many.ipynb #1485adc9
+# %% ../nbs/10b_run_many.ipynb #5a2af378
 def read_themes(path: str | Path) -> list[str]:
     "Themes from a text file: one per line, blank lines and `#` comments skipped."
     path = Path(path)
@@ -37,7 +37,7 @@ def movie_folders(themes: list[str], out_dir: str | Path) -> dict[str, Path]:
     if repeated: raise ValueError(f"themes that give the same run folder name {repeated}: make them differ")
     return {theme: Path(out_dir) / slug for theme, slug in zip(themes, slugs)}
 
-# %% ../nbs/10b_run_many.ipynb #a9e7032c
+# %% ../nbs/10b_run_many.ipynb #56775af0
 @settings
 class RunManyConfig:
     "How `dreamframe run-many` spreads its movies."
@@ -48,12 +48,12 @@ class RunManyConfig:
     max_retries: int = Field(3, ge=0)  # ray: times a movie whose worker died is run again (it resumes)
     refresh_s: float = Field(10.0, gt=0)  # seconds between progress lines while movies run
 
-# %% ../nbs/10b_run_many.ipynb #a23a8ebe
-def movie_line(run_dir: Path) -> str:
-    "`name  stage  done/total unit  ETA` for the first unfinished stage of a run folder."
+# %% ../nbs/10b_run_many.ipynb #a4fd7a35
+def movie_line(run_dir: Path, stages=None) -> str:
+    "`name  stage  done/total unit  ETA` for the first unfinished stage (of `stages`, default all) of a run folder."
     from dreamframe.pipeline import STAGES, pipeline_settings, plan_stage
     try:
-        settings, stages = pipeline_settings(run_dir, STAGES)
+        settings, stages = pipeline_settings(run_dir, [s for s in STAGES if s in (stages or STAGES)])
         for stage in stages:
             plan = plan_stage(stage, run_dir, settings)
             if not plan.finished:
@@ -63,7 +63,7 @@ def movie_line(run_dir: Path) -> str:
     except Exception as error:  # a folder not yet started or broken: say so, don't stop the others
         return f"{run_dir.name:<40} {'not started' if not (run_dir / 'config.json').exists() else ' '.join(str(error).split())[:80]}"
 
-# %% ../nbs/10b_run_many.ipynb #d031e748
+# %% ../nbs/10b_run_many.ipynb #af2fd82b
 def run_movie(run_dir: Path, theme: str, given: dict, preset: str | None, redo: bool, progress: bool, llm_gate=None,
               stages=None) -> str:
     "Run one movie's pipeline in `run_dir`; returns 'complete' or raises."
@@ -86,7 +86,7 @@ def run_local(folders: dict[str, Path], given: dict, preset, redo: bool, progres
             results[run_dir.name] = _failure(error)
     return results
 
-# %% ../nbs/10b_run_many.ipynb #e4954ff9
+# %% ../nbs/10b_run_many.ipynb #c8604691
 class RayGate:
     "An async context manager that takes a slot of a Ray semaphore actor for one LLM request."
     def __init__(self, actor): self.actor = actor
@@ -118,7 +118,7 @@ def run_ray(folders: dict[str, Path], given: dict, preset, redo: bool, cfg: RunM
         for ref in ready:
             try: results[pending[ref].name] = ray.get(ref)
             except Exception as error: results[pending[ref].name] = _failure(error)
-        if refs: print("\n".join(movie_line(pending[r]) for r in refs) + "\n", flush=True)
+        if refs: print("\n".join(movie_line(pending[r], stages) for r in refs) + "\n", flush=True)
     return {run_dir.name: results[run_dir.name] for run_dir in folders.values()}
 
 def summary(results: dict[str, str], out_dir: Path) -> str:
@@ -127,7 +127,7 @@ def summary(results: dict[str, str], out_dir: Path) -> str:
     rows = [f"{len(results) - failed} of {len(results)} movies complete in {out_dir}"]
     return "\n".join(rows + [f"  {name:<40} {result}" for name, result in results.items()])
 
-# %% ../nbs/10b_run_many.ipynb #d135257f
+# %% ../nbs/10b_run_many.ipynb #baf3ad67
 def run_many_command(argv: list[str]) -> int:
     "`dreamframe run-many THEMES.txt OUT/ [options]`."
     from dreamframe.cli import Parser, _common, add_settings, given_settings

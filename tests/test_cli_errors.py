@@ -87,19 +87,19 @@ def test_import_reference_of_a_png(tmp_path):
 def test_truncated_config_json(run_copy):
     path = run_copy / "config.json"
     path.write_text(path.read_text()[:40])
-    one_line_failure(dreamframe("run", run_copy), "config.json", "not valid JSON")
+    one_line_failure(dreamframe("run", run_copy, "--quiet"), "config.json", "not valid JSON")
 
 
 def test_truncated_qa_json(run_copy):
     path = run_copy / "qa.json"
     path.write_text(path.read_text()[:100])
     (run_copy / "export" / "llava.json").unlink()
-    one_line_failure(dreamframe("export", run_copy), "qa.json")
+    one_line_failure(dreamframe("export", run_copy, "--quiet"), "qa.json")
 
 
 def test_deeply_nested_movie_json(run_copy):
     (run_copy / "movie.json").write_text("[" * 100_000 + "]" * 100_000)
-    one_line_failure(dreamframe("keyframes", run_copy), "movie.json", "nested too deeply")
+    one_line_failure(dreamframe("keyframes", run_copy, "--quiet"), "movie.json", "nested too deeply")
 
 
 def test_wrong_shaped_manifest_line(run_copy):
@@ -107,12 +107,12 @@ def test_wrong_shaped_manifest_line(run_copy):
     lines = manifest.read_text().splitlines()
     lines[3] = json.dumps({"frame_id": "s01.t01.f04", "path": "/etc/passwd"})
     manifest.write_text("\n".join(lines) + "\n")
-    one_line_failure(dreamframe("keyframes", run_copy), "manifest.jsonl, line 4")
+    one_line_failure(dreamframe("keyframes", run_copy, "--quiet"), "manifest.jsonl, line 4")
 
 
 def test_qa_against_a_broken_llm(run_copy):
     (run_copy / "qa.json").unlink()
-    done = dreamframe("qa", run_copy, "--llm-model", "gpt-4o-mini", "--base-url", "http://127.0.0.1:9/v1")
+    done = dreamframe("qa", run_copy, "--llm-model", "gpt-4o-mini", "--base-url", "http://127.0.0.1:9/v1", "--quiet")
     one_line_failure(done, "http://127.0.0.1:9/v1")
 
 

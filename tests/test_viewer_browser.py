@@ -65,7 +65,12 @@ def test_cli_entry_point_writes_page(page):
     text = out.read_text()
     assert text.startswith("<!doctype html>") and text.count("data:image/jpeg") > 0
     assert "http://" not in text and "https://" not in text  # self-contained: nothing to fetch
-    assert json.loads((run / "config.json").read_text())["view"]["thumb_size"] == 48   # the flag is the ViewConfig field
+    # the flag is the ViewConfig field: thumbnails are 48 px; `dreamframe view` writes nothing into the run (it takes no lock)
+    import base64, io, re
+    from PIL import Image
+    sides = {max(Image.open(io.BytesIO(base64.b64decode(b64))).size) for b64 in re.findall(r"data:image/jpeg;base64,([A-Za-z0-9+/=]+)", text)}
+    assert 48 in sides, sides
+    assert not (run / "config.json").exists()
 
 
 def test_write_view_html_and_link(tmp_path):
