@@ -5,7 +5,7 @@ Full-size random-weight SDXL (bench/sdxl-configs), fp16, 1024², 30 steps (+10 r
 2. the low-memory mode (`dreamframe.low_memory.place_low_memory`, budget 15 GiB) with the process capped at 15 GiB by
    `torch.cuda.set_per_process_memory_fraction`: `low_memory_s_per_frame`, `peak_reserved_gib`, the tier chosen, and
    whether its frames are byte-identical to the normal mode's;
-3. style training in its low-memory setting (gradient checkpointing, one micro-step at a time) under the same cap:
+0. style training in its low-memory setting (gradient checkpointing, one micro-step at a time) under the same cap:
    `s_per_update` after warm-up and the peak.
 Each time is the median of `--frames` timed frames after one warm-up frame (range recorded). Writes
 results/low_memory.json (or `--out`). `--tiny` runs the same code on the tiny model on the CPU (no cap, a dry run).
@@ -90,20 +90,33 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cap", type=float, default=15.0, help="emulated card size, GiB")
     parser.add_argument("--frames", type=int, default=4, help="timed frames per measurement (after one warm-up frame)")
-    parser.add_argument("--style-updates", type=int, default=4)
+    parser.add_argument("--style-updates", type=int, default=6)
     parser.add_argument("--tiny", action="store_true", help="the tiny model on the CPU (a dry run of the code)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "low_memory.json"))
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp())
     SPEED = KeyframeSpeed()
+    # 0. style training first, on its own pipeline, under the cap (before any keyframe pipeline holds memory)
+    if args.tiny:
+        from dreamframe.testing import tiny_sdxl
+        RES_STYLE, style_pipe = 64, load_sdxl(tiny_sdxl(work / "tiny-style"))
+    else:
+        RES_STYLE = 768
+        torch.cuda.set_per_process_memory_fraction(args.cap * GIB / torch.cuda.get_device_properties(0).total_memory)
+        style_pipe = sdxl_from_configs(ROOT / "bench" / "sdxl-configs", dtype=torch.bfloat16)
+    reset()
+    style_result = style_update_seconds(style_pipe, work, args.style_updates)
+    print(json.dumps(style_result), flush=True)
+    del style_pipe; reset()
+    if torch.cuda.is_available(): torch.cuda.set_per_process_memory_fraction(1.0)
     if args.tiny:
         from dreamframe.testing import tiny_sdxl
         folder = tiny_sdxl(work / "tiny", refiner=True)
         base = load_sdxl(folder); refiner = load_refiner(folder / "refiner", base)
-        resolution, RES_STYLE, device = 64, 64, torch.device("cpu")
+        resolution, device = 64, torch.device("cpu")
     else:
         base, refiner = sdxl_from_configs(ROOT / "bench" / "sdxl-configs", refiner=True)
-        resolution, RES_STYLE, device = 1024, 768, torch.device("cuda")
+        resolution, device = 1024, torch.device("cuda")
     for p in (base, refiner): p.set_progress_bar_config(disable=True)
     cfg = KeyframeConfig(resolution=resolution, steps=30, batch_size=1, negative_prompt="blurry, low quality")
     with_refiner = dataclasses.replace(cfg, refiner_steps=10)
@@ -139,15 +152,8 @@ def main():
         "ratio": round(statistics.median(low_ref) / statistics.median(normal_ref), 3),
         "frames_identical_to_normal": low_ref_png == normal_ref_png, **ref_peak}
     print(json.dumps({k: result[k] for k in ("keyframes_base_only", "keyframes_base_refiner")}, indent=1), flush=True)
+    result["style_low_memory"] = style_result
 
-    # 3. style training, low-memory setting, under the same cap, on a fresh bf16 pipeline
-    del base, refiner
-    reset()
-    if args.tiny: pipe = load_sdxl(folder)
-    else: pipe = sdxl_from_configs(ROOT / "bench" / "sdxl-configs", dtype=torch.bfloat16)
-    reset()
-    result["style_low_memory"] = style_update_seconds(pipe, work, args.style_updates)
-    print(json.dumps(result["style_low_memory"]), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print("wrote", args.out)
