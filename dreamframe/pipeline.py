@@ -6,16 +6,12 @@ Docs: https://dreamframe.github.io/dreamframe/pipeline.html.md"""
 
 # %% auto #0
 __all__ = ['STAGES', 'SECTIONS', 'STAGE_SECTIONS', 'MODEL_IDENTITY', 'DEMO_THEME', 'PRESETS', 'STAGE_OUTPUTS', 'DERIVED',
-           'TINY_MODEL_DIR', 'resolve', 'section_class', 'run_settings', 'model_name', 'stage_values', 'stage_inputs',
-           'plan_stage', 'StaleWorkError', 'check_stale', 'make_llm', 'tiny_model_path', 'model_source', 'Models',
-           'preflight', 'run_stage', 'pipeline_settings', 'run_pipeline', 'status', 'demo_outputs']
+           'resolve', 'section_class', 'run_settings', 'model_name', 'stage_values', 'stage_inputs', 'plan_stage',
+           'StaleWorkError', 'check_stale', 'run_stage', 'describe_plan', 'pipeline_settings', 'run_pipeline', 'status',
+           'demo_outputs']
 
-# %% ../nbs/10_pipeline.ipynb #fccdd840
+# %% ../nbs/10_pipeline.ipynb #48b26f2c
 import importlib
-import os
-import shutil
-import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +19,13 @@ from typing import Any, Callable
 
 from tqdm.auto import tqdm
 
-from .config import ConfigError, changed_settings, config_values, describe_changes, load_run_config, make_config, save_run_config
+from .config import (ConfigError, changed_settings, config_values, describe_changes, fingerprint, load_run_config,
+                               make_config, save_run_config)
 from .run_folder import StagePlan, clean_partial_files, file_digest, read_manifest, record_stage, stage_records
+from .resources import Models, make_llm, preflight
 from .schema import FormatError, Movie
 
-# %% ../nbs/10_pipeline.ipynb #34b190eb
+# %% ../nbs/10_pipeline.ipynb #cebe19a9
 STAGES = ("story", "style", "keyframes", "qa", "export", "view", "eval")
 
 SECTIONS = {  # RUN/config.json section: (settings class, flag prefix)
@@ -59,7 +57,7 @@ def section_class(section: str):
     if section not in SECTIONS: raise ConfigError(f"unknown settings section {section!r}; sections: {', '.join(SECTIONS)}")
     return resolve(SECTIONS[section][0])
 
-# %% ../nbs/10_pipeline.ipynb #b3273654
+# %% ../nbs/10_pipeline.ipynb #9aaf3a41
 DEMO_THEME = "a lighthouse keeper finds a message in a bottle"
 PRESETS = {
     "demo": {  # everything offline in a minute: the scripted LLM, the tiny untrained SDXL, a 3 x 2 x 4 story
@@ -69,6 +67,13 @@ PRESETS = {
         "style": {"resolution": 64, "steps": 4, "n_images": 2, "image_steps": 4},
         "keyframes": {"resolution": 64, "steps": 2, "negative_prompt": "blurry, low quality, watermark, text"},
         "eval": {"tiny": True},
+    },
+    "colab": {  # one T4/L4 session (15-24 GB, a few hours): 54 keyframes at 768², base only, fp16-safe VAE, low memory
+        "story": {"substories": 3, "shots": 3, "frames": 6},
+        "models": {"vae": "madebyollin/sdxl-vae-fp16-fix", "dtype": "float16", "low_memory": True, "refiner": None},
+        "style": {"resolution": 512, "dtype": "float16"},   # a T4 has no bfloat16
+        "style_speed": {"gradient_checkpointing": True},
+        "keyframes": {"resolution": 768, "refiner_steps": 0, "batch_size": 1},
     },
 }
 
@@ -81,7 +86,7 @@ def run_settings(run_dir: str | Path, sections, given: dict[str, dict] | None = 
     layered = {s: {**PRESETS.get(preset, {}).get(s, {}), **given.get(s, {})} for s in sections}
     return {s: make_config(section_class(s), saved.get(s), layered[s]) for s in sections}
 
-# %% ../nbs/10_pipeline.ipynb #de7f0fde
+# %% ../nbs/10_pipeline.ipynb #a4a88df8
 STAGE_OUTPUTS = {"story": ("movie.json",), "style": ("style/embedding.safetensors",), "qa": ("qa.json",),
                  "export": ("export/llava.json", "export/qa.jsonl"), "view": ("view.html",), "eval": ("eval/metrics.json",)}
 DERIVED = ("export", "view", "eval")
@@ -104,10 +109,12 @@ def stage_inputs(stage: str, run_dir: Path) -> dict:
         loaded = Movie.load(run_dir)
         return {"style_text": [loaded.style_keyword, loaded.style_description]}
     if stage == "qa": return {"frames": [f.id for f in Movie.load(run_dir).frames]}
-    if stage in DERIVED: return {"movie": file_digest(movie), "frames": file_digest(frames), "qa": file_digest(run_dir / "qa.json")}
+    if stage in DERIVED:  # the frames as their manifest lines describe them, without their wall-clock timings
+        drawn = {i: {k: v for k, v in r.items() if k != "seconds"} for i, r in read_manifest(run_dir / "frames").items()} if frames.exists() else None
+        return {"movie": file_digest(movie), "frames": fingerprint(drawn), "qa": file_digest(run_dir / "qa.json")}
     return {}
 
-# %% ../nbs/10_pipeline.ipynb #13cd26d9
+# %% ../nbs/10_pipeline.ipynb #09d86671
 def _outputs_exist(stage: str, run_dir: Path, settings: dict) -> bool:
     if stage == "view" and settings["view"].html: return Path(settings["view"].html).exists()
     return all((run_dir / name).exists() for name in STAGE_OUTPUTS.get(stage, ()))
@@ -138,7 +145,7 @@ def plan_stage(stage: str, run_dir: str | Path, settings: dict) -> StagePlan:
     if inputs_changed: changes.update({"inputs": (record.get("inputs"), stage_inputs(stage, run_dir))})
     return StagePlan(stage, "files", 1, 1, stale={STAGE_OUTPUTS[stage][0]: changes} if changes else {})
 
-# %% ../nbs/10_pipeline.ipynb #8db54906
+# %% ../nbs/10_pipeline.ipynb #31bdd23a
 class StaleWorkError(RuntimeError):
     "Finished work would be redone; the caller did not ask for it (`redo=True`, `--redo`)."
 
@@ -155,94 +162,7 @@ def check_stale(plans: list[StagePlan], run_dir: Path, redo: bool) -> None:
         parts.append(f"{plan.stage}: would redo {units}{where} made with other settings ({describe_changes(changes, 4)})")
     raise StaleWorkError(f"{run_dir}: " + "; ".join(parts) + ". Nothing was changed; add --redo to redo them")
 
-# %% ../nbs/10_pipeline.ipynb #185bcd33
-TINY_MODEL_DIR = "_tiny_model"
-
-def make_llm(cfg, run_dir: str | Path, gate=None):
-    "The LLM client for `cfg` (an `LLMConfig`): `ScriptedLLM` for model 'scripted', else `LLM` caching in `RUN/llm`."
-    cache = Path(run_dir) / "llm"
-    if cfg.model == "scripted": return resolve("dreamframe.testing:ScriptedLLM")(cache_dir=cache, cfg=cfg)
-    return resolve("dreamframe.llm:LLM")(cfg, cache_dir=cache, gate=gate)
-
-def tiny_model_path(run_dir: str | Path) -> Path:
-    "Build (once) the tiny stand-in SDXL (with a refiner) in `RUN/_tiny_model` and return its folder."
-    path = Path(run_dir) / TINY_MODEL_DIR
-    if (path / "model_index.json").exists(): return path
-    staging = Path(tempfile.mkdtemp(dir=run_dir, prefix=f".{TINY_MODEL_DIR}.", suffix=".tmpdir"))
-    try:
-        resolve("dreamframe.testing:tiny_sdxl")(staging / "model", refiner=True)
-        if path.exists(): shutil.rmtree(path)
-        os.replace(staging / "model", path)
-    finally: shutil.rmtree(staging, ignore_errors=True)
-    return path
-
-def model_source(name: str | None, run_dir: Path, part: str = "") -> str | None:
-    "A model name as `load_sdxl` takes it: 'tiny' becomes the stand-in's folder (`part` 'refiner': its refiner)."
-    if name != "tiny": return name
-    return str(tiny_model_path(run_dir) / part) if part else str(tiny_model_path(run_dir))
-
-class Models:
-    "SDXL (and its refiner) for the `models` settings, loaded on first use."
-    def __init__(self, cfg, run_dir: Path):
-        self.cfg, self.run_dir, self.pipe, self.half = cfg, Path(run_dir), None, None
-
-    def device(self):
-        "The device, one GPU per process under `accelerate launch`."
-        device = self.cfg.torch_device()
-        if device.type == "cuda" and device.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            import torch
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return device
-
-    def base(self, half: str = "float16"):
-        "The base pipeline; `half` is the precision an 'auto' dtype means on a GPU."
-        if self.pipe is not None and self.half == half: return self.pipe
-        self.release()
-        import torch
-        models = importlib.import_module("dreamframe.models")
-        self.pipe = models.load_sdxl(model_source(self.cfg.model, self.run_dir), dtype=self.cfg.torch_dtype(getattr(torch, half)),
-                                     device=self.device(), vae=self.cfg.vae, variant=self.cfg.variant, low_memory=self.cfg.low_memory,
-                                     gpu_memory=self.cfg.gpu_memory)
-        self.half = half
-        return self.pipe
-
-    def refiner(self):
-        "The refiner, sharing the base's second encoder and VAE (None when the settings name none)."
-        if not self.cfg.refiner: return None
-        import torch
-        return importlib.import_module("dreamframe.models").load_refiner(
-            model_source(self.cfg.refiner, self.run_dir, "refiner"), self.base(), dtype=self.cfg.torch_dtype(torch.float16),
-            device=self.device(), variant=self.cfg.variant, low_memory=self.cfg.low_memory, gpu_memory=self.cfg.gpu_memory)
-
-    def release(self):
-        "Drop the loaded pipeline and free its memory."
-        self.pipe = None
-        import gc; gc.collect()
-        torch = sys.modules.get("torch")
-        if torch is not None and torch.cuda.is_available(): torch.cuda.empty_cache()
-
-# %% ../nbs/10_pipeline.ipynb #b577fef9
-def preflight(run_dir: Path, settings: dict, stages: list[str], llm=None) -> None:
-    "Check the folder, the models, the device and the LLM that `stages` will use; raise at the first problem."
-    probe = run_dir / f".write-check-{os.getpid()}.tmp"
-    try: probe.write_bytes(b"ok"); probe.unlink()
-    except OSError as error: raise OSError(error.errno, f"the run folder {run_dir} is not writable ({error.strerror})") from None
-    if {"style", "keyframes"} & set(stages) or ("eval" in stages and "models" in settings):
-        models, cfg = importlib.import_module("dreamframe.models"), settings["models"]
-        import torch
-        wanted = [("model", cfg.model, "model_index.json")] + ([("refiner", cfg.refiner, "model_index.json")] if cfg.refiner else [])
-        if {"style", "keyframes"} & set(stages):
-            for what, name, marker in wanted:
-                if name != "tiny": models.check_source(name, f"--{what}", marker)
-            if cfg.vae: models.check_source(cfg.vae, "--vae", "config.json")
-        device = cfg.torch_device()
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"--device {cfg.device}: CUDA is not available on this machine; use --device cpu (or auto)")
-        torch.zeros(1, device=device, dtype=cfg.torch_dtype())
-    if llm is not None and {"story", "qa"} & set(stages) and callable(getattr(llm, "check", None)):
-        resolve("dreamframe.llm:run_sync")(llm.check())
-
-# %% ../nbs/10_pipeline.ipynb #aa2a4fac
+# %% ../nbs/10_pipeline.ipynb #8ec5a55b
 def run_stage(stage: str, run_dir: Path, settings: dict, resources: dict, redo: bool, progress: bool):
     "Run one stage with its settings; `resources` holds `llm` and `models` (made on first use)."
     if stage == "story":
@@ -268,7 +188,18 @@ def run_stage(stage: str, run_dir: Path, settings: dict, resources: dict, redo: 
                                                            dtype=str(models.torch_dtype()).removeprefix("torch."), progress=progress)
     raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
 
-# %% ../nbs/10_pipeline.ipynb #bc91c25f
+# %% ../nbs/10_pipeline.ipynb #3f3a2ff9
+def describe_plan(settings: dict, preset: str) -> str:
+    "One line saying what a run with `preset` will make and how."
+    story, frames, models = settings.get("story"), settings.get("keyframes"), settings.get("models")
+    parts = [f"preset {preset}:"]
+    if story: parts.append(f"{story.substories} x {story.shots} x {story.frames} = {story.substories * story.shots * story.frames} keyframes")
+    if frames: parts.append(f"at {frames.resolution}px, {frames.steps} steps" + (f" + {frames.refiner_steps} refiner" if frames.refiner_steps else ", base only"))
+    if models: parts.append(f"{models.model} ({models.dtype}{', ' + models.vae if models.vae else ''}{', low memory' if models.low_memory else ''})")
+    if "style" in settings: parts.append(f"style: {settings['style'].steps} updates at {settings['style'].resolution}px")
+    return " ".join(parts[:1]) + " " + "; ".join(parts[1:])
+
+# %% ../nbs/10_pipeline.ipynb #e6616f17
 def _sections(stages) -> list[str]:
     return list(dict.fromkeys(s for stage in stages for s in STAGE_SECTIONS[stage]))
 
@@ -309,6 +240,7 @@ def run_pipeline(run_dir: str | Path, *,
     if not work:
         log(f"{run_dir}: {', '.join(stages)}: everything is done with the run's settings; nothing to do")
         return {s: "done" for s in stages}
+    if preset: log(describe_plan(settings, preset))
     llm = make_llm(settings["llm"], run_dir, llm_gate) if "llm" in settings and {"story", "qa"} & set(work) else None
     preflight(run_dir, settings, work, llm)
     save_run_config(run_dir, settings)
@@ -333,7 +265,7 @@ def run_pipeline(run_dir: str | Path, *,
     bar.close()
     return outcome
 
-# %% ../nbs/10_pipeline.ipynb #f0796b91
+# %% ../nbs/10_pipeline.ipynb #6b3fc996
 def status(run_dir: str | Path) -> str:
     "One line per stage: done, stale or left, with counts (e.g. `keyframes  done   24/24 frames`)."
     run_dir = Path(run_dir)
@@ -348,7 +280,7 @@ def status(run_dir: str | Path) -> str:
         except FormatError as error: rows.append(f"  {stage:<10} ?      {' '.join(str(error).split())}")
     return "\n".join(rows)
 
-# %% ../nbs/10_pipeline.ipynb #4727a7df
+# %% ../nbs/10_pipeline.ipynb #2692c2a5
 def demo_outputs(run_dir: str | Path) -> dict[str, Path]:
     "Where the demo's results are in `run_dir`."
     run_dir = Path(run_dir)

@@ -8,7 +8,7 @@ Docs: https://dreamframe.github.io/dreamframe/viewer.html.md"""
 __all__ = ['FrameView', 'run_frames', 'image_bytes', 'data_uri', 'FramePlayer', 'frames_to_html', 'ViewConfig', 'write_view',
            'plot_shot_grid', 'plot_loss_curve']
 
-# %% ../nbs/08_viewer.ipynb #4056d667
+# %% ../nbs/08_viewer.ipynb #40c1f69d
 import base64
 import html
 import io
@@ -28,7 +28,7 @@ from .schema import FormatError, Movie, atomic_write_text, read_json
 from .config import save_stage_config, settings
 from .run_folder import read_manifest
 
-# %% ../nbs/08_viewer.ipynb #984672b0
+# %% ../nbs/08_viewer.ipynb #1b507139
 @dataclass
 class FrameView:
     "One rendered frame and the text shown with it."
@@ -49,7 +49,7 @@ def _frame_file(run_dir: Path, line: dict) -> Path | None:
     if not path.resolve().is_relative_to(run_dir.resolve()): raise FormatError(f"{path} leads outside the run folder {run_dir}")
     return path
 
-# %% ../nbs/08_viewer.ipynb #9d0cf285
+# %% ../nbs/08_viewer.ipynb #b7aef0ba
 def run_frames(run_dir: str | Path) -> list[FrameView]:
     "The finished frames of a run folder (a manifest line and an image each), in story order."
     run_dir = Path(run_dir)
@@ -73,7 +73,7 @@ def run_frames(run_dir: str | Path) -> list[FrameView]:
     if not views: raise FileNotFoundError(f"no finished frames in {run_dir / 'frames'}; run `dreamframe keyframes {run_dir}` first")
     return views
 
-# %% ../nbs/08_viewer.ipynb #6d214e35
+# %% ../nbs/08_viewer.ipynb #a1baa980
 def image_bytes(path: str | Path, size: int, fmt: str = "JPEG") -> bytes:
     "The image at `path` shrunk to fit `size`×`size` (never enlarged), encoded as JPEG or PNG."
     img = Image.open(path).convert("RGB")
@@ -86,7 +86,7 @@ def data_uri(path: str | Path, size: int, fmt: str = "JPEG") -> str:
     "A `data:` URI of the shrunk image, for self-contained HTML."
     return f"data:image/{fmt.lower()};base64," + base64.b64encode(image_bytes(path, size, fmt)).decode()
 
-# %% ../nbs/08_viewer.ipynb #ff524cff
+# %% ../nbs/08_viewer.ipynb #4547d41d
 def _caption_html(view: FrameView) -> str:
     head = f"<b>{html.escape(view.frame_id)}</b>"
     if view.shot_title: head += f" · {html.escape(view.substory_title)} › {html.escape(view.shot_title)}"
@@ -102,7 +102,7 @@ def _jump_options(views: list[FrameView]) -> list[tuple[str, int]]:
         options.append((f"{v.shot_id} · {v.substory_title} › {v.shot_title}" if v.shot_title else v.shot_id, i))
     return options
 
-# %% ../nbs/08_viewer.ipynb #1fc7ea23
+# %% ../nbs/08_viewer.ipynb #5f7c5116
 class FramePlayer:
     "An ipywidgets player for the frames of a run folder, optionally side by side with a second run."
     def __init__(self, run_dir: str | Path, compare: str | Path | None = None,
@@ -138,7 +138,7 @@ class FramePlayer:
 
     def _repr_mimebundle_(self, **kwargs): return self.widget._repr_mimebundle_(**kwargs)
 
-# %% ../nbs/08_viewer.ipynb #6726e41f
+# %% ../nbs/08_viewer.ipynb #04cd4589
 @patch
 def _image(self: FramePlayer, view: FrameView | None, size: int) -> widgets.Widget:
     if view is None: return widgets.HTML(f"<div style='width:{size}px;text-align:center'>(not rendered)</div>")
@@ -181,7 +181,7 @@ def show(self: FramePlayer, frame_id: str) -> "FramePlayer":
     self.slider.value = ids.index(frame_id)
     return self
 
-# %% ../nbs/08_viewer.ipynb #1744cd63
+# %% ../nbs/08_viewer.ipynb #257ef0ad
 _HEAD = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>__TITLE__</title>
 <style>
@@ -204,7 +204,7 @@ _BODY = """<h1 id="title"></h1><p id="overview"></p>
 <script type="application/json" id="data">__DATA__</script>
 """
 
-# %% ../nbs/08_viewer.ipynb #7d53a50d
+# %% ../nbs/08_viewer.ipynb #1adfd94e
 _SCRIPT = """<script>
 const D = JSON.parse(document.getElementById("data").textContent), F = D.frames;
 const $ = id => document.getElementById(id), el = (tag, props) => Object.assign(document.createElement(tag), props || {});
@@ -247,7 +247,7 @@ document.body.dataset.ready = String(F.length);
 """
 _PAGE = _HEAD + _BODY + _SCRIPT
 
-# %% ../nbs/08_viewer.ipynb #ae725a97
+# %% ../nbs/08_viewer.ipynb #5d1a967d
 def _src(path: Path | None, size: int, embed: bool, out_dir: Path) -> str:
     if path is None: return ""
     if embed: return data_uri(path, size)
@@ -283,7 +283,7 @@ def frames_to_html(run_dir: str | Path, out_path: str | Path | None = None, comp
     if out_path: atomic_write_text(out_path, page)
     return page
 
-# %% ../nbs/08_viewer.ipynb #e9a3075d
+# %% ../nbs/08_viewer.ipynb #63c4427c
 @settings
 class ViewConfig:
     "Settings of the HTML viewer (`dreamframe view`): saved in `RUN/config.json` under `view`; flags without a prefix."
@@ -301,7 +301,7 @@ def write_view(cfg: ViewConfig, run_dir: str | Path) -> Path:
     save_stage_config(run_dir, "view", cfg)
     return out
 
-# %% ../nbs/08_viewer.ipynb #f0b3a8a4
+# %% ../nbs/08_viewer.ipynb #73957c1e
 def plot_shot_grid(run_dir: str | Path, shot_id: str, ncols: int = 4, size: float = 2.4, wrap: int = 34):
     "The rendered frames of shot `shot_id` as a grid, each titled with its frame number and prompt."
     import textwrap
@@ -317,16 +317,17 @@ def plot_shot_grid(run_dir: str | Path, shot_id: str, ncols: int = 4, size: floa
     fig.tight_layout()
     return fig
 
-# %% ../nbs/08_viewer.ipynb #776f1957
+# %% ../nbs/08_viewer.ipynb #2668df05
 def plot_loss_curve(run_dir: str | Path, smoothing: float = 0.9):
-    "The style-training loss from `RUN/style/loss.json` (a list of {step, loss}), raw and smoothed."
+    "The style-training loss from `RUN/style/loss.json` (`{token, loss: [one value per update]}`), raw and smoothed."
     path = Path(run_dir) / "style" / "loss.json"
     if not path.exists():
         raise FileNotFoundError(f"no style loss history at {path}: the style stage writes it while training (`dreamframe style {run_dir}`)")
     history = read_json(path)
     if isinstance(history, dict): history = history.get("history", history.get("loss", []))
+    if history and all(isinstance(h, (int, float)) for h in history): history = [{"step": i + 1, "loss": h} for i, h in enumerate(history)]
     if not history or not all(isinstance(h, dict) and {"step", "loss"} <= set(h) for h in history):
-        raise ValueError(f"{path}: expected a non-empty list of {{\"step\": int, \"loss\": float}}, got {str(history)[:80]}")
+        raise ValueError(f"{path}: expected a non-empty list of losses (one per update), got {str(history)[:80]}")
     steps, losses = [h["step"] for h in history], [h["loss"] for h in history]
     smooth, avg = [], losses[0]
     for loss in losses:

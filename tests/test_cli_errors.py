@@ -45,16 +45,16 @@ def run_copy(demo_run, tmp_path) -> Path:
 
 def test_ctrl_c_says_how_to_resume(tmp_path):
     run_dir = tmp_path / "run"
-    process = subprocess.Popen([*DREAMFRAME, "demo", str(run_dir), "--quiet"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    small = ["--substories", "2", "--shots", "1", "--frames", "2", "--quiet"]
+    process = subprocess.Popen([*DREAMFRAME, "demo", str(run_dir), *small], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for _ in range(600):
         if (run_dir / "movie.json").exists(): break
-        time.sleep(0.05)
-    time.sleep(0.5)
-    process.send_signal(signal.SIGINT)
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)   # the story is written; style training starts next
     _out, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
     assert err.strip().splitlines() == ["dreamframe demo: interrupted; run the same command again to resume"]
-    assert dreamframe("demo", run_dir, "--quiet").returncode == 0
+    assert dreamframe("demo", run_dir, *small).returncode == 0
 
 
 def test_disk_full_names_the_folder_and_the_bytes(tmp_path, monkeypatch, capsys):

@@ -18,6 +18,7 @@ from dreamframe.config import setting_fields
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
 DREAMFRAME = [sys.executable, "-m", "dreamframe.cli"]
+SMALL = ["--substories", "2", "--shots", "1", "--frames", "2", "--style-steps", "2", "--quiet"]  # a 4-frame demo
 
 
 def dreamframe(*args, cwd=None, timeout=600):
@@ -103,16 +104,16 @@ def test_truncated_png_is_redone_byte_identical(run_copy):
 
 def test_second_command_on_a_busy_folder_exits_at_once(demo_run, tmp_path):
     first_dir, lone_dir = tmp_path / "together", tmp_path / "alone"
-    first = subprocess.Popen([*DREAMFRAME, "demo", str(first_dir), "--quiet"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen([*DREAMFRAME, "demo", str(first_dir), *SMALL], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for _ in range(200):
         if (first_dir / ".lock.json").exists(): break
         time.sleep(0.05)
     started = time.monotonic()
-    second = dreamframe("demo", first_dir, "--quiet")
+    second = dreamframe("demo", first_dir, *SMALL)
     assert time.monotonic() - started < 2.0
     assert second.returncode == 1 and "is in use by pid" in second.stderr and str(first.pid) in second.stderr
     assert first.wait(timeout=300) == 0
-    alone = dreamframe("demo", lone_dir, "--quiet")
+    alone = dreamframe("demo", lone_dir, *SMALL)
     assert alone.returncode == 0
     assert snapshot(first_dir) == snapshot(lone_dir)
     assert (first_dir / "export" / "llava.json").read_bytes() == (lone_dir / "export" / "llava.json").read_bytes()
@@ -120,13 +121,13 @@ def test_second_command_on_a_busy_folder_exits_at_once(demo_run, tmp_path):
 
 def test_a_killed_holder_does_not_block(tmp_path):
     run_dir = tmp_path / "run"
-    holder = subprocess.Popen([*DREAMFRAME, "demo", str(run_dir), "--quiet"], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    holder = subprocess.Popen([*DREAMFRAME, "demo", str(run_dir), *SMALL], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(200):
         if (run_dir / ".lock.json").exists(): break
         time.sleep(0.05)
     holder.send_signal(signal.SIGKILL); holder.wait()
     assert dreamframe("status", run_dir).returncode == 0
-    resumed = dreamframe("demo", run_dir, "--quiet")
+    resumed = dreamframe("demo", run_dir, *SMALL)
     assert resumed.returncode == 0, resumed.stderr
 
 

@@ -27,8 +27,8 @@ NOT_COMPARED_AS_BYTES = {
     "config.json": "compared as JSON, minus the LLM server's base_url (a new port each run)",
     "pipeline.json": "records when each stage finished (compared without the times)",
     "eval/metrics.json": "records the absolute run folder path (compared as JSON without `run_dir`)",
-    "style/checkpoints/*.safetensors": "safetensors writes its metadata map in hash order, which varies between "
-                                       "processes (compared as tensors + metadata)",
+    "style/checkpoints/*.safetensors, style/embedding.safetensors": "safetensors writes its metadata map in hash order, "
+                                       "which varies between processes (compared as tensors + metadata)",
 }
 NOT_COMPARED_PREFIXES = {
     "llm/": "the cache's request files hold the server URL and port (compared by file name = request hash)",
@@ -161,7 +161,7 @@ def test_killed_and_restarted_run_equals_uninterrupted(tmp_path):
         elif name == "config.json": same = _config(path) == _config(got[name])
         elif name == "pipeline.json": same = _records(path) == _records(got[name])
         elif name == "eval/metrics.json": same = _metrics(path) == _metrics(got[name])
-        elif name.startswith("style/checkpoints/"): same = _same_safetensors(path, got[name])
+        elif name.startswith("style/checkpoints/") or name == "style/embedding.safetensors": same = _same_safetensors(path, got[name])
         else: same = path.read_bytes() == got[name].read_bytes()
         if not same: differing.append(name)
     assert not differing, f"files differ between the killed-and-restarted run and the uninterrupted one: {differing}"

@@ -1,0 +1,43 @@
+"""The Colab tutorial runs: its parameter cell is swapped for the tiny stand-in SDXL and the offline LLM, and every
+cell runs except those flagged `gpu` (Colab secrets) and shell lines (`!pip`, `!dreamframe`, checked by test_docs).
+A cell that raises fails the test."""
+import os
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+from execnb.shell import CaptureShell
+
+ROOT = Path(__file__).resolve().parents[1]
+TUTORIAL = ROOT / "nbs" / "tutorials" / "colab_end_to_end.ipynb"
+
+
+def test_tutorial_runs_on_the_tiny_model(tmp_path, monkeypatch):
+    from dreamframe.testing import tiny_sdxl
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1"); monkeypatch.setenv("TQDM_DISABLE", "1")
+    tiny = tiny_sdxl(tmp_path / "tiny", refiner=True)
+    nb = nbformat.read(TUTORIAL, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    params = [c for c in code if c.source.lstrip().startswith("# parameters")]
+    assert len(params) == 1, "the tutorial must have exactly one cell starting with `# parameters`"
+    names = set(re.findall(r"(?m)^([A-Z_]+(?:, [A-Z_]+)*) =", params[0].source))
+    override = {
+        "THEME": "'a lighthouse keeper finds a message in a bottle'", "RUN": repr(str(tmp_path / "run")),
+        "SUBSTORIES, SHOTS, FRAMES": "2, 1, 2", "MODEL": repr(str(tiny)), "REFINER": repr(str(tiny / "refiner")),
+        "VAE": repr(str(tiny / "vae")), "LLM_MODEL, BASE_URL": "'scripted', None",
+        "SIZE, STEPS": "64, 2", "STYLE_SIZE, STYLE_STEPS, STYLE_IMAGES": "64, 2, 2", "LOW_MEMORY": "False", "EVAL_TINY": "True"}
+    assert names == set(override), f"the parameter cell sets {sorted(names)}; this test overrides {sorted(override)}"
+    params[0].source = "\n".join(f"{name} = {value}" for name, value in override.items())
+    shell = CaptureShell()
+    shell.run("import os; os.chdir(%r)" % str(tmp_path))
+    ran = 0
+    for number, cell in enumerate(nb.cells):
+        if cell.cell_type != "code": continue
+        lines = cell.source.splitlines()
+        if any(re.match(r"#\|\s*gpu\b", l) for l in lines) or any(l.lstrip().startswith("!") for l in lines): continue
+        shell.run(cell.source)
+        if shell.exc: pytest.fail(f"tutorial cell {number} failed:\n{cell.source}\n{type(shell.exc).__name__}: {shell.exc}")
+        ran += 1
+    assert ran >= 20
+    assert (tmp_path / "run" / "export" / "llava.json").exists() and (tmp_path / "run-refined" / "frames").is_dir()
