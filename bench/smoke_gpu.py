@@ -23,7 +23,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch
 import diffusers, transformers, huggingface_hub
-from dreamframe.models import load_sdxl, load_style, save_style_embedding, sdxl_from_configs
+from dreamframe.models import load_sdxl, sdxl_from_configs
+from dreamframe.embedding import load_style, save_style_embedding
 from dreamframe.testing import tiny_sdxl
 
 

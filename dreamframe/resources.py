@@ -7,7 +7,7 @@ Docs: https://dreamframe.github.io/dreamframe/resources.html.md"""
 # %% auto #0
 __all__ = ['TINY_MODEL_DIR', 'make_llm', 'tiny_model_path', 'model_source', 'Models', 'preflight']
 
-# %% ../nbs/03b_resources.ipynb #fdc90aa1
+# %% ../nbs/03b_resources.ipynb #2cab68db
 import gc
 import importlib
 import os
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .config import ConfigError
 
-# %% ../nbs/03b_resources.ipynb #3e6ab84e
+# %% ../nbs/03b_resources.ipynb #851e54c6
 TINY_MODEL_DIR = "_tiny_model"
 
 def _resolve(target: str):
@@ -48,6 +48,7 @@ def model_source(name: str | None, run_dir: Path, part: str = "") -> str | None:
     if name != "tiny": return name
     return str(tiny_model_path(run_dir) / part) if part else str(tiny_model_path(run_dir))
 
+# %% ../nbs/03b_resources.ipynb #295ce82b
 class Models:
     "SDXL (and its refiner) for the `models` settings, loaded on first use."
     def __init__(self, cfg, run_dir: Path):
@@ -88,7 +89,7 @@ class Models:
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_available(): torch.cuda.empty_cache()
 
-# %% ../nbs/03b_resources.ipynb #792337c7
+# %% ../nbs/03b_resources.ipynb #c7e4a6bb
 def preflight(run_dir: Path, settings: dict, stages: list[str], llm=None) -> None:
     "Check the folder, the models, the device and the LLM that `stages` will use; raise at the first problem."
     probe = run_dir / f".write-check-{os.getpid()}.tmp"

@@ -6,9 +6,9 @@ Docs: https://dreamframe.github.io/dreamframe/run_many.html.md"""
 
 # %% auto #0
 __all__ = ['read_themes', 'movie_folders', 'RunManyConfig', 'movie_line', 'run_movie', 'run_local', 'RayGate', 'run_ray',
-           'summary', 'run_many_command']
+           'summary']
 
-# %% ../nbs/10b_run_many.ipynb #4fe0549d
+# %% ../nbs/10b_run_many.ipynb #e4528447
 import asyncio
 import os
 import time
@@ -21,7 +21,7 @@ from pydantic import Field
 from .config import make_config, settings
 from .schema import slugify
 
-# %% ../nbs/10b_run_many.ipynb #5a2af378
+# %% ../nbs/10b_run_many.ipynb #1d07cbae
 def read_themes(path: str | Path) -> list[str]:
     "Themes from a text file: one per line, blank lines and `#` comments skipped."
     path = Path(path)
@@ -37,7 +37,7 @@ def movie_folders(themes: list[str], out_dir: str | Path) -> dict[str, Path]:
     if repeated: raise ValueError(f"themes that give the same run folder name {repeated}: make them differ")
     return {theme: Path(out_dir) / slug for theme, slug in zip(themes, slugs)}
 
-# %% ../nbs/10b_run_many.ipynb #56775af0
+# %% ../nbs/10b_run_many.ipynb #204cb8d5
 @settings
 class RunManyConfig:
     "How `dreamframe run-many` spreads its movies."
@@ -48,7 +48,7 @@ class RunManyConfig:
     max_retries: int = Field(3, ge=0)  # ray: times a movie whose worker died is run again (it resumes)
     refresh_s: float = Field(10.0, gt=0)  # seconds between progress lines while movies run
 
-# %% ../nbs/10b_run_many.ipynb #a4fd7a35
+# %% ../nbs/10b_run_many.ipynb #bccd7785
 def movie_line(run_dir: Path, stages=None) -> str:
     "`name  stage  done/total unit  ETA` for the first unfinished stage (of `stages`, default all) of a run folder."
     from dreamframe.pipeline import STAGES, pipeline_settings, plan_stage
@@ -63,7 +63,7 @@ def movie_line(run_dir: Path, stages=None) -> str:
     except Exception as error:  # a folder not yet started or broken: say so, don't stop the others
         return f"{run_dir.name:<40} {'not started' if not (run_dir / 'config.json').exists() else ' '.join(str(error).split())[:80]}"
 
-# %% ../nbs/10b_run_many.ipynb #af2fd82b
+# %% ../nbs/10b_run_many.ipynb #c1cae4e5
 def run_movie(run_dir: Path, theme: str, given: dict, preset: str | None, redo: bool, progress: bool, llm_gate=None,
               stages=None) -> str:
     "Run one movie's pipeline in `run_dir`; returns 'complete' or raises."
@@ -86,7 +86,7 @@ def run_local(folders: dict[str, Path], given: dict, preset, redo: bool, progres
             results[run_dir.name] = _failure(error)
     return results
 
-# %% ../nbs/10b_run_many.ipynb #c8604691
+# %% ../nbs/10b_run_many.ipynb #dc04c8c2
 class RayGate:
     "An async context manager that takes a slot of a Ray semaphore actor for one LLM request."
     def __init__(self, actor): self.actor = actor
@@ -126,25 +126,3 @@ def summary(results: dict[str, str], out_dir: Path) -> str:
     failed = sum(not r.startswith("complete") for r in results.values())
     rows = [f"{len(results) - failed} of {len(results)} movies complete in {out_dir}"]
     return "\n".join(rows + [f"  {name:<40} {result}" for name, result in results.items()])
-
-# %% ../nbs/10b_run_many.ipynb #baf3ad67
-def run_many_command(argv: list[str]) -> int:
-    "`dreamframe run-many THEMES.txt OUT/ [options]`."
-    from dreamframe.cli import Parser, _common, add_settings, given_settings
-    from dreamframe.pipeline import PRESETS, STAGES, _sections
-    parser = Parser(prog="dreamframe run-many", description="Run one movie per theme line of a text file.")
-    parser.add_argument("themes", type=Path, help="text file, one theme per line")
-    parser.add_argument("out_dir", type=Path, metavar="OUT", help="folder that gets one run folder per theme")
-    parser.add_argument("--preset", choices=list(PRESETS), help="named settings applied under the flags")
-    parser.add_argument("--only", help=f"comma-separated stages (default all: {','.join(STAGES)})")
-    _common(parser)
-    add_settings(parser, ["run_many", *_sections(STAGES)])
-    args = parser.parse_args(argv)
-    given = given_settings(args, args.set)
-    cfg = make_config(RunManyConfig, None, given.pop("run_many", {}))
-    folders = movie_folders(read_themes(args.themes), args.out_dir)
-    stages = [s.strip() for s in args.only.split(",")] if args.only else None
-    if cfg.executor == "ray": results = run_ray(folders, given, args.preset, args.redo, cfg, stages)
-    else: results = run_local(folders, given, args.preset, args.redo, not args.quiet, stages)
-    print("\n" + summary(results, args.out_dir))
-    return 1 if any(not r.startswith("complete") for r in results.values()) else 0

@@ -10,7 +10,7 @@ __all__ = ['Name', 'Title', 'Prompt', 'Sentence', 'Paragraph', 'FrameId', 'DiskF
            'clean_text', 'text_field', 'Character', 'Location', 'Turn', 'QA', 'Frame', 'Line', 'Shot', 'Substory',
            'slugify', 'Movie', 'name_pattern', 'sample_movie']
 
-# %% ../nbs/00_schema.ipynb #a7a695c4
+# %% ../nbs/00_schema.ipynb #84ad1242
 import errno
 import functools
 import json
@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal
 from fastcore.basics import patch   # `@patch def f(self: Movie, …)` adds a method to Movie, in its own cell
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
-# %% ../nbs/00_schema.ipynb #19b364e8
+# %% ../nbs/00_schema.ipynb #f0bcdfa1
 class DiskFullError(OSError):
     "No space left for a write: the message names the folder and how many bytes the write needed."
 
@@ -56,7 +56,7 @@ def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Pat
     "Write `obj` as JSON to `path` atomically."
     return atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
 
-# %% ../nbs/00_schema.ipynb #2e318c30
+# %% ../nbs/00_schema.ipynb #5a889567
 class FormatError(ValueError):
     "A file dreamframe reads is malformed: the message names the file, the JSON path and the rule broken."
 
@@ -90,7 +90,7 @@ def read_json(path: str | Path, error: type[FormatError] = FormatError) -> Any:
         raise error(f"{path}: not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}{cut}") from None
     except RecursionError: raise error(f"{path}: JSON nested too deeply to be a dreamframe file") from None
 
-# %% ../nbs/00_schema.ipynb #92a2ec8e
+# %% ../nbs/00_schema.ipynb #0087660c
 _PLACEHOLDER = re.compile(r"<\s*/?\s*(image|video|img|vid)\s*/?\s*>", re.I)
 
 def clean_text(value: str) -> str:
@@ -116,7 +116,7 @@ Sentence = text_field(2000)      # a dialogue line, a question, an answer
 Paragraph = text_field(4000, required=False)  # an overview, a shot's content, a description
 FrameId = Annotated[str, StringConstraints(pattern=r"^s\d{2,}\.t\d{2,}\.f\d{2,}$")]  # e.g. s01.t02.f03
 
-# %% ../nbs/00_schema.ipynb #1a2cb02e
+# %% ../nbs/00_schema.ipynb #eb7a0a86
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=False)
 
@@ -130,6 +130,7 @@ class Location(_Model):
     name: Name
     description: Paragraph = ""
 
+# %% ../nbs/00_schema.ipynb #6d8e7bea
 class Turn(_Model):
     "One round of a multi-turn dialogue about the movie."
     question: Sentence
@@ -146,6 +147,7 @@ class QA(_Model):
     turns: list[Turn] | None = None        # multi-turn dialogue; question/answer repeat turns[0]
     source: Literal["story", "structure", "llm"] = "story"
 
+# %% ../nbs/00_schema.ipynb #03f0ce19
 class Frame(_Model):
     "One keyframe: a prompt SDXL can draw (character names, not look-alike text), where and who."
     id: str = ""
@@ -180,7 +182,7 @@ class Substory(_Model):
     shots: list[Shot] = []
     qa: list[QA] = []
 
-# %% ../nbs/00_schema.ipynb #94a538c8
+# %% ../nbs/00_schema.ipynb #89c96394
 def slugify(text: str, max_len: int = 48) -> str:
     "A lowercase file-system-safe id made from `text`."
     slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
@@ -188,6 +190,7 @@ def slugify(text: str, max_len: int = 48) -> str:
 
 def _num(i: int) -> str: return f"{i + 1:02d}"
 
+# %% ../nbs/00_schema.ipynb #a0f5d875
 class Movie(_Model):
     "A whole story: the single object every stage reads and writes (`RUN/movie.json`)."
     id: str = Field("", pattern=r"^([a-z0-9][a-z0-9-]{0,63})?$")
@@ -238,7 +241,7 @@ class Movie(_Model):
     def qa(self) -> list[QA]:
         return self.movie_qa + [q for sub in self.substories for q in sub.qa + [q for shot in sub.shots for q in shot.qa]]
 
-# %% ../nbs/00_schema.ipynb #33149a53
+# %% ../nbs/00_schema.ipynb #ea755ce6
 @patch
 def frame(self: Movie, frame_id: str) -> Frame:
     "The frame with id `frame_id`."
@@ -271,7 +274,7 @@ def render_prompt(self: Movie, frame: Frame | str) -> str:
         prompt = name_pattern(c.name).sub(lambda match, look=c.look: look, prompt)   # the look taken literally
     return prompt
 
-# %% ../nbs/00_schema.ipynb #471f38dd
+# %% ../nbs/00_schema.ipynb #d73ed142
 @patch
 def _repr_markdown_(self: Movie, max_shots: int = 2) -> str:
     "Outline of the movie for notebooks."
@@ -287,7 +290,7 @@ def _repr_markdown_(self: Movie, max_shots: int = 2) -> str:
     if len(self.shots) > max_shots: out.append(f"\n… {len(self.shots) - max_shots} more shots")
     return "\n".join(out)
 
-# %% ../nbs/00_schema.ipynb #4d30696f
+# %% ../nbs/00_schema.ipynb #ec724ec5
 _PLACES = ["lighthouse", "harbour", "market", "cliff path", "kitchen", "boat", "library", "beach"]
 _VERBS = ["standing", "sitting", "looking at the sea", "talking", "holding a lamp", "walking", "hugging", "squatting"]
 
@@ -320,7 +323,7 @@ def sample_movie(n_substories: int = 3, n_shots: int = 2, n_frames: int = 4, lin
                  characters=chars, locations=locations, substories=substories,
                  movie_qa=[QA(type="overview", question="What is the movie about?", answer="A keeper and a sailor follow a message in a bottle.")])
 
-# %% ../nbs/00_schema.ipynb #5934871b
+# %% ../nbs/00_schema.ipynb #74f64bbb
 def _movie_path(path: str | Path) -> Path:
     path = Path(path)
     return path / "movie.json" if path.is_dir() or not path.suffix else path

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from dreamframe.keyframes import KeyframeConfig, generate_keyframes, plan_keyframes
-from dreamframe.models import load_sdxl, save_style_embedding
+from dreamframe.models import load_sdxl
+from dreamframe.embedding import save_style_embedding
 from dreamframe.run_folder import MANIFEST
 from dreamframe.schema import Movie, sample_movie
 from dreamframe.testing import tiny_sdxl

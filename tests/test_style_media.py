@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from dreamframe import models
+from dreamframe import embedding, models
 from dreamframe.schema import sample_movie
 from dreamframe.style import STYLE_TEMPLATES, StyleConfig, train_style
 from dreamframe.style_files import BACKGROUND, MAX_IMAGE_SIDE, load_style_images, open_style_image
@@ -143,7 +143,7 @@ def test_bad_embeddings_are_refused_in_one_line_and_change_nothing(tmp_path, tin
     sizes = [len(pipe.tokenizer), len(pipe.tokenizer_2), pipe.text_encoder.get_input_embeddings().num_embeddings]
     path = _raw(tmp_path / "bad.safetensors", token, clip_l, clip_g)
     with pytest.raises(ValueError) as error:
-        models.load_style(pipe, path)
+        embedding.load_style(pipe, path)
     assert message in str(error.value) and str(path) in str(error.value) and "\n" not in str(error.value)
     assert sizes == [len(pipe.tokenizer), len(pipe.tokenizer_2), pipe.text_encoder.get_input_embeddings().num_embeddings]
     assert pipe.tokenizer.tokenize("the house") == ["the</w>", "house</w>"]
@@ -151,23 +151,23 @@ def test_bad_embeddings_are_refused_in_one_line_and_change_nothing(tmp_path, tin
 
 def test_save_refuses_what_load_would_refuse(tmp_path):
     with pytest.raises(ValueError, match="NaN/inf"):
-        models.save_style_embedding(tmp_path / "x.safetensors", "<x>", _nan(torch.zeros(1, 32)), torch.zeros(1, 64))
+        embedding.save_style_embedding(tmp_path / "x.safetensors", "<x>", _nan(torch.zeros(1, 32)), torch.zeros(1, 64))
     assert not (tmp_path / "x.safetensors").exists()
 
 
 def test_only_the_file_that_added_a_token_may_load_it_again(tmp_path, tiny):
     pipe = models.load_sdxl(tiny)
-    mine = models.save_style_embedding(tmp_path / "mine.safetensors", "<mine>", torch.ones(2, 32), torch.ones(2, 64))
-    other = models.save_style_embedding(tmp_path / "other.safetensors", "<mine>", torch.zeros(2, 32), torch.zeros(2, 64))
-    assert models.load_style(pipe, mine) == models.load_style(pipe, mine) == "<mine>"
+    mine = embedding.save_style_embedding(tmp_path / "mine.safetensors", "<mine>", torch.ones(2, 32), torch.ones(2, 64))
+    other = embedding.save_style_embedding(tmp_path / "other.safetensors", "<mine>", torch.zeros(2, 32), torch.zeros(2, 64))
+    assert embedding.load_style(pipe, mine) == embedding.load_style(pipe, mine) == "<mine>"
     with pytest.raises(ValueError, match="already in the pipeline's text_encoder tokenizer, added for"):
-        models.load_style(pipe, other)
+        embedding.load_style(pipe, other)
     assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[-2:], torch.ones(2, 32))
     plain = models.load_sdxl(tiny)
     plain.load_textual_inversion(torch.ones(1, 32), token="<theirs>", text_encoder=plain.text_encoder, tokenizer=plain.tokenizer)
-    theirs = models.save_style_embedding(tmp_path / "theirs.safetensors", "<theirs>", torch.ones(1, 32), torch.ones(1, 64))
+    theirs = embedding.save_style_embedding(tmp_path / "theirs.safetensors", "<theirs>", torch.ones(1, 32), torch.ones(1, 64))
     with pytest.raises(ValueError, match="something other than dreamframe"):
-        models.load_style(plain, theirs)
+        embedding.load_style(plain, theirs)
 
 
 def test_the_trained_file_loads_into_the_pipeline_that_trained_it_and_a_fresh_one(tmp_path, tiny):
@@ -175,7 +175,7 @@ def test_the_trained_file_loads_into_the_pipeline_that_trained_it_and_a_fresh_on
     pipe = models.load_sdxl(tiny)
     path = train_style(StyleConfig(n_images=2, image_steps=1, resolution=64, steps=2, templates=list(STYLE_TEMPLATES[:2])),
                        pipe, run, progress=False)
-    assert models.load_style(pipe, path) == models.load_style(models.load_sdxl(tiny), path) == "<watercolor-style>"
+    assert embedding.load_style(pipe, path) == embedding.load_style(models.load_sdxl(tiny), path) == "<watercolor-style>"
     before = {p: p.read_bytes() for p in [run / "config.json", *sorted((run / "style").rglob("*.*"))]}
     with pytest.raises(ValueError, match="'house' is a word of the pipeline's text_encoder vocabulary"):
         train_style(StyleConfig(token="house", n_images=2, image_steps=1, resolution=64, steps=1), models.load_sdxl(tiny),
