@@ -9,19 +9,21 @@ __all__ = ['ALIASES', 'BATCH_SECTIONS', 'STAGE_HELP', 'COMMANDS', 'FUNCTIONS', '
            'given_settings', 'UsageError', 'Parser', 'command_parser', 'quiet_libraries', 'run_command', 'view_command',
            'status_command', 'function_command', 'run_many_command', 'one_line', 'main']
 
-# %% ../nbs/10a_cli.ipynb #31c7f095
+# %% ../nbs/10a_cli.ipynb #7caecef3
 import argparse
 import contextlib
 import importlib
 import json
+import signal
 import sys
+import threading
 import types
 import typing
 from pathlib import Path
 
 from .config import make_config, setting_fields
 
-# %% ../nbs/10a_cli.ipynb #4e87f4a4
+# %% ../nbs/10a_cli.ipynb #984a406c
 ALIASES = {"--base-url": ("llm", "base_url")}  # the few second names of a setting
 
 def _parts(annotation) -> tuple[list, bool]:
@@ -57,7 +59,7 @@ def flag_name(section: str, field: str) -> str:
     "The option of a settings field, e.g. `--style-steps`."
     return "--" + _section(section)[1] + field.replace("_", "-")
 
-# %% ../nbs/10a_cli.ipynb #8ea4602b
+# %% ../nbs/10a_cli.ipynb #90283aa0
 def add_settings(parser: argparse.ArgumentParser, sections) -> dict[str, tuple[str, str]]:
     "Add one option per field of `sections`; returns `{flag: (section, field)}`."
     flags = {}
@@ -91,7 +93,7 @@ def given_settings(args: argparse.Namespace, sets: list[str] = ()) -> dict[str, 
         given.setdefault(section, {})[name] = _converter(str | None)(text)
     return given
 
-# %% ../nbs/10a_cli.ipynb #2cd304b2
+# %% ../nbs/10a_cli.ipynb #ef2893ec
 STAGE_HELP = {
     "story": "stage 1: write the three-level plot with an LLM",
     "style": "stage 2: learn the style embedding on both SDXL encoders",
@@ -102,7 +104,7 @@ STAGE_HELP = {
     "eval": "measure style consistency of a run's keyframes",
 }
 
-# %% ../nbs/10a_cli.ipynb #6ff71c8f
+# %% ../nbs/10a_cli.ipynb #4fee47ce
 class UsageError(Exception):
     "A command line that cannot be parsed."
 
@@ -144,7 +146,7 @@ def quiet_libraries() -> None:
         getattr(module, "disable_progress_bars", None) and module.disable_progress_bars()
         getattr(module, "disable_progress_bar", None) and module.disable_progress_bar()
 
-# %% ../nbs/10a_cli.ipynb #e39e8391
+# %% ../nbs/10a_cli.ipynb #1a22af23
 def run_command(command: str, argv: list[str]) -> int:
     "`dreamframe run|demo|STAGE RUN [options]`."
     from dreamframe.pipeline import STAGE_SECTIONS, STAGES, demo_outputs, run_pipeline, status
@@ -173,7 +175,7 @@ def view_command(args: argparse.Namespace) -> int:
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB); open it in a browser")
     return 0
 
-# %% ../nbs/10a_cli.ipynb #b5abd13a
+# %% ../nbs/10a_cli.ipynb #ed81868f
 def status_command(argv: list[str]) -> int:
     "`dreamframe status RUN [RUN …]`: one folder stage by stage; several, one line per movie (read-only)."
     from dreamframe.pipeline import status
@@ -198,7 +200,7 @@ def function_command(target: str, prog: str, argv: list[str]) -> int:
     function(**args)
     return 0
 
-# %% ../nbs/10a_cli.ipynb #28d26c21
+# %% ../nbs/10a_cli.ipynb #f4230ea3
 def run_many_command(argv: list[str]) -> int:
     "`dreamframe run-many THEMES.txt OUT/ [options]`."
     from dreamframe.pipeline import PRESETS, STAGES, _sections
@@ -220,7 +222,7 @@ def run_many_command(argv: list[str]) -> int:
     print("\n" + summary(results, args.out_dir))
     return 1 if any(not r.startswith("complete") for r in results.values()) else 0
 
-# %% ../nbs/10a_cli.ipynb #958b2cc5
+# %% ../nbs/10a_cli.ipynb #2f6d45dd
 COMMANDS = {  # subcommand: one-line help
     "demo": "run the whole pipeline offline on a tiny stand-in model (the `demo` preset)",
     "run": "run every unfinished stage of one movie",
@@ -234,7 +236,7 @@ FUNCTIONS = {"import-reference": "dreamframe.reference:import_reference", "conve
 WRITERS = {"demo", "run", "import-reference", *STAGE_HELP} - {"view"}  # commands that take the run folder's lock
 CREATORS = {"demo", "run", "story", "import-reference"}               # commands that may create the run folder
 
-# %% ../nbs/10a_cli.ipynb #58488fc5
+# %% ../nbs/10a_cli.ipynb #75f46315
 def _run_folder(command: str, argv: list[str]) -> Path | None:
     "The run folder a writing command names (its first positional argument), or None."
     if command not in WRITERS or any(a in ("-h", "--help") for a in argv): return None
@@ -259,7 +261,13 @@ def _top_help() -> str:
     return (f"usage: dreamframe COMMAND [RUN] [options]\n\nSynthetic movies for video-understanding models.\n\ncommands:\n{rows}\n\n"
             "Run `dreamframe COMMAND --help` for a command's options.")
 
-# %% ../nbs/10a_cli.ipynb #8ebc8a5b
+# %% ../nbs/10a_cli.ipynb #8f3d75a0
+def _interrupted(prog: str) -> int:
+    print(f"{prog}: interrupted; run the same command again to resume", file=sys.stderr)
+    import warnings   # the process is ending: unfinished requests and threads need no obituary on stderr
+    warnings.simplefilter("ignore"); sys.unraisablehook = lambda *args: None
+    return 130
+
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `dreamframe` console command."
     import os
@@ -272,24 +280,26 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"dreamframe: error: unknown command {command!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    interrupted = []   # Ctrl-C inside torch's C code can surface as another exception: remember that it came
+    def on_interrupt(signum, frame): interrupted.append(signum); raise KeyboardInterrupt
+    if threading.current_thread() is threading.main_thread(): signal.signal(signal.SIGINT, on_interrupt)
     try:
         run_dir = _run_folder(command, rest)
         if run_dir is not None and not run_dir.is_dir() and command not in CREATORS:
             raise FileNotFoundError(f"no such run folder: {run_dir}")
         with run_lock(run_dir, " ".join(["dreamframe", *argv])[:200]) if run_dir is not None else contextlib.nullcontext():
             return _dispatch(command, rest)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt: return _interrupted(prog)
     except UsageError as error:
         print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
         return 2
     except Exception as error:
+        if interrupted: return _interrupted(prog)
         if debug: raise
         known = isinstance(error, (ValueError, OSError, RuntimeError))
         hint = "" if known else f" ({type(error).__name__}; run with --debug for the traceback)"
         print(f"{prog}: error: {one_line(error)}{hint}", file=sys.stderr)
         return 1
 
-# %% ../nbs/10a_cli.ipynb #34f84f10
+# %% ../nbs/10a_cli.ipynb #e9933890
 if __name__ == "__main__": sys.exit(main())

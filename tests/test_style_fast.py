@@ -29,16 +29,7 @@ CFG = StyleConfig(token="<tiny-style>", resolution=64, steps=8, templates=list(S
 IMAGES = [Image.fromarray(np.random.default_rng(i).integers(0, 256, (64, 64, 3), dtype=np.uint8)) for i in range(4)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return tiny_sdxl(tmp_path_factory.mktemp("tiny") / "sdxl")
+pytestmark = pytest.mark.usefixtures("one_thread")  # `one_thread` and `tiny` come from conftest.py
 
 
 def _plain(tiny, tmp_path, cfg=CFG, **kwargs):

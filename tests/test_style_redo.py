@@ -25,16 +25,7 @@ from dreamframe.testing import tiny_sdxl
 CFG = StyleConfig(n_images=4, image_steps=2, resolution=64, steps=4, templates=list(STYLE_TEMPLATES[:4]))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return tiny_sdxl(tmp_path_factory.mktemp("tiny") / "sdxl")
+pytestmark = pytest.mark.usefixtures("one_thread")  # `one_thread` and `tiny` come from conftest.py
 
 
 def _new_run(tmp_path, name="run"):
