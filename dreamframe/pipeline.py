@@ -10,7 +10,7 @@ __all__ = ['STAGES', 'SECTIONS', 'STAGE_SECTIONS', 'MODEL_IDENTITY', 'DEMO_THEME
            'StaleWorkError', 'check_stale', 'run_stage', 'describe_plan', 'pipeline_settings', 'run_pipeline', 'status',
            'demo_outputs']
 
-# %% ../nbs/10_pipeline.ipynb #c659be07
+# %% ../nbs/10_pipeline.ipynb #ed1840fb
 import importlib
 import time
 from dataclasses import dataclass, field
@@ -25,7 +25,7 @@ from .run_folder import StagePlan, clean_partial_files, file_digest, read_manife
 from .resources import Models, make_llm, preflight
 from .schema import FormatError, Movie
 
-# %% ../nbs/10_pipeline.ipynb #9c7d1334
+# %% ../nbs/10_pipeline.ipynb #7e8ebad4
 STAGES = ("story", "style", "keyframes", "qa", "export", "view", "eval")
 
 SECTIONS = {  # RUN/config.json section: (settings class, flag prefix)
@@ -56,7 +56,7 @@ def section_class(section: str):
     if section not in SECTIONS: raise ConfigError(f"unknown settings section {section!r}; sections: {', '.join(SECTIONS)}")
     return resolve(SECTIONS[section][0])
 
-# %% ../nbs/10_pipeline.ipynb #240ae94a
+# %% ../nbs/10_pipeline.ipynb #12b5de42
 DEMO_THEME = "a lighthouse keeper finds a message in a bottle"
 PRESETS = {
     "demo": {  # everything offline in a minute: the scripted LLM, the tiny untrained SDXL, a 3 x 2 x 4 story
@@ -85,7 +85,7 @@ def run_settings(run_dir: str | Path, sections, given: dict[str, dict] | None = 
     layered = {s: {**PRESETS.get(preset, {}).get(s, {}), **given.get(s, {})} for s in sections}
     return {s: make_config(section_class(s), saved.get(s), layered[s]) for s in sections}
 
-# %% ../nbs/10_pipeline.ipynb #25888be8
+# %% ../nbs/10_pipeline.ipynb #0ef60992
 STAGE_OUTPUTS = {"story": ("movie.json",), "style": ("style/embedding.safetensors",), "qa": ("qa.json",),
                  "export": ("export/llava.json", "export/qa.jsonl"), "view": ("view.html",), "eval": ("eval/metrics.json",)}
 DERIVED = ("export", "view", "eval")
@@ -113,7 +113,7 @@ def stage_inputs(stage: str, run_dir: Path) -> dict:
         return {"movie": file_digest(movie), "frames": fingerprint(drawn), "qa": file_digest(run_dir / "qa.json")}
     return {}
 
-# %% ../nbs/10_pipeline.ipynb #98d6ff55
+# %% ../nbs/10_pipeline.ipynb #f77be4e9
 def _outputs_exist(stage: str, run_dir: Path, settings: dict) -> bool:
     if stage == "view" and settings["view"].html: return Path(settings["view"].html).exists()
     return all((run_dir / name).exists() for name in STAGE_OUTPUTS.get(stage, ()))
@@ -144,7 +144,7 @@ def plan_stage(stage: str, run_dir: str | Path, settings: dict) -> StagePlan:
     if inputs_changed: changes.update({"inputs": (record.get("inputs"), stage_inputs(stage, run_dir))})
     return StagePlan(stage, "files", 1, 1, stale={STAGE_OUTPUTS[stage][0]: changes} if changes else {})
 
-# %% ../nbs/10_pipeline.ipynb #013160ca
+# %% ../nbs/10_pipeline.ipynb #fd4db8af
 class StaleWorkError(RuntimeError):
     "Finished work would be redone; the caller did not ask for it (`redo=True`, `--redo`)."
 
@@ -161,7 +161,7 @@ def check_stale(plans: list[StagePlan], run_dir: Path, redo: bool) -> None:
         parts.append(f"{plan.stage}: would redo {units}{where} made with other settings ({describe_changes(changes, 4)})")
     raise StaleWorkError(f"{run_dir}: " + "; ".join(parts) + ". Nothing was changed; add --redo to redo them")
 
-# %% ../nbs/10_pipeline.ipynb #7a4b93a3
+# %% ../nbs/10_pipeline.ipynb #2e4b1c1f
 def run_stage(stage: str, run_dir: Path, settings: dict, resources: dict, redo: bool, progress: bool):
     "Run one stage with its settings; `resources` holds `llm` and `models` (made on first use)."
     if stage == "story":
@@ -187,7 +187,7 @@ def run_stage(stage: str, run_dir: Path, settings: dict, resources: dict, redo: 
                                                            dtype=str(models.torch_dtype()).removeprefix("torch."), progress=progress)
     raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
 
-# %% ../nbs/10_pipeline.ipynb #be66f1b9
+# %% ../nbs/10_pipeline.ipynb #d41079fb
 def describe_plan(settings: dict, preset: str) -> str:
     "One line saying what a run with `preset` will make and how."
     story, frames, models = settings.get("story"), settings.get("keyframes"), settings.get("models")
@@ -198,7 +198,7 @@ def describe_plan(settings: dict, preset: str) -> str:
     if "style" in settings: parts.append(f"style: {settings['style'].steps} updates at {settings['style'].resolution}px")
     return " ".join(parts[:1]) + " " + "; ".join(parts[1:])
 
-# %% ../nbs/10_pipeline.ipynb #89b4fec7
+# %% ../nbs/10_pipeline.ipynb #0e769f31
 def _sections(stages) -> list[str]:
     return list(dict.fromkeys(s for stage in stages for s in STAGE_SECTIONS[stage]))
 
@@ -211,7 +211,7 @@ def pipeline_settings(run_dir: Path, stages, given: dict | None = None, preset: 
     extra = [s for s in [*PRESETS.get(preset, {}), *given] if s != "story" or not brought]
     return run_settings(run_dir, list(dict.fromkeys(_sections(stages) + extra)), given, preset), stages
 
-# %% ../nbs/10_pipeline.ipynb #ad49e23b
+# %% ../nbs/10_pipeline.ipynb #b1331055
 def run_pipeline(run_dir: str | Path, *,
                  stages=STAGES,                       # which stages to consider, run in pipeline order
                  given: dict[str, dict] | None = None, # settings given now, by section (the command line's flags)
@@ -265,7 +265,7 @@ def run_pipeline(run_dir: str | Path, *,
     bar.close()
     return outcome
 
-# %% ../nbs/10_pipeline.ipynb #ecf0f445
+# %% ../nbs/10_pipeline.ipynb #a1461f72
 def status(run_dir: str | Path) -> str:
     "One line per stage: done, stale or left, with counts (e.g. `keyframes  done   24/24 frames`)."
     run_dir = Path(run_dir)
@@ -280,7 +280,7 @@ def status(run_dir: str | Path) -> str:
         except FormatError as error: rows.append(f"  {stage:<10} ?      {' '.join(str(error).split())}")
     return "\n".join(rows)
 
-# %% ../nbs/10_pipeline.ipynb #ced7bb18
+# %% ../nbs/10_pipeline.ipynb #842b4995
 def demo_outputs(run_dir: str | Path) -> dict[str, Path]:
     "Where the demo's results are in `run_dir`."
     run_dir = Path(run_dir)
