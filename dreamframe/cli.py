@@ -9,7 +9,7 @@ __all__ = ['ALIASES', 'BATCH_SECTIONS', 'STAGE_HELP', 'COMMANDS', 'FUNCTIONS', '
            'given_settings', 'UsageError', 'Parser', 'command_parser', 'quiet_libraries', 'run_command', 'view_command',
            'status_command', 'function_command', 'run_many_command', 'one_line', 'main']
 
-# %% ../nbs/10a_cli.ipynb #0f1c9cce
+# %% ../nbs/10a_cli.ipynb #62a29162
 import argparse
 import contextlib
 import importlib
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .config import make_config, setting_fields
 
-# %% ../nbs/10a_cli.ipynb #4bd28b09
+# %% ../nbs/10a_cli.ipynb #3030b901
 ALIASES = {"--base-url": ("llm", "base_url")}  # the few second names of a setting
 
 def _parts(annotation) -> tuple[list, bool]:
@@ -59,7 +59,7 @@ def flag_name(section: str, field: str) -> str:
     "The option of a settings field, e.g. `--style-steps`."
     return "--" + _section(section)[1] + field.replace("_", "-")
 
-# %% ../nbs/10a_cli.ipynb #1ccbb06e
+# %% ../nbs/10a_cli.ipynb #dc11e1ae
 def add_settings(parser: argparse.ArgumentParser, sections) -> dict[str, tuple[str, str]]:
     "Add one option per field of `sections`; returns `{flag: (section, field)}`."
     flags = {}
@@ -93,7 +93,7 @@ def given_settings(args: argparse.Namespace, sets: list[str] = ()) -> dict[str, 
         given.setdefault(section, {})[name] = _converter(typing.Any | None)(text)   # JSON when it parses, else text
     return given
 
-# %% ../nbs/10a_cli.ipynb #2bba4e71
+# %% ../nbs/10a_cli.ipynb #3989f437
 STAGE_HELP = {
     "story": "stage 1: write the three-level plot with an LLM",
     "style": "stage 2: learn the style embedding on both SDXL encoders",
@@ -104,7 +104,7 @@ STAGE_HELP = {
     "eval": "measure style consistency of a run's keyframes",
 }
 
-# %% ../nbs/10a_cli.ipynb #6b28e2f2
+# %% ../nbs/10a_cli.ipynb #36af491d
 class UsageError(Exception):
     "A command line that cannot be parsed."
 
@@ -146,7 +146,7 @@ def quiet_libraries() -> None:
         getattr(module, "disable_progress_bars", None) and module.disable_progress_bars()
         getattr(module, "disable_progress_bar", None) and module.disable_progress_bar()
 
-# %% ../nbs/10a_cli.ipynb #695d1869
+# %% ../nbs/10a_cli.ipynb #ce8de3fe
 def run_command(command: str, argv: list[str]) -> int:
     "`dreamframe run|demo|STAGE RUN [options]`."
     from dreamframe.pipeline import STAGE_SECTIONS, STAGES, demo_outputs, run_pipeline, status
@@ -175,7 +175,7 @@ def view_command(args: argparse.Namespace) -> int:
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB); open it in a browser")
     return 0
 
-# %% ../nbs/10a_cli.ipynb #f0422ce2
+# %% ../nbs/10a_cli.ipynb #910a4153
 def status_command(argv: list[str]) -> int:
     "`dreamframe status RUN [RUN …]`: one folder stage by stage; several, one line per movie (read-only)."
     from dreamframe.pipeline import status
@@ -200,7 +200,7 @@ def function_command(target: str, prog: str, argv: list[str]) -> int:
     function(**args)
     return 0
 
-# %% ../nbs/10a_cli.ipynb #0ec3113c
+# %% ../nbs/10a_cli.ipynb #66816654
 def run_many_command(argv: list[str]) -> int:
     "`dreamframe run-many THEMES.txt OUT/ [options]`."
     from dreamframe.pipeline import PRESETS, STAGES, _sections
@@ -222,7 +222,7 @@ def run_many_command(argv: list[str]) -> int:
     print("\n" + summary(results, args.out_dir))
     return 1 if any(not r.startswith("complete") for r in results.values()) else 0
 
-# %% ../nbs/10a_cli.ipynb #752c5896
+# %% ../nbs/10a_cli.ipynb #693e605a
 COMMANDS = {  # subcommand: one-line help
     "demo": "run the whole pipeline offline on a tiny stand-in model (the `demo` preset)",
     "run": "run every unfinished stage of one movie",
@@ -236,7 +236,7 @@ FUNCTIONS = {"import-reference": "dreamframe.reference:import_reference", "conve
 WRITERS = {"demo", "run", "import-reference", *STAGE_HELP} - {"view"}  # commands that take the run folder's lock
 CREATORS = {"demo", "run", "story", "import-reference"}               # commands that may create the run folder
 
-# %% ../nbs/10a_cli.ipynb #666e48b7
+# %% ../nbs/10a_cli.ipynb #84f3a99b
 def _run_folder(command: str, argv: list[str]) -> Path | None:
     "The run folder a writing command names (its first positional argument), or None."
     if command not in WRITERS or any(a in ("-h", "--help") for a in argv): return None
@@ -261,7 +261,7 @@ def _top_help() -> str:
     return (f"usage: dreamframe COMMAND [RUN] [options]\n\nSynthetic movies for video-understanding models.\n\ncommands:\n{rows}\n\n"
             "Run `dreamframe COMMAND --help` for a command's options.")
 
-# %% ../nbs/10a_cli.ipynb #45e8e4f6
+# %% ../nbs/10a_cli.ipynb #01d66372
 def _interrupted(prog: str) -> int:
     print(f"{prog}: interrupted; run the same command again to resume", file=sys.stderr)
     import warnings   # the process is ending: unfinished requests and threads need no obituary on stderr
@@ -282,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     interrupted = []   # Ctrl-C inside torch's C code can surface as another exception: remember that it came
     def on_interrupt(signum, frame): interrupted.append(signum); raise KeyboardInterrupt
-    if threading.current_thread() is threading.main_thread(): signal.signal(signal.SIGINT, on_interrupt)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_interrupt) if main_thread else None
     try:
         run_dir = _run_folder(command, rest)
         if run_dir is not None and not run_dir.is_dir() and command not in CREATORS:
@@ -300,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
         hint = "" if known else f" ({type(error).__name__}; run with --debug for the traceback)"
         print(f"{prog}: error: {one_line(error)}{hint}", file=sys.stderr)
         return 1
+    finally:
+        if main_thread: signal.signal(signal.SIGINT, previous)
 
-# %% ../nbs/10a_cli.ipynb #5bf6159d
+# %% ../nbs/10a_cli.ipynb #9807bc3d
 if __name__ == "__main__": sys.exit(main())

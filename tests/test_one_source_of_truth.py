@@ -26,6 +26,18 @@ def dreamframe(*args, cwd=None, timeout=600):
     return subprocess.run([*DREAMFRAME, *map(str, args)], capture_output=True, text=True, env=ENV, cwd=cwd, timeout=timeout)
 
 
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    "Run `dreamframe ARGS` in this process (no interpreter start-up); returns (exit status, stdout, stderr)."
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1"); monkeypatch.setenv("TQDM_DISABLE", "1")
+    def run(*args):
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+    return run
+
+
 def snapshot(run_dir: Path) -> dict:
     "Every frame PNG's bytes and the manifest's lines without their wall-clock `seconds`."
     frames = run_dir / "frames"
@@ -35,10 +47,9 @@ def snapshot(run_dir: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory) -> Path:
-    "One finished demo run, made once; tests work on copies."
+    "One finished demo run (the full 24-frame demo), made once; tests work on copies."
     run_dir = tmp_path_factory.mktemp("demo") / "run"
-    done = dreamframe("demo", run_dir, "--quiet")
-    assert done.returncode == 0, done.stderr
+    assert main(["demo", str(run_dir), "--quiet"]) == 0
     return run_dir
 
 
@@ -49,55 +60,55 @@ def run_copy(demo_run, tmp_path) -> Path:
     return copy
 
 
-def test_stage_command_on_a_finished_run_changes_nothing(run_copy):
+def test_stage_command_on_a_finished_run_changes_nothing(run_copy, cli):
     before, manifest = snapshot(run_copy), (run_copy / "frames" / "manifest.jsonl").read_bytes()
-    done = dreamframe("keyframes", run_copy)
+    done = cli("keyframes", run_copy)
     assert done.returncode == 0, done.stderr
     assert "nothing to do" in done.stdout + done.stderr
     assert snapshot(run_copy) == before and (run_copy / "frames" / "manifest.jsonl").read_bytes() == manifest
 
 
-def test_changed_setting_is_refused_then_redone_on_request(run_copy):
+def test_changed_setting_is_refused_then_redone_on_request(run_copy, cli):
     before, config = snapshot(run_copy), (run_copy / "config.json").read_text()
-    refused = dreamframe("keyframes", run_copy, "--steps", "3")
+    refused = cli("keyframes", run_copy, "--steps", "3")
     assert refused.returncode == 1
     assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.stderr
     assert "24 finished frames" in refused.stderr and "steps: 2 → 3" in refused.stderr and "--redo" in refused.stderr
     assert snapshot(run_copy) == before and (run_copy / "config.json").read_text() == config
 
-    redone = dreamframe("keyframes", run_copy, "--steps", "3", "--redo")
+    redone = cli("keyframes", run_copy, "--steps", "3", "--redo")
     assert redone.returncode == 0, redone.stderr
     after = snapshot(run_copy)
     assert all(after[name] != before[name] for name in before if name.endswith(".png"))
     lines = [json.loads(line) for line in (run_copy / "frames" / "manifest.jsonl").read_text().splitlines()]
     assert len(lines) == 24 and len({l["frame_id"] for l in lines}) == 24 and {l["steps"] for l in lines} == {3}
-    status = dreamframe("status", run_copy).stdout
+    status = cli("status", run_copy).stdout
     assert any(line.split()[:3] == ["keyframes", "done", "24/24"] for line in status.splitlines()), status
 
 
-def test_hand_edited_prompt_is_kept_and_only_its_frame_is_stale(run_copy):
+def test_hand_edited_prompt_is_kept_and_only_its_frame_is_stale(run_copy, cli):
     movie = json.loads((run_copy / "movie.json").read_text())
     movie["substories"][0]["shots"][1]["frames"][2]["prompt"] = "In the harbour, Mara is holding a red lantern"
     (run_copy / "movie.json").write_text(json.dumps(movie, indent=1))
     edited = (run_copy / "movie.json").read_bytes()
     before = snapshot(run_copy)
-    rerun = dreamframe("run", run_copy)
+    rerun = cli("run", run_copy)
     assert rerun.returncode == 1 and "Traceback" not in rerun.stderr
     assert "1 finished frames (s01.t02.f03)" in rerun.stderr and "prompt" in rerun.stderr
     assert (run_copy / "movie.json").read_bytes() == edited and snapshot(run_copy) == before
-    redone = dreamframe("run", run_copy, "--redo")
+    redone = cli("run", run_copy, "--redo")
     assert redone.returncode == 0, redone.stderr
     after = snapshot(run_copy)
     assert [n for n in before if before[n] != after[n] and n.endswith(".png")] == ["s01.t02.f03.png"]
     assert (run_copy / "movie.json").read_bytes() == edited
 
 
-def test_truncated_png_is_redone_byte_identical(run_copy):
+def test_truncated_png_is_redone_byte_identical(run_copy, cli):
     png = run_copy / "frames" / "s02.t01.f03.png"
     original = png.read_bytes()
     png.write_bytes(original[: len(original) // 3])
-    assert "23/24" in dreamframe("status", run_copy).stdout
-    rerun = dreamframe("run", run_copy)
+    assert "23/24" in cli("status", run_copy).stdout
+    rerun = cli("run", run_copy)
     assert rerun.returncode == 0, rerun.stderr
     assert png.read_bytes() == original
 
@@ -131,10 +142,10 @@ def test_a_killed_holder_does_not_block(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
 
 
-def test_missing_model_fails_before_any_llm_request(tmp_path):
+def test_missing_model_fails_before_any_llm_request(tmp_path, cli):
     from dreamframe.testing import LocalLLMServer
     with LocalLLMServer() as server:
-        done = dreamframe("run", tmp_path / "run", "--theme", "a dog learns to sail", "--model", "does/not/exist",
+        done = cli("run", tmp_path / "run", "--theme", "a dog learns to sail", "--model", "does/not/exist",
                           "--llm-model", "test", "--base-url", server.base_url)
         assert done.returncode == 1 and "does/not/exist" in done.stderr and "Traceback" not in done.stderr
         assert server.requests == []
