@@ -68,7 +68,7 @@ def main():
         print(f"saved random-weight SDXL in {time.perf_counter() - started:.0f}s", flush=True)
         resolution, steps, batch = 1024, 30, 8
     given = {"models": {"model": model, "dtype": "float32" if args.tiny else "float16"},
-             "keyframes": {"resolution": resolution, "steps": steps, "batch_size": batch, "negative_prompt": "blurry, low quality"}}
+             "keyframes": {"resolution": resolution, "steps": steps, "batch_size": batch, "negative_prompt": "blurry, low quality", "identity": "none"}}
     import ray, torch
     result = {"benchmark": "run_many_scaling", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "card": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "gpus_visible": torch.cuda.device_count(),

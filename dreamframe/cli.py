@@ -9,7 +9,7 @@ __all__ = ['ALIASES', 'BATCH_SECTIONS', 'STAGE_HELP', 'COMMANDS', 'FUNCTIONS', '
            'given_settings', 'UsageError', 'Parser', 'command_parser', 'quiet_libraries', 'run_command', 'view_command',
            'status_command', 'function_command', 'run_many_command', 'one_line', 'main']
 
-# %% ../nbs/10a_cli.ipynb #62a29162
+# %% ../nbs/10a_cli.ipynb #3f7e44a1
 import argparse
 import contextlib
 import importlib
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .config import make_config, setting_fields
 
-# %% ../nbs/10a_cli.ipynb #3030b901
+# %% ../nbs/10a_cli.ipynb #0d639e1d
 ALIASES = {"--base-url": ("llm", "base_url")}  # the few second names of a setting
 
 def _parts(annotation) -> tuple[list, bool]:
@@ -59,7 +59,7 @@ def flag_name(section: str, field: str) -> str:
     "The option of a settings field, e.g. `--style-steps`."
     return "--" + _section(section)[1] + field.replace("_", "-")
 
-# %% ../nbs/10a_cli.ipynb #dc11e1ae
+# %% ../nbs/10a_cli.ipynb #f77e8b5f
 def add_settings(parser: argparse.ArgumentParser, sections) -> dict[str, tuple[str, str]]:
     "Add one option per field of `sections`; returns `{flag: (section, field)}`."
     flags = {}
@@ -93,10 +93,11 @@ def given_settings(args: argparse.Namespace, sets: list[str] = ()) -> dict[str, 
         given.setdefault(section, {})[name] = _converter(typing.Any | None)(text)   # JSON when it parses, else text
     return given
 
-# %% ../nbs/10a_cli.ipynb #3989f437
+# %% ../nbs/10a_cli.ipynb #e931f78f
 STAGE_HELP = {
     "story": "stage 1: write the three-level plot with an LLM",
     "style": "stage 2: learn the style embedding on both SDXL encoders",
+    "characters": "draw one reference sheet per character (for keyframes' --identity)",
     "keyframes": "stage 3: render every frame prompt with SDXL",
     "qa": "stage 4: build QA and dialogue items about the movie",
     "export": "write LLaVA / LLaMA-VID JSON, JSONL and an mp4",
@@ -104,7 +105,7 @@ STAGE_HELP = {
     "eval": "measure style consistency of a run's keyframes",
 }
 
-# %% ../nbs/10a_cli.ipynb #36af491d
+# %% ../nbs/10a_cli.ipynb #554bf0d0
 class UsageError(Exception):
     "A command line that cannot be parsed."
 
@@ -146,7 +147,7 @@ def quiet_libraries() -> None:
         getattr(module, "disable_progress_bars", None) and module.disable_progress_bars()
         getattr(module, "disable_progress_bar", None) and module.disable_progress_bar()
 
-# %% ../nbs/10a_cli.ipynb #ce8de3fe
+# %% ../nbs/10a_cli.ipynb #92c791f3
 def run_command(command: str, argv: list[str]) -> int:
     "`dreamframe run|demo|STAGE RUN [options]`."
     from dreamframe.pipeline import STAGE_SECTIONS, STAGES, demo_outputs, run_pipeline, status
@@ -175,7 +176,7 @@ def view_command(args: argparse.Namespace) -> int:
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB); open it in a browser")
     return 0
 
-# %% ../nbs/10a_cli.ipynb #910a4153
+# %% ../nbs/10a_cli.ipynb #f937c455
 def status_command(argv: list[str]) -> int:
     "`dreamframe status RUN [RUN …]`: one folder stage by stage; several, one line per movie (read-only)."
     from dreamframe.pipeline import status
@@ -200,7 +201,7 @@ def function_command(target: str, prog: str, argv: list[str]) -> int:
     function(**args)
     return 0
 
-# %% ../nbs/10a_cli.ipynb #66816654
+# %% ../nbs/10a_cli.ipynb #31e54607
 def run_many_command(argv: list[str]) -> int:
     "`dreamframe run-many THEMES.txt OUT/ [options]`."
     from dreamframe.pipeline import PRESETS, STAGES, _sections
@@ -222,7 +223,7 @@ def run_many_command(argv: list[str]) -> int:
     print("\n" + summary(results, args.out_dir))
     return 1 if any(not r.startswith("complete") for r in results.values()) else 0
 
-# %% ../nbs/10a_cli.ipynb #693e605a
+# %% ../nbs/10a_cli.ipynb #d3305bd5
 COMMANDS = {  # subcommand: one-line help
     "demo": "run the whole pipeline offline on a tiny stand-in model (the `demo` preset)",
     "run": "run every unfinished stage of one movie",
@@ -236,7 +237,7 @@ FUNCTIONS = {"import-reference": "dreamframe.reference:import_reference", "conve
 WRITERS = {"demo", "run", "import-reference", *STAGE_HELP} - {"view"}  # commands that take the run folder's lock
 CREATORS = {"demo", "run", "story", "import-reference"}               # commands that may create the run folder
 
-# %% ../nbs/10a_cli.ipynb #84f3a99b
+# %% ../nbs/10a_cli.ipynb #df0100a0
 def _run_folder(command: str, argv: list[str]) -> Path | None:
     "The run folder a writing command names (its first positional argument), or None."
     if command not in WRITERS or any(a in ("-h", "--help") for a in argv): return None
@@ -261,7 +262,7 @@ def _top_help() -> str:
     return (f"usage: dreamframe COMMAND [RUN] [options]\n\nSynthetic movies for video-understanding models.\n\ncommands:\n{rows}\n\n"
             "Run `dreamframe COMMAND --help` for a command's options.")
 
-# %% ../nbs/10a_cli.ipynb #01d66372
+# %% ../nbs/10a_cli.ipynb #2dd2a3d2
 def _interrupted(prog: str) -> int:
     print(f"{prog}: interrupted; run the same command again to resume", file=sys.stderr)
     import warnings   # the process is ending: unfinished requests and threads need no obituary on stderr
@@ -304,5 +305,5 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if main_thread: signal.signal(signal.SIGINT, previous)
 
-# %% ../nbs/10a_cli.ipynb #9807bc3d
+# %% ../nbs/10a_cli.ipynb #723bd138
 if __name__ == "__main__": sys.exit(main())

@@ -7,10 +7,11 @@ Docs: https://dreamframe.github.io/dreamframe/evaluate.html.md"""
 # %% auto #0
 __all__ = ['CLIP_MEAN', 'CLIP_STD', 'IMAGENET_MEAN', 'IMAGENET_STD', 'METRICS', 'EvalConfig', 'to_pixels', 'EvalModels',
            'device_and_dtype', 'load_eval_models', 'clip_image_features', 'clip_text_features', 'dino_features',
-           'lpips_pairs', 'adjacent_cosine', 'pairwise_mean_cosine', 'run_frames', 'measure_run', 'summary_table',
-           'EvalResult', 'plot_eval', 'plot_metrics', 'evaluate_with', 'evaluate_run']
+           'lpips_pairs', 'adjacent_cosine', 'pairwise_mean_cosine', 'clip_scorer', 'frame_cast',
+           'identity_consistency', 'run_frames', 'measure_run', 'summary_table', 'EvalResult', 'plot_eval',
+           'plot_metrics', 'evaluate_with', 'evaluate_run']
 
-# %% ../nbs/09_evaluate.ipynb #69b9b0c3
+# %% ../nbs/09_evaluate.ipynb #580a0270
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +24,12 @@ from PIL import Image
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from .schema import FormatError, Movie, atomic_write_bytes, atomic_write_json, read_json
+from .schema import FormatError, Movie, atomic_write_bytes, atomic_write_json, name_pattern, read_json, slugify
 from .config import save_stage_config, settings
 from .run_folder import read_manifest
 from .lpips import LPIPS, load_lpips
 
-# %% ../nbs/09_evaluate.ipynb #ac5cfe08
+# %% ../nbs/09_evaluate.ipynb #c2ff9851
 @settings
 class EvalConfig:
     "Settings of the metrics (`dreamframe eval`): saved in `RUN/config.json` under `eval`; flags `--eval-<field>`."
@@ -43,7 +44,7 @@ class EvalConfig:
     seed: int = 0  # seed of the tiny models
     against: str | None = None  # a second run folder measured the same way and shown beside this one (e.g. rendered without the style embedding)
 
-# %% ../nbs/09_evaluate.ipynb #6a9a1d45
+# %% ../nbs/09_evaluate.ipynb #a8c3066c
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -64,7 +65,7 @@ def to_pixels(images: list[Image.Image], size: int, mean=None, std=None, crop: b
     if mean is None: return batch * 2 - 1
     return (batch - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
 
-# %% ../nbs/09_evaluate.ipynb #4c0ef382
+# %% ../nbs/09_evaluate.ipynb #c58c8d8b
 @dataclass
 class EvalModels:
     "The loaded networks of an evaluation."
@@ -114,7 +115,7 @@ def load_eval_models(cfg: EvalConfig, device: str | torch.device = "cpu", dtype:
     names["lpips"] = lpips.name + (" (LPIPS v0.1)" if lpips.calibrated else " (LPIPS-style, uniform weights)")
     return EvalModels(clip.to(device, dtype).eval(), tok, dino.to(device, dtype).eval(), lpips.to(device), names, device, dtype)
 
-# %% ../nbs/09_evaluate.ipynb #78391259
+# %% ../nbs/09_evaluate.ipynb #89ace22a
 def _pooled(out) -> torch.Tensor: return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 def _batches(items: list, size: int):
@@ -156,7 +157,7 @@ def lpips_pairs(models: EvalModels, first: list[Image.Image], second: list[Image
         out.append(models.lpips(to_pixels(a, side, crop=False).to(models.device), to_pixels(b, side, crop=False).to(models.device)))
     return torch.cat(out) if out else torch.zeros(0)
 
-# %% ../nbs/09_evaluate.ipynb #e28a7e03
+# %% ../nbs/09_evaluate.ipynb #c024f929
 def adjacent_cosine(features: torch.Tensor) -> torch.Tensor:
     "Cosine similarity of each row of unit-length `features` with the next row (N-1 values)."
     return (features[:-1] * features[1:]).sum(-1)
@@ -168,14 +169,47 @@ def pairwise_mean_cosine(features: torch.Tensor) -> float | None:
     gram = features @ features.T
     return ((gram.sum() - gram.diagonal().sum()) / (n * (n - 1))).item()
 
-# %% ../nbs/09_evaluate.ipynb #4e9b6c2f
+# %% ../nbs/09_evaluate.ipynb #4c834219
+def clip_scorer(cfg: EvalConfig, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32"):
+    "CLIP's cosine of each picture with a text, as `(pictures, text) -> scores` named `.name` (loads only `cfg`'s CLIP): the character sheets' picker."
+    device, dtype = device_and_dtype(device, dtype)
+    if cfg.tiny: clip, tok, _ = _tiny_clip_dino(cfg.seed)
+    else:
+        from transformers import AutoTokenizer, CLIPModel
+        clip, tok = CLIPModel.from_pretrained(cfg.clip_model), AutoTokenizer.from_pretrained(cfg.clip_model)
+    models = EvalModels(clip.to(device, dtype).eval(), tok, None, None, {"clip": "tiny-random" if cfg.tiny else cfg.clip_model}, device, dtype)
+    def score(pictures: list, text: str) -> list[float]:
+        return (clip_image_features(models, pictures) @ clip_text_features(models, [text]).T)[:, 0].tolist()
+    score.name = models.names["clip"]
+    return score
+
+# %% ../nbs/09_evaluate.ipynb #b079e16b
+def frame_cast(movie: Movie, frame) -> list[str]:
+    "Ids (name slugs) of the characters `frame` shows: its list and whole-word mentions in its prompt."
+    return [slugify(c.name) for c in movie.characters if c.name in frame.characters or name_pattern(c.name).search(frame.prompt)]
+
+def identity_consistency(features: torch.Tensor, shown: list[list[str]]) -> dict:
+    "Mean cosine of unit-length `features` over frame pairs sharing a character minus pairs sharing none, overall and per character."
+    cast = list(dict.fromkeys(c for s in shown for c in s))
+    member = torch.tensor([[c in s for c in cast] for s in shown], dtype=torch.bool).reshape(len(shown), len(cast))
+    gram, upper = features @ features.T, torch.ones(len(shown), len(shown), dtype=torch.bool).triu(1)
+    pairs = upper & member.any(1)[:, None] & member.any(1)[None, :]   # both frames show someone
+    share = (member.float() @ member.float().T) > 0
+    def score(same, other) -> dict:
+        s, o = (gram[m].mean().item() if m.any() else None for m in (same, other))
+        return {"score": None if None in (s, o) else s - o, "same": s, "other": o, "pairs_same": int(same.sum()), "pairs_other": int(other.sum())}
+    per = {c: score(pairs & member[:, k, None] & member[None, :, k], pairs & ~share & (member[:, k, None] | member[None, :, k])) for k, c in enumerate(cast)}
+    return {"overall": score(pairs & share, pairs & ~share), "characters": per}
+
+# %% ../nbs/09_evaluate.ipynb #8bf552f8
 def run_frames(run_dir: Path) -> list[dict]:
     "The finished frames (manifest line and image) in story order: frame_id, shot_id, path, prompt (look-alike text, no template)."
     finished, movie, frames = read_manifest(run_dir / "frames"), Movie.load(run_dir), []
     for frame in movie.frames:
         if frame.id not in finished or not (path := run_dir / finished[frame.id]["path"]).is_file(): continue
         if not path.resolve().is_relative_to(run_dir.resolve()): raise FormatError(f"{path} leads outside the run folder {run_dir}")
-        frames.append({"frame_id": frame.id, "shot_id": frame.id.rsplit(".", 1)[0], "path": path, "prompt": movie.render_prompt(frame)})
+        frames.append({"frame_id": frame.id, "shot_id": frame.id.rsplit(".", 1)[0], "path": path, "prompt": movie.render_prompt(frame),
+                       "characters": frame_cast(movie, frame)})
     return frames
 
 def _features(cfg: EvalConfig, models: EvalModels, frames: list[dict], desc: str, progress: bool) -> dict[str, torch.Tensor]:
@@ -193,7 +227,7 @@ def _features(cfg: EvalConfig, models: EvalModels, frames: list[dict], desc: str
     text = clip_text_features(models, [f["prompt"] for f in frames], cfg.batch_size)
     return {"clip": torch.cat(clip), "dino": torch.cat(dino), "text": text, "lpips_next": torch.cat(lpips_next)}
 
-# %% ../nbs/09_evaluate.ipynb #22caa68a
+# %% ../nbs/09_evaluate.ipynb #82e97eca
 def _mean(values) -> float | None:
     values = [float(v) for v in values]
     return float(np.mean(values)) if values else None
@@ -208,19 +242,23 @@ def measure_run(cfg: EvalConfig, models: EvalModels, run_dir: str | Path, *, pro
     clip_text = (feats["clip"] * feats["text"]).sum(-1).tolist()
     per_frame = [{"frame_id": f["frame_id"], "clip_text_raw": clip_text[i], "clip_next": clip_next[i], "lpips_next": lpips_next[i]}
                  for i, f in enumerate(frames)]
-    shots = {}
+    shots, shown = {}, [f["characters"] for f in frames]
     for shot_id in dict.fromkeys(f["shot_id"] for f in frames):
         idx = [i for i, f in enumerate(frames) if f["shot_id"] == shot_id]
         inner = [i for i in idx[:-1] if frames[i + 1]["shot_id"] == shot_id]  # pairs inside the shot
         shots[shot_id] = {"n_frames": len(idx), "clip_adjacent": _mean(clip_next[i] for i in inner), "lpips_adjacent": _mean(lpips_next[i] for i in inner),
-                          "dino_set": pairwise_mean_cosine(feats["dino"][idx]), "clip_text_raw": _mean(clip_text[i] for i in idx)}
+                          "dino_set": pairwise_mean_cosine(feats["dino"][idx]), "clip_text_raw": _mean(clip_text[i] for i in idx),
+                          "identity": identity_consistency(feats["dino"][idx], [shown[i] for i in idx])["overall"]["score"]}
+    identity = identity_consistency(feats["dino"], shown)
     movie = {"n_frames": len(frames), "clip_adjacent": _mean(clip_next[:-1]), "lpips_adjacent": _mean(lpips_next[:-1]),
-             "dino_set": pairwise_mean_cosine(feats["dino"]), "clip_text_raw": _mean(clip_text)}
-    return {"run": run_dir.resolve().name, "run_dir": str(run_dir), "models": models.names, "movie": movie, "shots": shots, "frames": per_frame}
+             "dino_set": pairwise_mean_cosine(feats["dino"]), "clip_text_raw": _mean(clip_text), "identity": identity["overall"]["score"]}
+    return {"run": run_dir.resolve().name, "run_dir": str(run_dir), "models": models.names, "movie": movie, "shots": shots, "frames": per_frame,
+            "identity": identity}
 
-# %% ../nbs/09_evaluate.ipynb #2d347ec6
+# %% ../nbs/09_evaluate.ipynb #1754cec4
 METRICS = {"clip_adjacent": ("CLIP image–image, adjacent frames", "higher"), "lpips_adjacent": ("LPIPS, adjacent frames", "lower"),
-           "dino_set": ("DINO pairwise set consistency", "higher"), "clip_text_raw": ("CLIP-T image–prompt (raw cosine)", "higher")}
+           "dino_set": ("DINO pairwise set consistency", "higher"), "clip_text_raw": ("CLIP-T image–prompt (raw cosine)", "higher"),
+           "identity": ("identity: DINO, same character minus different", "higher")}
 
 def _runs(metrics: dict) -> list[dict]: return [metrics] + ([metrics["against"]] if metrics.get("against") else [])
 
@@ -245,7 +283,7 @@ class EvalResult(dict):
     "The metrics of a run (a plain dict, as saved in metrics.json) that renders as a summary table."
     def _repr_markdown_(self) -> str: return summary_table(self)
 
-# %% ../nbs/09_evaluate.ipynb #0d49e492
+# %% ../nbs/09_evaluate.ipynb #f008587f
 def plot_eval(metrics: dict):
     "Adjacent-frame CLIP similarity and LPIPS along the movie, one line per run."
     fig, axes = plt.subplots(1, 2, figsize=(10, 3))
@@ -279,7 +317,7 @@ def plot_metrics(metrics: dict | str | Path):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/09_evaluate.ipynb #ea18bc07
+# %% ../nbs/09_evaluate.ipynb #5cb075e9
 def _check_runs(cfg: EvalConfig, run_dir: Path) -> None:
     for folder, what in ((run_dir, "the run folder"), *(((Path(cfg.against), "against"),) if cfg.against else ())):
         if not (folder / "movie.json").exists(): raise FileNotFoundError(f"{what} {folder} has no movie.json; is it a run folder?")

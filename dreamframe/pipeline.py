@@ -6,11 +6,11 @@ Docs: https://dreamframe.github.io/dreamframe/pipeline.html.md"""
 
 # %% auto #0
 __all__ = ['STAGES', 'SECTIONS', 'STAGE_SECTIONS', 'MODEL_IDENTITY', 'DEMO_THEME', 'PRESETS', 'STAGE_OUTPUTS', 'DERIVED',
-           'resolve', 'section_class', 'run_settings', 'model_name', 'stage_values', 'stage_inputs', 'plan_stage',
-           'StaleWorkError', 'check_stale', 'run_stage', 'describe_plan', 'pipeline_settings', 'run_pipeline', 'status',
-           'demo_outputs']
+           'resolve', 'section_class', 'run_settings', 'model_name', 'scorer_name', 'identity', 'stage_values',
+           'stage_inputs', 'plan_stage', 'StaleWorkError', 'check_stale', 'run_stage', 'describe_plan',
+           'pipeline_settings', 'run_pipeline', 'status', 'demo_outputs']
 
-# %% ../nbs/10_pipeline.ipynb #ed1840fb
+# %% ../nbs/10_pipeline.ipynb #5ae196df
 import importlib
 import time
 from dataclasses import dataclass, field
@@ -25,8 +25,8 @@ from .run_folder import StagePlan, clean_partial_files, file_digest, read_manife
 from .resources import Models, make_llm, preflight
 from .schema import FormatError, Movie
 
-# %% ../nbs/10_pipeline.ipynb #7e8ebad4
-STAGES = ("story", "style", "keyframes", "qa", "export", "view", "eval")
+# %% ../nbs/10_pipeline.ipynb #6a0afddb
+STAGES = ("story", "style", "characters", "keyframes", "qa", "export", "view", "eval")
 
 SECTIONS = {  # RUN/config.json section: (settings class, flag prefix)
     "story": ("dreamframe.story:StoryConfig", ""),
@@ -34,6 +34,7 @@ SECTIONS = {  # RUN/config.json section: (settings class, flag prefix)
     "models": ("dreamframe.models:ModelConfig", ""),
     "style": ("dreamframe.style:StyleConfig", "style-"),
     "style_speed": ("dreamframe.style_fast:StyleSpeed", "style-"),
+    "characters": ("dreamframe.characters:CharacterConfig", "characters-"),
     "keyframes": ("dreamframe.keyframes:KeyframeConfig", ""),
     "keyframes_speed": ("dreamframe.keyframes_fast:KeyframeSpeed", ""),
     "qa": ("dreamframe.qa:QAConfig", "qa-"),
@@ -42,7 +43,8 @@ SECTIONS = {  # RUN/config.json section: (settings class, flag prefix)
     "eval": ("dreamframe.evaluate:EvalConfig", "eval-"),
 }
 STAGE_SECTIONS = {"story": ("story", "llm"), "style": ("models", "style", "style_speed"),
-                  "keyframes": ("models", "keyframes", "keyframes_speed"), "qa": ("qa", "llm"),
+                  "characters": ("models", "keyframes", "characters", "eval"),
+                  "keyframes": ("models", "keyframes", "keyframes_speed", "characters"), "qa": ("qa", "llm"),
                   "export": ("export",), "view": ("view",), "eval": ("models", "eval")}
 MODEL_IDENTITY = ("model", "vae", "variant")  # the `models` settings that change pictures (device, dtype, memory don't)
 
@@ -56,7 +58,7 @@ def section_class(section: str):
     if section not in SECTIONS: raise ConfigError(f"unknown settings section {section!r}; sections: {', '.join(SECTIONS)}")
     return resolve(SECTIONS[section][0])
 
-# %% ../nbs/10_pipeline.ipynb #12b5de42
+# %% ../nbs/10_pipeline.ipynb #84aa20ba
 DEMO_THEME = "a lighthouse keeper finds a message in a bottle"
 PRESETS = {
     "demo": {  # everything offline in a minute: the scripted LLM, the tiny untrained SDXL, a 3 x 2 x 4 story
@@ -64,7 +66,9 @@ PRESETS = {
         "llm": {"model": "scripted", "concurrency": 64},
         "models": {"model": "tiny"},
         "style": {"resolution": 64, "steps": 4, "n_images": 2, "image_steps": 4},
-        "keyframes": {"resolution": 64, "steps": 2, "negative_prompt": "blurry, low quality, watermark, text"},
+        "keyframes": {"resolution": 64, "steps": 2, "negative_prompt": "blurry, low quality, watermark, text",
+                      "identity": "shared-attention"},   # the characters' sheets condition the frames; no weights needed
+        "characters": {"candidates": 2, "steps": 2, "resolution": 64, "negative_prompt": "blurry, low quality"},
         "eval": {"tiny": True},
     },
     "colab": {  # one T4/L4 session (15-24 GB, a few hours): 54 keyframes at 768², base only, fp16-safe VAE, low memory
@@ -85,7 +89,7 @@ def run_settings(run_dir: str | Path, sections, given: dict[str, dict] | None = 
     layered = {s: {**PRESETS.get(preset, {}).get(s, {}), **given.get(s, {})} for s in sections}
     return {s: make_config(section_class(s), saved.get(s), layered[s]) for s in sections}
 
-# %% ../nbs/10_pipeline.ipynb #0ef60992
+# %% ../nbs/10_pipeline.ipynb #7df89034
 STAGE_OUTPUTS = {"story": ("movie.json",), "style": ("style/embedding.safetensors",), "qa": ("qa.json",),
                  "export": ("export/llava.json", "export/qa.jsonl"), "view": ("view.html",), "eval": ("eval/metrics.json",)}
 DERIVED = ("export", "view", "eval")
@@ -95,6 +99,14 @@ def model_name(settings: dict, refiner: bool = False) -> str:
     models = settings["models"]
     name = models.model + (f" (vae {models.vae})" if models.vae else "")
     return name + (f" + {models.refiner}" if refiner and models.refiner else "")
+
+def scorer_name(settings: dict) -> str:
+    "The CLIP that picks the character sheets (`eval`'s, or its untrained stand-in)."
+    return "tiny-random" if settings["eval"].tiny else settings["eval"].clip_model
+
+def identity(settings: dict, movie: Movie, run_dir: Path):
+    "How the frames keep their characters (`keyframes.identity`): None, or a condition for the keyframe stage."
+    return resolve("dreamframe.identity:identity_condition")(settings["characters"], settings["keyframes"], movie, run_dir)
 
 def stage_values(stage: str, settings: dict) -> dict:
     "The settings that decide a stage's results (speed, device and progress left out)."
@@ -113,7 +125,7 @@ def stage_inputs(stage: str, run_dir: Path) -> dict:
         return {"movie": file_digest(movie), "frames": fingerprint(drawn), "qa": file_digest(run_dir / "qa.json")}
     return {}
 
-# %% ../nbs/10_pipeline.ipynb #f77be4e9
+# %% ../nbs/10_pipeline.ipynb #fdabf9b2
 def _outputs_exist(stage: str, run_dir: Path, settings: dict) -> bool:
     if stage == "view" and settings["view"].html: return Path(settings["view"].html).exists()
     return all((run_dir / name).exists() for name in STAGE_OUTPUTS.get(stage, ()))
@@ -121,10 +133,16 @@ def _outputs_exist(stage: str, run_dir: Path, settings: dict) -> bool:
 def plan_stage(stage: str, run_dir: str | Path, settings: dict) -> StagePlan:
     "What `stage` has done in `run_dir` and what is left or stale, against `settings`."
     run_dir = Path(run_dir)
+    if stage in ("characters", "keyframes") and not (run_dir / "movie.json").exists():
+        return StagePlan(stage, "frames" if stage == "keyframes" else "sheets", None, note="needs the story")
+    if stage == "characters":
+        if settings["keyframes"].identity == "none": return StagePlan(stage, "sheets", 0, 0, note="(not needed: identity none)")
+        return resolve("dreamframe.characters:plan_sheets")(settings["characters"], Movie.load(run_dir), run_dir,
+                                                           model_name=model_name(settings), scorer=scorer_name(settings))
     if stage == "keyframes":
-        if not (run_dir / "movie.json").exists(): return StagePlan(stage, "frames", None, note="needs the story")
-        cfg = settings["keyframes"]
-        plan = resolve("dreamframe.keyframes:plan_keyframes")(cfg, Movie.load(run_dir), run_dir, model_name=model_name(settings, refiner=bool(cfg.refiner_steps)))
+        cfg, movie = settings["keyframes"], Movie.load(run_dir)
+        plan = resolve("dreamframe.keyframes:plan_keyframes")(cfg, movie, run_dir, model_name=model_name(settings, refiner=bool(cfg.refiner_steps)),
+                                                             condition=identity(settings, movie, run_dir))
         seconds = [r["seconds"] for r in read_manifest(run_dir / "frames").values() if isinstance(r.get("seconds"), (int, float))]
         if seconds and plan.total: plan.eta_s = sum(seconds) / len(seconds) * max(0, plan.total - plan.done)
         return plan
@@ -144,7 +162,7 @@ def plan_stage(stage: str, run_dir: str | Path, settings: dict) -> StagePlan:
     if inputs_changed: changes.update({"inputs": (record.get("inputs"), stage_inputs(stage, run_dir))})
     return StagePlan(stage, "files", 1, 1, stale={STAGE_OUTPUTS[stage][0]: changes} if changes else {})
 
-# %% ../nbs/10_pipeline.ipynb #fd4db8af
+# %% ../nbs/10_pipeline.ipynb #a6e4e7d7
 class StaleWorkError(RuntimeError):
     "Finished work would be redone; the caller did not ask for it (`redo=True`, `--redo`)."
 
@@ -161,7 +179,7 @@ def check_stale(plans: list[StagePlan], run_dir: Path, redo: bool) -> None:
         parts.append(f"{plan.stage}: would redo {units}{where} made with other settings ({describe_changes(changes, 4)})")
     raise StaleWorkError(f"{run_dir}: " + "; ".join(parts) + ". Nothing was changed; add --redo to redo them")
 
-# %% ../nbs/10_pipeline.ipynb #2e4b1c1f
+# %% ../nbs/10_pipeline.ipynb #fa6482c1
 def run_stage(stage: str, run_dir: Path, settings: dict, resources: dict, redo: bool, progress: bool):
     "Run one stage with its settings; `resources` holds `llm` and `models` (made on first use)."
     if stage == "story":
@@ -172,11 +190,16 @@ def run_stage(stage: str, run_dir: Path, settings: dict, resources: dict, redo: 
                                                                redo=redo, progress=progress)
         resources["models"]().release()  # the trained pipeline holds training state: keyframes load a fresh one
         return out
+    if stage == "characters":
+        models = resources["models"]()
+        scorer = resolve("dreamframe.evaluate:clip_scorer")(settings["eval"], str(models.device()), "float32")
+        return resolve("dreamframe.characters:make_sheets")(settings["characters"], models.base(), Movie.load(run_dir), run_dir,
+                                                           model_name=model_name(settings), scorer=scorer, redo=redo, progress=progress)
     if stage == "keyframes":
-        models, cfg = resources["models"](), settings["keyframes"]
+        models, cfg, movie = resources["models"](), settings["keyframes"], Movie.load(run_dir)
         refiner = models.refiner() if cfg.refiner_steps else None
         return resolve("dreamframe.keyframes_fast:generate_keyframes_fast")(
-            cfg, settings["keyframes_speed"], models.base(), Movie.load(run_dir), run_dir, refiner=refiner,
+            cfg, settings["keyframes_speed"], models.base(), movie, run_dir, refiner=refiner, condition=identity(settings, movie, run_dir),
             model_name=model_name(settings, refiner=bool(cfg.refiner_steps)), redo=redo, progress=progress)
     if stage == "qa": return resolve("dreamframe.qa:build_qa")(settings["qa"], resources["llm"](), run_dir, progress=progress)
     if stage == "export": return resolve("dreamframe.export:export_run")(settings["export"], run_dir, progress=progress)
@@ -187,7 +210,7 @@ def run_stage(stage: str, run_dir: Path, settings: dict, resources: dict, redo: 
                                                            dtype=str(models.torch_dtype()).removeprefix("torch."), progress=progress)
     raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
 
-# %% ../nbs/10_pipeline.ipynb #d41079fb
+# %% ../nbs/10_pipeline.ipynb #06f81d81
 def describe_plan(settings: dict, preset: str) -> str:
     "One line saying what a run with `preset` will make and how."
     story, frames, models = settings.get("story"), settings.get("keyframes"), settings.get("models")
@@ -198,7 +221,7 @@ def describe_plan(settings: dict, preset: str) -> str:
     if "style" in settings: parts.append(f"style: {settings['style'].steps} updates at {settings['style'].resolution}px")
     return " ".join(parts[:1]) + " " + "; ".join(parts[1:])
 
-# %% ../nbs/10_pipeline.ipynb #0e769f31
+# %% ../nbs/10_pipeline.ipynb #28995746
 def _sections(stages) -> list[str]:
     return list(dict.fromkeys(s for stage in stages for s in STAGE_SECTIONS[stage]))
 
@@ -211,7 +234,7 @@ def pipeline_settings(run_dir: Path, stages, given: dict | None = None, preset: 
     extra = [s for s in [*PRESETS.get(preset, {}), *given] if s != "story" or not brought]
     return run_settings(run_dir, list(dict.fromkeys(_sections(stages) + extra)), given, preset), stages
 
-# %% ../nbs/10_pipeline.ipynb #b1331055
+# %% ../nbs/10_pipeline.ipynb #385b60ca
 def run_pipeline(run_dir: str | Path, *,
                  stages=STAGES,                       # which stages to consider, run in pipeline order
                  given: dict[str, dict] | None = None, # settings given now, by section (the command line's flags)
@@ -265,7 +288,7 @@ def run_pipeline(run_dir: str | Path, *,
     bar.close()
     return outcome
 
-# %% ../nbs/10_pipeline.ipynb #a1461f72
+# %% ../nbs/10_pipeline.ipynb #b574b01f
 def status(run_dir: str | Path) -> str:
     "One line per stage: done, stale or left, with counts (e.g. `keyframes  done   24/24 frames`)."
     run_dir = Path(run_dir)
@@ -280,7 +303,7 @@ def status(run_dir: str | Path) -> str:
         except FormatError as error: rows.append(f"  {stage:<10} ?      {' '.join(str(error).split())}")
     return "\n".join(rows)
 
-# %% ../nbs/10_pipeline.ipynb #842b4995
+# %% ../nbs/10_pipeline.ipynb #f5a7d58d
 def demo_outputs(run_dir: str | Path) -> dict[str, Path]:
     "Where the demo's results are in `run_dir`."
     run_dir = Path(run_dir)

@@ -7,7 +7,7 @@ Docs: https://dreamframe.github.io/dreamframe/resources.html.md"""
 # %% auto #0
 __all__ = ['TINY_MODEL_DIR', 'make_llm', 'tiny_model_path', 'model_source', 'Models', 'preflight']
 
-# %% ../nbs/03b_resources.ipynb #2cab68db
+# %% ../nbs/03b_resources.ipynb #ba56df6b
 import gc
 import importlib
 import os
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .config import ConfigError
 
-# %% ../nbs/03b_resources.ipynb #851e54c6
+# %% ../nbs/03b_resources.ipynb #650e7ea8
 TINY_MODEL_DIR = "_tiny_model"
 
 def _resolve(target: str):
@@ -48,7 +48,7 @@ def model_source(name: str | None, run_dir: Path, part: str = "") -> str | None:
     if name != "tiny": return name
     return str(tiny_model_path(run_dir) / part) if part else str(tiny_model_path(run_dir))
 
-# %% ../nbs/03b_resources.ipynb #295ce82b
+# %% ../nbs/03b_resources.ipynb #e30bcc25
 class Models:
     "SDXL (and its refiner) for the `models` settings, loaded on first use."
     def __init__(self, cfg, run_dir: Path):
@@ -89,17 +89,17 @@ class Models:
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_available(): torch.cuda.empty_cache()
 
-# %% ../nbs/03b_resources.ipynb #c7e4a6bb
+# %% ../nbs/03b_resources.ipynb #286bceef
 def preflight(run_dir: Path, settings: dict, stages: list[str], llm=None) -> None:
     "Check the folder, the models, the device and the LLM that `stages` will use; raise at the first problem."
     probe = run_dir / f".write-check-{os.getpid()}.tmp"
     try: probe.write_bytes(b"ok"); probe.unlink()
     except OSError as error: raise OSError(error.errno, f"the run folder {run_dir} is not writable ({error.strerror})") from None
-    if {"style", "keyframes"} & set(stages) or ("eval" in stages and "models" in settings):
+    if {"style", "characters", "keyframes"} & set(stages) or ("eval" in stages and "models" in settings):
         models, cfg = importlib.import_module("dreamframe.models"), settings["models"]
         import torch
         wanted = [("model", cfg.model, "model_index.json")] + ([("refiner", cfg.refiner, "model_index.json")] if cfg.refiner else [])
-        if {"style", "keyframes"} & set(stages):
+        if {"style", "characters", "keyframes"} & set(stages):
             for what, name, marker in wanted:
                 if name != "tiny": models.check_source(name, f"--{what}", marker)
             if cfg.vae: models.check_source(cfg.vae, "--vae", "config.json")

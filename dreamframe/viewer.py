@@ -8,7 +8,7 @@ Docs: https://dreamframe.github.io/dreamframe/viewer.html.md"""
 __all__ = ['FrameView', 'run_frames', 'image_bytes', 'data_uri', 'FramePlayer', 'frames_to_html', 'ViewConfig', 'write_view',
            'plot_shot_grid', 'plot_loss_curve']
 
-# %% ../nbs/08_viewer.ipynb #40c1f69d
+# %% ../nbs/08_viewer.ipynb #cc71f856
 import base64
 import html
 import io
@@ -28,7 +28,7 @@ from .schema import FormatError, Movie, atomic_write_text, read_json
 from .config import save_stage_config, settings
 from .run_folder import read_manifest
 
-# %% ../nbs/08_viewer.ipynb #1b507139
+# %% ../nbs/08_viewer.ipynb #b3b408e6
 @dataclass
 class FrameView:
     "One rendered frame and the text shown with it."
@@ -41,6 +41,9 @@ class FrameView:
     substory_title: str = ""
     lines: list[tuple[str, str]] = field(default_factory=list)  # (speaker or "", text) spoken after the frame
     sdxl_prompt: str = ""  # the full prompt SDXL was given, from the manifest (template and style token included)
+    identity: str = ""  # the identity mode and the characters the frame was conditioned on, from the manifest, e.g. "ip-adapter: mara, tom"
+
+def _conditioning(line: dict) -> str: return "" if line.get("identity", "none") == "none" else f"{line['identity']}: {', '.join(line.get('identity_characters') or {}) or 'no one'}"
 
 def _frame_file(run_dir: Path, line: dict) -> Path | None:
     "The image of a checked manifest line, or None when it is not there; a link that leads out of `run_dir` is refused."
@@ -49,7 +52,7 @@ def _frame_file(run_dir: Path, line: dict) -> Path | None:
     if not path.resolve().is_relative_to(run_dir.resolve()): raise FormatError(f"{path} leads outside the run folder {run_dir}")
     return path
 
-# %% ../nbs/08_viewer.ipynb #b7aef0ba
+# %% ../nbs/08_viewer.ipynb #d94aa455
 def run_frames(run_dir: str | Path) -> list[FrameView]:
     "The finished frames of a run folder (a manifest line and an image each), in story order."
     run_dir = Path(run_dir)
@@ -64,16 +67,16 @@ def run_frames(run_dir: str | Path) -> list[FrameView]:
                     line = finished.get(frame.id)
                     if line is None or (path := _frame_file(run_dir, line)) is None: continue
                     lines = [(l.speaker or "", l.text) for l in shot.lines if l.frame_id == frame.id]
-                    views.append(FrameView(frame.id, path, movie.render_prompt(frame), shot.id, shot.title, sub.id, sub.title, lines, line.get("prompt", "")))
+                    views.append(FrameView(frame.id, path, movie.render_prompt(frame), shot.id, shot.title, sub.id, sub.title, lines, line.get("prompt", ""), _conditioning(line)))
     else:
         for frame_id, line in sorted(finished.items()):
             if (path := _frame_file(run_dir, line)) is None: continue
             shot_id, prompt = frame_id.rsplit(".", 1)[0], line.get("prompt", "")
-            views.append(FrameView(frame_id, path, prompt, shot_id, substory_id=shot_id.split(".")[0], sdxl_prompt=prompt))
+            views.append(FrameView(frame_id, path, prompt, shot_id, substory_id=shot_id.split(".")[0], sdxl_prompt=prompt, identity=_conditioning(line)))
     if not views: raise FileNotFoundError(f"no finished frames in {run_dir / 'frames'}; run `dreamframe keyframes {run_dir}` first")
     return views
 
-# %% ../nbs/08_viewer.ipynb #a1baa980
+# %% ../nbs/08_viewer.ipynb #47103544
 def image_bytes(path: str | Path, size: int, fmt: str = "JPEG") -> bytes:
     "The image at `path` shrunk to fit `size`×`size` (never enlarged), encoded as JPEG or PNG."
     img = Image.open(path).convert("RGB")
@@ -86,10 +89,11 @@ def data_uri(path: str | Path, size: int, fmt: str = "JPEG") -> str:
     "A `data:` URI of the shrunk image, for self-contained HTML."
     return f"data:image/{fmt.lower()};base64," + base64.b64encode(image_bytes(path, size, fmt)).decode()
 
-# %% ../nbs/08_viewer.ipynb #4547d41d
+# %% ../nbs/08_viewer.ipynb #e4ea026f
 def _caption_html(view: FrameView) -> str:
     head = f"<b>{html.escape(view.frame_id)}</b>"
     if view.shot_title: head += f" · {html.escape(view.substory_title)} › {html.escape(view.shot_title)}"
+    if view.identity: head += f" · <span class='identity'>conditioned on {html.escape(view.identity)}</span>"
     lines = "".join(f"<div style='border-left:3px solid #e63;padding-left:.5em'><b>{html.escape(s)}</b>{': ' if s else ''}{html.escape(t)}</div>" for s, t in view.lines)
     tip = f" title='SDXL prompt: {html.escape(view.sdxl_prompt, quote=True)}'" if view.sdxl_prompt else ""
     return f"<div style='max-width:60em'>{head}<br><i{tip}>{html.escape(view.prompt)}</i>{lines}</div>"
@@ -102,7 +106,7 @@ def _jump_options(views: list[FrameView]) -> list[tuple[str, int]]:
         options.append((f"{v.shot_id} · {v.substory_title} › {v.shot_title}" if v.shot_title else v.shot_id, i))
     return options
 
-# %% ../nbs/08_viewer.ipynb #5f7c5116
+# %% ../nbs/08_viewer.ipynb #5026ea63
 class FramePlayer:
     "An ipywidgets player for the frames of a run folder, optionally side by side with a second run."
     def __init__(self, run_dir: str | Path, compare: str | Path | None = None,
@@ -138,7 +142,7 @@ class FramePlayer:
 
     def _repr_mimebundle_(self, **kwargs): return self.widget._repr_mimebundle_(**kwargs)
 
-# %% ../nbs/08_viewer.ipynb #04cd4589
+# %% ../nbs/08_viewer.ipynb #8209b581
 @patch
 def _image(self: FramePlayer, view: FrameView | None, size: int) -> widgets.Widget:
     if view is None: return widgets.HTML(f"<div style='width:{size}px;text-align:center'>(not rendered)</div>")
@@ -181,7 +185,7 @@ def show(self: FramePlayer, frame_id: str) -> "FramePlayer":
     self.slider.value = ids.index(frame_id)
     return self
 
-# %% ../nbs/08_viewer.ipynb #257ef0ad
+# %% ../nbs/08_viewer.ipynb #ba60c7f5
 _HEAD = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>__TITLE__</title>
 <style>
@@ -195,7 +199,7 @@ body{font-family:system-ui,sans-serif;margin:1em 2em;background:#fafafa;color:#2
 </style></head><body>
 """
 
-_BODY = """<h1 id="title"></h1><p id="overview"></p>
+_BODY = """<h1 id="title"></h1><p id="overview"></p><div id="sheets" class="board"></div>
 <div id="controls"><button id="prev" title="previous (←)">◀</button><button id="play" title="play / pause (space)">▶ play</button>
 <button id="next" title="next (→)">▶</button><input id="slider" type="range" min="0" value="0">
 <span id="counter"></span><label>speed <select id="speed"></select></label><label>jump to <select id="jump"></select></label></div>
@@ -204,7 +208,7 @@ _BODY = """<h1 id="title"></h1><p id="overview"></p>
 <script type="application/json" id="data">__DATA__</script>
 """
 
-# %% ../nbs/08_viewer.ipynb #1adfd94e
+# %% ../nbs/08_viewer.ipynb #1ae5a362
 _SCRIPT = """<script>
 const D = JSON.parse(document.getElementById("data").textContent), F = D.frames;
 const $ = id => document.getElementById(id), el = (tag, props) => Object.assign(document.createElement(tag), props || {});
@@ -213,6 +217,7 @@ $("title").textContent = D.title; $("overview").textContent = D.overview; $("sli
 const mains = D.runs.map(name => { const fig = el("figure", {className: "view"}); const img = el("img", {alt: ""});
   fig.append(img, el("figcaption", {textContent: D.runs.length > 1 ? name : ""})); $("views").append(fig); return img; });
 [0.5, 1, 2, 4, 8, 12].forEach(fps => $("speed").append(el("option", {value: fps, textContent: fps + " fps", selected: fps === D.fps})));
+D.sheets.forEach(s => { const fig = el("figure"); fig.append(el("img", {src: s.src, alt: s.id}), el("figcaption", {textContent: s.id})); $("sheets").append(fig); });
 let group = null;
 F.forEach((f, i) => { if (i && f.shot === F[i - 1].shot) return;
   if (!group || group.dataset.sub !== f.substory) { group = el("optgroup", {label: f.substory + " " + f.substory_title}); group.dataset.sub = f.substory; $("jump").append(group); }
@@ -229,7 +234,7 @@ F.forEach((f, i) => { if (!i || f.shot !== F[i - 1].shot) { $("storyboard").appe
 function show(i) { current = (i + F.length) % F.length; const f = F[current];
   mains.forEach((img, r) => { img.src = f.src[r] || ""; img.alt = f.src[r] ? f.id : "(not rendered)"; });
   $("slider").value = current; $("counter").textContent = (current + 1) + " / " + F.length;
-  $("frameid").textContent = f.id + (f.shot_title ? " · " + f.substory_title + " › " + f.shot_title : "");
+  $("frameid").textContent = f.id + (f.shot_title ? " · " + f.substory_title + " › " + f.shot_title : "") + (f.identity ? " · conditioned on " + f.identity : "");
   $("prompt").textContent = f.prompt; $("prompt").title = f.sdxl_prompt ? "SDXL prompt: " + f.sdxl_prompt : ""; $("lines").replaceChildren(...f.lines.map(([who, text]) => el("div", {className: "line", textContent: (who ? who + ": " : "") + text})));
   const start = F.findIndex(g => g.shot === f.shot); $("jump").value = String(start);
   thumbs.forEach((t, k) => t.classList.toggle("current", k === current));
@@ -247,7 +252,7 @@ document.body.dataset.ready = String(F.length);
 """
 _PAGE = _HEAD + _BODY + _SCRIPT
 
-# %% ../nbs/08_viewer.ipynb #5d1a967d
+# %% ../nbs/08_viewer.ipynb #c423128e
 def _src(path: Path | None, size: int, embed: bool, out_dir: Path) -> str:
     if path is None: return ""
     if embed: return data_uri(path, size)
@@ -269,21 +274,22 @@ def frames_to_html(run_dir: str | Path, out_path: str | Path | None = None, comp
     def entry(v: FrameView) -> dict:
         paths = [v.path] + ([other[v.frame_id].path if v.frame_id in other else None] if other is not None else [])
         return {"id": v.frame_id, "prompt": v.prompt, "sdxl_prompt": v.sdxl_prompt, "shot": v.shot_id, "shot_title": v.shot_title,
-                "substory": v.substory_id, "substory_title": v.substory_title, "lines": v.lines,
+                "substory": v.substory_id, "substory_title": v.substory_title, "lines": v.lines, "identity": v.identity,
                 "src": [_src(p, image_size, embed, out_dir) for p in paths], "thumb": _src(v.path, thumb_size, embed, out_dir)}
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL decodes and encodes outside the GIL
         frames = list(pool.map(entry, views))
     runs = [run_dir.resolve().name] + ([Path(compare).resolve().name] if compare else [])
     name = title or (movie.title if movie and movie.title else runs[0])
+    sheets = [{"id": p.stem, "src": _src(p, thumb_size, embed, out_dir)} for p in sorted((run_dir / "characters").glob("*.png"))]  # character sheets
     data = {"title": name + (f" — {runs[0]} vs {runs[1]}" if compare else ""), "overview": movie.overview if movie else "",
-            "runs": runs, "fps": fps, "frames": frames}
+            "runs": runs, "fps": fps, "frames": frames, "sheets": sheets}
     blob = json.dumps(data, ensure_ascii=False).replace("<", "\\u003c")
     page = (_PAGE.replace("__TITLE__", html.escape(data["title"])).replace("__SIZE__", str(image_size))
             .replace("__THUMB__", str(thumb_size)).replace("__BOARD__", str(max(thumb_size, 140))).replace("__DATA__", blob))
     if out_path: atomic_write_text(out_path, page)
     return page
 
-# %% ../nbs/08_viewer.ipynb #63c4427c
+# %% ../nbs/08_viewer.ipynb #0e6bb69a
 @settings
 class ViewConfig:
     "Settings of the HTML viewer (`dreamframe view`): saved in `RUN/config.json` under `view`; flags without a prefix."
@@ -301,7 +307,7 @@ def write_view(cfg: ViewConfig, run_dir: str | Path) -> Path:
     save_stage_config(run_dir, "view", cfg)
     return out
 
-# %% ../nbs/08_viewer.ipynb #73957c1e
+# %% ../nbs/08_viewer.ipynb #dd2f038d
 def plot_shot_grid(run_dir: str | Path, shot_id: str, ncols: int = 4, size: float = 2.4, wrap: int = 34):
     "The rendered frames of shot `shot_id` as a grid, each titled with its frame number and prompt."
     import textwrap
@@ -317,7 +323,7 @@ def plot_shot_grid(run_dir: str | Path, shot_id: str, ncols: int = 4, size: floa
     fig.tight_layout()
     return fig
 
-# %% ../nbs/08_viewer.ipynb #2668df05
+# %% ../nbs/08_viewer.ipynb #bcc03462
 def plot_loss_curve(run_dir: str | Path, smoothing: float = 0.9):
     "The style-training loss from `RUN/style/loss.json` (`{token, loss: [one value per update]}`), raw and smoothed."
     path = Path(run_dir) / "style" / "loss.json"

@@ -8,7 +8,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "dreamframe"
 MODULES = {p.stem: p for p in PACKAGE.glob("*.py") if not p.name.startswith("_")}
-STAGES = {"story", "style", "keyframes", "qa", "export", "viewer", "evaluate"}
+STAGES = {"story", "style", "characters", "keyframes", "qa", "export", "viewer", "evaluate"}
 
 
 def imports(path: Path) -> tuple[set[str], set[str]]:
