@@ -1,4 +1,6 @@
 """Fixtures shared by test files."""
+import subprocess
+
 import pytest
 import torch
 
@@ -16,3 +18,16 @@ def tiny(tmp_path_factory):
     "A tiny SDXL-architecture pipeline folder (random weights, 64 px), built once per test module."
     from dreamframe.testing import tiny_sdxl
     return tiny_sdxl(tmp_path_factory.mktemp("tiny") / "sdxl")
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    "Run `dreamframe ARGS` in this process (no interpreter start-up); returns (exit status, stdout, stderr)."
+    from dreamframe.cli import main
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1"); monkeypatch.setenv("TQDM_DISABLE", "1")
+    def run(*args):
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+    return run

@@ -26,17 +26,6 @@ def dreamframe(*args, cwd=None, timeout=600):
     return subprocess.run([*DREAMFRAME, *map(str, args)], capture_output=True, text=True, env=ENV, cwd=cwd, timeout=timeout)
 
 
-@pytest.fixture
-def cli(capsys, monkeypatch):
-    "Run `dreamframe ARGS` in this process (no interpreter start-up); returns (exit status, stdout, stderr)."
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1"); monkeypatch.setenv("TQDM_DISABLE", "1")
-    def run(*args):
-        capsys.readouterr()
-        code = main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, out, err)
-    return run
-
 
 def snapshot(run_dir: Path) -> dict:
     "Every frame PNG's bytes and the manifest's lines without their wall-clock `seconds`."
