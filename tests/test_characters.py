@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 import dreamframe.characters as characters
 from dreamframe.characters import CharacterConfig, frame_characters, make_sheets, plan_sheets, sheet_path
 from dreamframe.evaluate import EvalConfig, evaluate_run
-from dreamframe.identity import clear_identity, identity_condition, random_ip_adapter
+from dreamframe.identity import identity_condition, random_ip_adapter
 from dreamframe.keyframes import KeyframeConfig, generate_keyframes, plan_keyframes
 from dreamframe.keyframes_fast import KeyframeSpeed, generate_keyframes_fast
 from dreamframe.models import load_sdxl
@@ -108,10 +108,14 @@ def test_users_picture_is_kept_and_scorer_picks(pipe, sheets, tmp_path):
 
 def test_none_is_todays_frames(pipe, sheets, drawn, tmp_path):
     today = drawn("none")
-    draw(pipe, fresh_run(sheets, tmp_path / "shared"), sheets[1], "shared-attention")   # a pipeline that has had identity...
-    clear_identity(pipe)                                                                # ...and had it taken out
-    again, lines = draw(pipe, fresh_run(sheets, tmp_path / "again"), sheets[1], "none")
-    assert again == today and all((l["identity"], l["identity_characters"], l["identity_settings"]) == ("none", {}, {}) for l in lines)
+    for mode in ("shared-attention", "ip-adapter"):   # a pipeline left with a mode on: sheets and "none" take it out
+        draw(pipe, fresh_run(sheets, tmp_path / mode), sheets[1], mode)
+        MOVIE.save(tmp_path / f"sheets-after-{mode}")
+        make_sheets(sheets[1], pipe, MOVIE, tmp_path / f"sheets-after-{mode}", model_name="tiny", progress=False)
+        assert all(sheet_path(tmp_path / f"sheets-after-{mode}", i).read_bytes() == sheet_path(sheets[0], i).read_bytes() for i in ("mara", "tom"))
+        draw(pipe, fresh_run(sheets, tmp_path / f"{mode}-again"), sheets[1], mode)
+        again, lines = draw(pipe, fresh_run(sheets, tmp_path / f"none-after-{mode}"), sheets[1], "none")
+        assert again == today and pipe._dreamframe_identity is None and all((l["identity"], l["identity_characters"], l["identity_settings"]) == ("none", {}, {}) for l in lines)
     assert identity_condition(sheets[1], KeyframeConfig(), MOVIE, tmp_path) is None
 
 
