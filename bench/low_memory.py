@@ -1,23 +1,27 @@
 """Low-memory mode under an emulated 15 GiB card: keyframes (base only, base + refiner) and style training.
 
 Full-size random-weight SDXL (bench/sdxl-configs), fp16, 1024², 30 steps (+10 refiner), batch 1. In one process:
-1. the normal mode, uncapped (everything resident): `normal_batch1_s_per_frame`;
-2. the low-memory mode (`dreamframe.low_memory.place_low_memory`, budget 15 GiB) with the process capped at 15 GiB by
-   `torch.cuda.set_per_process_memory_fraction`: `low_memory_s_per_frame`, `peak_reserved_gib`, the tier chosen, and
-   whether its frames are byte-identical to the normal mode's;
-0. style training in its low-memory setting (gradient checkpointing, one micro-step at a time) under the same cap:
-   `s_per_update` after warm-up and the peak.
-Each time is the median of `--frames` timed frames after one warm-up frame (range recorded). Writes
-results/low_memory.json (or `--out`). `--tiny` runs the same code on the tiny model on the CPU (no cap, a dry run).
+1. style training with the `--preset colab` settings (512², float16, gradient checkpointing) under the cap, on its
+   own pipeline before any keyframe pipeline exists: `s_per_update` after warm-up and the peak;
+2. the normal mode, uncapped (everything resident): `normal_batch1_s_per_frame`;
+3. the low-memory mode (`dreamframe.low_memory.place_low_memory`, budget = the cap) with the process capped by
+   `torch.cuda.set_per_process_memory_fraction`: `low_memory_s_per_frame`, `peak_reserved_gib`, the tier chosen,
+   whether its frames are byte-identical to the normal mode's, and a profile of one more frame (where the time goes:
+   the top kernels by device time and the time spent copying between host and device).
+Each time is the median of `--frames` timed frames after one warm-up frame (range recorded). The result file is
+rewritten after every part, and a part that fails records its error, so a crash or a kill keeps what was measured.
+Writes results/low_memory.json (or `--out`). `--tiny` runs the same code on the tiny model on the CPU (a dry run).
 """
 import argparse
 import dataclasses
 import datetime
+import gc
 import json
 import statistics
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -26,29 +30,48 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from dreamframe.keyframes import KeyframeConfig  # noqa: E402
 from dreamframe.keyframes_fast import KeyframeSpeed, generate_keyframes_fast  # noqa: E402
-from dreamframe.low_memory import place_low_memory  # noqa: E402
+from dreamframe.low_memory import WORKING_GIB, place_low_memory  # noqa: E402
 from dreamframe.models import load_refiner, load_sdxl, sdxl_from_configs  # noqa: E402
+from dreamframe.pipeline import PRESETS  # noqa: E402
 from dreamframe.schema import sample_movie  # noqa: E402
 
 GIB = 2**30
+MOVIE = sample_movie(3, 2, 4)   # 24 frames: enough ids for warm-up + timed + profiled frames
 
 
 def sync():
     if torch.cuda.is_available(): torch.cuda.synchronize()
 
 
+def draw(pipe, refiner, cfg, run_dir: Path, frame_id: str) -> float:
+    "Seconds for one call of the keyframe stage on one frame (plan, render, PNG write and fsync included)."
+    sync(); start = time.perf_counter()
+    generate_keyframes_fast(dataclasses.replace(cfg, frame_ids=[frame_id]), KeyframeSpeed(), pipe, MOVIE, run_dir,
+                            model_name="random", refiner=refiner, progress=False)
+    sync()
+    return time.perf_counter() - start
+
+
 def time_frames(pipe, refiner, cfg, run_dir: Path, n: int) -> tuple[list[float], dict]:
-    "Render one warm-up frame, then `n` frames one call each; per-frame seconds and the PNG bytes by frame id."
-    movie = sample_movie(3, 2, 4)
-    ids = [f.id for f in movie.frames][: n + 1]
-    seconds = []
-    for i, frame_id in enumerate(ids):
-        sync(); start = time.perf_counter()
-        generate_keyframes_fast(dataclasses.replace(cfg, frame_ids=[frame_id]), SPEED, pipe, movie, run_dir,
-                                model_name="random", refiner=refiner, progress=False)
-        sync()
-        if i: seconds.append(time.perf_counter() - start)
+    "One warm-up frame, then `n` frames one call each; per-frame seconds and the PNG bytes by frame id."
+    ids = [f.id for f in MOVIE.frames][: n + 1]
+    seconds = [draw(pipe, refiner, cfg, run_dir, i) for i in ids][1:]
     return seconds, {i: (run_dir / "frames" / f"{i}.png").read_bytes() for i in ids}
+
+
+def profile_frame(pipe, refiner, cfg, run_dir: Path, frame_id: str) -> dict:
+    "Where one frame's time goes: wall seconds, host<->device copy time, and the top kernels by device time."
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        wall = draw(pipe, refiner, cfg, run_dir, frame_id)
+    device_ms = lambda e: (getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0) or 0) / 1e3
+    events = [e for e in prof.key_averages() if device_ms(e) > 0] or list(prof.key_averages())
+    copies = {kind: round(sum(device_ms(e) for e in events if kind in e.key), 1) for kind in ("HtoD", "DtoH")}
+    top = sorted(events, key=lambda e: device_ms(e) or e.self_cpu_time_total / 1e3, reverse=True)[:8]
+    return {"wall_s": round(wall, 3), "device_busy_s": round(sum(device_ms(e) for e in events) / 1e3, 3),
+            "memcpy_htod_ms": copies["HtoD"], "memcpy_dtoh_ms": copies["DtoH"],
+            "top": [{"op": e.key[:80], "device_ms": round(device_ms(e), 1), "calls": e.count} for e in top]}
 
 
 def summary(seconds: list[float]) -> dict:
@@ -63,99 +86,127 @@ def peak() -> dict:
 
 
 def reset():
-    import gc; gc.collect()
+    gc.collect()
     if torch.cuda.is_available(): torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
 
 
-def style_update_seconds(pipe, work: Path, updates: int) -> dict:
-    "Seconds per update of the low-memory style setting after warm-up: (time of 2 + updates) - (time of 2), over updates."
+def cap(gib: float | None):
+    "Emulate a card of `gib` GiB (None: the whole card)."
+    if torch.cuda.is_available():
+        torch.cuda.set_per_process_memory_fraction(1.0 if gib is None else gib * GIB / torch.cuda.get_device_properties(0).total_memory)
+
+
+def style_update_seconds(pipe, work: Path, updates: int, resolution: int) -> dict:
+    "Seconds per update with the colab preset's style settings after warm-up: (time of 2 + updates) - (time of 2), over updates."
     from PIL import Image
     import numpy as np
     from dreamframe.style import StyleConfig
     from dreamframe.style_fast import StyleSpeed, train_embedding_fast
-    images = [Image.fromarray(np.random.default_rng(i).integers(0, 255, (RES_STYLE, RES_STYLE, 3), dtype=np.uint8)) for i in range(4)]
-    speed = StyleSpeed(gradient_checkpointing=True, fuse_accumulation=False, cuda_graph=False)
+    images = [Image.fromarray(np.random.default_rng(i).integers(0, 255, (resolution, resolution, 3), dtype=np.uint8)) for i in range(4)]
+    speed = StyleSpeed(**PRESETS["colab"]["style_speed"])
+    settings = {**PRESETS["colab"]["style"], "resolution": resolution}
     times = {}
     for steps in (2, 2 + updates):
-        cfg = StyleConfig(token=f"<bench-{steps}>", steps=steps, resolution=RES_STYLE)
+        cfg = StyleConfig(**settings, token=f"<bench-{steps}>", steps=steps)
         sync(); start = time.perf_counter()
         train_embedding_fast(cfg, speed, pipe, images, work / f"style-{steps}", init_word="style", progress=False)
         sync(); times[steps] = time.perf_counter() - start
     return {"s_per_update": round((times[2 + updates] - times[2]) / updates, 3), "updates_timed": updates,
-            "micro_steps_per_update": 2, "resolution": RES_STYLE, **peak()}
+            "settings": settings, "speed": dataclasses.asdict(speed), **peak()}
+
+
+class Results(dict):
+    "The result file, rewritten after every part; a failing part records its error instead of ending the run."
+    def __init__(self, out: Path, **head):
+        super().__init__(head); self.out = out
+
+    def save(self):
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.out.with_suffix(".tmp"); tmp.write_text(json.dumps(self, indent=1) + "\n"); tmp.replace(self.out)
+
+    def part(self, name: str, measure):
+        started = time.perf_counter()
+        try: self[name] = measure()
+        except Exception as error:   # keep going: the other parts are still worth measuring
+            self[name] = {"error": f"{type(error).__name__}: {error}", "trace": traceback.format_exc()[-1500:]}
+        self[name]["part_wall_s"] = round(time.perf_counter() - started, 1)
+        self.save()
+        print(name, json.dumps(self[name])[:2000], flush=True)
+        return self[name]
 
 
 def main():
-    global SPEED, RES_STYLE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cap", type=float, default=15.0, help="emulated card size, GiB")
-    parser.add_argument("--frames", type=int, default=4, help="timed frames per measurement (after one warm-up frame)")
+    parser.add_argument("--frames", type=int, default=6, help="timed frames per measurement (after one warm-up frame)")
     parser.add_argument("--style-updates", type=int, default=6)
     parser.add_argument("--tiny", action="store_true", help="the tiny model on the CPU (a dry run of the code)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "low_memory.json"))
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp())
-    SPEED = KeyframeSpeed()
-    # 0. style training first, on its own pipeline, under the cap (before any keyframe pipeline holds memory)
-    if args.tiny:
-        from dreamframe.testing import tiny_sdxl
-        RES_STYLE, style_pipe = 64, load_sdxl(tiny_sdxl(work / "tiny-style"))
-    else:
-        RES_STYLE = 768
-        torch.cuda.set_per_process_memory_fraction(args.cap * GIB / torch.cuda.get_device_properties(0).total_memory)
-        style_pipe = sdxl_from_configs(ROOT / "bench" / "sdxl-configs", dtype=torch.bfloat16)
-    reset()
-    style_result = style_update_seconds(style_pipe, work, args.style_updates)
-    print(json.dumps(style_result), flush=True)
-    del style_pipe; reset()
-    if torch.cuda.is_available(): torch.cuda.set_per_process_memory_fraction(1.0)
+    work, configs = Path(tempfile.mkdtemp()), ROOT / "bench" / "sdxl-configs"
+    resolution, device = (64, torch.device("cpu")) if args.tiny else (1024, torch.device("cuda"))
     if args.tiny:
         from dreamframe.testing import tiny_sdxl
         folder = tiny_sdxl(work / "tiny", refiner=True)
-        base = load_sdxl(folder); refiner = load_refiner(folder / "refiner", base)
-        resolution, device = 64, torch.device("cpu")
-    else:
-        base, refiner = sdxl_from_configs(ROOT / "bench" / "sdxl-configs", refiner=True)
-        resolution, device = 1024, torch.device("cuda")
+    results = Results(Path(args.out), benchmark="low_memory", date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                      card=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", torch=torch.__version__,
+                      diffusers=__import__("diffusers").__version__, cap_gib=args.cap, working_gib=WORKING_GIB, resolution=resolution,
+                      steps=30, refiner_steps=10, batch_size=1, dtype="float32" if args.tiny else "float16",
+                      command="python bench/low_memory.py " + " ".join(sys.argv[1:]), tiny=args.tiny,
+                      targets={"ratio_max": 1.5, "peak_reserved_max_gib": args.cap})
+    results.save()
+
+    def style():   # first, on its own pipeline, before any keyframe pipeline holds memory
+        cap(None if args.tiny else args.cap)
+        pipe = load_sdxl(folder) if args.tiny else sdxl_from_configs(configs, dtype=torch.float16)
+        reset()
+        try: return style_update_seconds(pipe, work, args.style_updates, 64 if args.tiny else PRESETS["colab"]["style"]["resolution"])
+        finally: del pipe; reset(); cap(None)
+    results.part("style_low_memory", style)
+
+    if args.tiny: base = load_sdxl(folder); refiner = load_refiner(folder / "refiner", base)
+    else: base, refiner = sdxl_from_configs(configs, refiner=True)
     for p in (base, refiner): p.set_progress_bar_config(disable=True)
     cfg = KeyframeConfig(resolution=resolution, steps=30, batch_size=1, negative_prompt="blurry, low quality")
     with_refiner = dataclasses.replace(cfg, refiner_steps=10)
-    result = {"benchmark": "low_memory", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "card": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
-              "diffusers": __import__("diffusers").__version__, "cap_gib": args.cap, "resolution": resolution, "steps": 30,
-              "refiner_steps": 10, "batch_size": 1, "dtype": "float16" if not args.tiny else "float32",
-              "command": "python bench/low_memory.py " + " ".join(sys.argv[1:]), "tiny": args.tiny}
+    normal = {}
 
-    # 1. normal mode, uncapped: everything resident
-    reset(); normal_base, normal_base_png = time_frames(base, None, cfg, work / "normal-base", args.frames)
-    reset(); normal_ref, normal_ref_png = time_frames(base, refiner, with_refiner, work / "normal-refiner", args.frames)
-    print("normal", summary(normal_base), summary(normal_ref), flush=True)
+    def uncapped():
+        for name, (ref, c) in {"base": (None, cfg), "refiner": (refiner, with_refiner)}.items():
+            reset(); normal[name] = time_frames(base, ref, c, work / f"normal-{name}", args.frames)
+        return {name: summary(seconds) for name, (seconds, _) in normal.items()}
+    results.part("normal_uncapped", uncapped)
 
-    # 2. low-memory mode under the cap
-    if torch.cuda.is_available():
-        refiner.unet.to("cpu")   # base only first: the refiner's UNet is not on the card
+    def low(name: str, ref, c) -> dict:
+        seconds, png = time_frames(base, ref, c, work / f"low-{name}", args.frames)
+        measured = {"low_memory_s_per_frame": summary(seconds), **peak()}
+        if name in normal:
+            measured.update(normal_batch1_s_per_frame=summary(normal[name][0]), frames_identical_to_normal=png == normal[name][1],
+                            ratio=round(statistics.median(seconds) / statistics.median(normal[name][0]), 3))
+        measured["profile_one_frame"] = profile_frame(base, ref, c, work / f"low-{name}", MOVIE.frames[args.frames + 1].id)
+        return measured
+
+    def base_only():
+        if torch.cuda.is_available(): refiner.unet.to("cpu"); reset(); cap(args.cap)   # base only: the refiner's UNet is off the card
+        tier = place_low_memory(base, device, gpu_memory=args.cap)
         reset()
-        torch.cuda.set_per_process_memory_fraction(args.cap * GIB / torch.cuda.get_device_properties(0).total_memory)
-    tier_base = place_low_memory(base, device, gpu_memory=args.cap)
-    reset(); low_base, low_base_png = time_frames(base, None, cfg, work / "low-base", args.frames)
-    base_peak = peak()
-    tier_ref = place_low_memory(refiner, device, gpu_memory=args.cap, base=base)
-    reset(); low_ref, low_ref_png = time_frames(base, refiner, with_refiner, work / "low-refiner", args.frames)
-    ref_peak = peak()
-    result["keyframes_base_only"] = {
-        "normal_batch1_s_per_frame": summary(normal_base), "low_memory_s_per_frame": summary(low_base), "tier": tier_base,
-        "ratio": round(statistics.median(low_base) / statistics.median(normal_base), 3),
-        "frames_identical_to_normal": low_base_png == normal_base_png, **base_peak}
-    result["keyframes_base_refiner"] = {
-        "normal_batch1_s_per_frame": summary(normal_ref), "low_memory_s_per_frame": summary(low_ref),
-        "tier": f"base {base.memory_tier}, refiner {tier_ref}",
-        "ratio": round(statistics.median(low_ref) / statistics.median(normal_ref), 3),
-        "frames_identical_to_normal": low_ref_png == normal_ref_png, **ref_peak}
-    print(json.dumps({k: result[k] for k in ("keyframes_base_only", "keyframes_base_refiner")}, indent=1), flush=True)
-    result["style_low_memory"] = style_result
+        return {"tier": tier, **low("base", None, cfg)}
+    results.part("keyframes_base_only", base_only)
 
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    def base_refiner():
+        tier = place_low_memory(refiner, device, gpu_memory=args.cap, base=base)
+        reset()
+        return {"tier": f"base {base.memory_tier}, refiner {tier}", **low("refiner", refiner, with_refiner)}
+    results.part("keyframes_base_refiner", base_refiner)
+
+    verdict = {}
+    for name in ("keyframes_base_only", "keyframes_base_refiner"):
+        r = results.get(name, {})
+        if "ratio" in r:
+            met = r["ratio"] <= 1.5 and r.get("peak_reserved_gib", 0) <= args.cap
+            verdict[name] = f"{'met' if met else 'missed'}: {r['ratio']}x the uncapped batch-1 time, peak reserved {r.get('peak_reserved_gib')} GiB, frames identical: {r.get('frames_identical_to_normal')}"
+    results["verdict"] = verdict
+    results.save()
     print("wrote", args.out)
 
 

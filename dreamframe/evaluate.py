@@ -11,7 +11,7 @@ __all__ = ['CLIP_MEAN', 'CLIP_STD', 'IMAGENET_MEAN', 'IMAGENET_STD', 'METRICS', 
            'identity_consistency', 'run_frames', 'measure_run', 'summary_table', 'EvalResult', 'plot_eval',
            'plot_metrics', 'evaluate_with', 'evaluate_run']
 
-# %% ../nbs/09_evaluate.ipynb #580a0270
+# %% ../nbs/09_evaluate.ipynb #d17d9876
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +29,7 @@ from .config import save_stage_config, settings
 from .run_folder import read_manifest
 from .lpips import LPIPS, load_lpips
 
-# %% ../nbs/09_evaluate.ipynb #c2ff9851
+# %% ../nbs/09_evaluate.ipynb #e3ad9fdb
 @settings
 class EvalConfig:
     "Settings of the metrics (`dreamframe eval`): saved in `RUN/config.json` under `eval`; flags `--eval-<field>`."
@@ -44,7 +44,7 @@ class EvalConfig:
     seed: int = 0  # seed of the tiny models
     against: str | None = None  # a second run folder measured the same way and shown beside this one (e.g. rendered without the style embedding)
 
-# %% ../nbs/09_evaluate.ipynb #a8c3066c
+# %% ../nbs/09_evaluate.ipynb #f87ce988
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -65,7 +65,7 @@ def to_pixels(images: list[Image.Image], size: int, mean=None, std=None, crop: b
     if mean is None: return batch * 2 - 1
     return (batch - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
 
-# %% ../nbs/09_evaluate.ipynb #c58c8d8b
+# %% ../nbs/09_evaluate.ipynb #5701f2b6
 @dataclass
 class EvalModels:
     "The loaded networks of an evaluation."
@@ -115,7 +115,7 @@ def load_eval_models(cfg: EvalConfig, device: str | torch.device = "cpu", dtype:
     names["lpips"] = lpips.name + (" (LPIPS v0.1)" if lpips.calibrated else " (LPIPS-style, uniform weights)")
     return EvalModels(clip.to(device, dtype).eval(), tok, dino.to(device, dtype).eval(), lpips.to(device), names, device, dtype)
 
-# %% ../nbs/09_evaluate.ipynb #89ace22a
+# %% ../nbs/09_evaluate.ipynb #380d9f56
 def _pooled(out) -> torch.Tensor: return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 def _batches(items: list, size: int):
@@ -157,7 +157,7 @@ def lpips_pairs(models: EvalModels, first: list[Image.Image], second: list[Image
         out.append(models.lpips(to_pixels(a, side, crop=False).to(models.device), to_pixels(b, side, crop=False).to(models.device)))
     return torch.cat(out) if out else torch.zeros(0)
 
-# %% ../nbs/09_evaluate.ipynb #c024f929
+# %% ../nbs/09_evaluate.ipynb #2fe28741
 def adjacent_cosine(features: torch.Tensor) -> torch.Tensor:
     "Cosine similarity of each row of unit-length `features` with the next row (N-1 values)."
     return (features[:-1] * features[1:]).sum(-1)
@@ -169,7 +169,7 @@ def pairwise_mean_cosine(features: torch.Tensor) -> float | None:
     gram = features @ features.T
     return ((gram.sum() - gram.diagonal().sum()) / (n * (n - 1))).item()
 
-# %% ../nbs/09_evaluate.ipynb #4c834219
+# %% ../nbs/09_evaluate.ipynb #c9f70456
 def clip_scorer(cfg: EvalConfig, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32"):
     "CLIP's cosine of each picture with a text, as `(pictures, text) -> scores` named `.name` (loads only `cfg`'s CLIP): the character sheets' picker."
     device, dtype = device_and_dtype(device, dtype)
@@ -183,7 +183,7 @@ def clip_scorer(cfg: EvalConfig, device: str | torch.device = "cpu", dtype: str 
     score.name = models.names["clip"]
     return score
 
-# %% ../nbs/09_evaluate.ipynb #b079e16b
+# %% ../nbs/09_evaluate.ipynb #b3dbb596
 def frame_cast(movie: Movie, frame) -> list[str]:
     "Ids (name slugs) of the characters `frame` shows: its list and whole-word mentions in its prompt."
     return [slugify(c.name) for c in movie.characters if c.name in frame.characters or name_pattern(c.name).search(frame.prompt)]
@@ -201,7 +201,7 @@ def identity_consistency(features: torch.Tensor, shown: list[list[str]]) -> dict
     per = {c: score(pairs & member[:, k, None] & member[None, :, k], pairs & ~share & (member[:, k, None] | member[None, :, k])) for k, c in enumerate(cast)}
     return {"overall": score(pairs & share, pairs & ~share), "characters": per}
 
-# %% ../nbs/09_evaluate.ipynb #8bf552f8
+# %% ../nbs/09_evaluate.ipynb #28e462ce
 def run_frames(run_dir: Path) -> list[dict]:
     "The finished frames (manifest line and image) in story order: frame_id, shot_id, path, prompt (look-alike text, no template)."
     finished, movie, frames = read_manifest(run_dir / "frames"), Movie.load(run_dir), []
@@ -227,7 +227,7 @@ def _features(cfg: EvalConfig, models: EvalModels, frames: list[dict], desc: str
     text = clip_text_features(models, [f["prompt"] for f in frames], cfg.batch_size)
     return {"clip": torch.cat(clip), "dino": torch.cat(dino), "text": text, "lpips_next": torch.cat(lpips_next)}
 
-# %% ../nbs/09_evaluate.ipynb #82e97eca
+# %% ../nbs/09_evaluate.ipynb #6b9dec03
 def _mean(values) -> float | None:
     values = [float(v) for v in values]
     return float(np.mean(values)) if values else None
@@ -255,7 +255,7 @@ def measure_run(cfg: EvalConfig, models: EvalModels, run_dir: str | Path, *, pro
     return {"run": run_dir.resolve().name, "run_dir": str(run_dir), "models": models.names, "movie": movie, "shots": shots, "frames": per_frame,
             "identity": identity}
 
-# %% ../nbs/09_evaluate.ipynb #1754cec4
+# %% ../nbs/09_evaluate.ipynb #35fcf278
 METRICS = {"clip_adjacent": ("CLIP image–image, adjacent frames", "higher"), "lpips_adjacent": ("LPIPS, adjacent frames", "lower"),
            "dino_set": ("DINO pairwise set consistency", "higher"), "clip_text_raw": ("CLIP-T image–prompt (raw cosine)", "higher"),
            "identity": ("identity: DINO, same character minus different", "higher")}
@@ -276,6 +276,9 @@ def summary_table(metrics: dict) -> str:
             best = "–" if None in (a, b) or a == b else runs[0 if (a > b) == (direction == "higher") else 1]["run"]
             row += f" `{best}` |" if best != "–" else " – |"
         rows.append(row)
+    per_character = lambda m: (m.get("identity") or {}).get("characters") or {}
+    for c in dict.fromkeys(c for m in runs for c in per_character(m)):   # a row per character (one character's score is no verdict)
+        rows.append(f"| identity of {c} | " + " | ".join(fmt(per_character(m).get(c, {}).get("score")) for m in runs) + " |" + (" – |" if len(runs) == 2 else ""))
     rows.append(f"\n{runs[0]['movie']['n_frames']} frames; models: " + ", ".join(f"{k} = {v}" for k, v in runs[0]["models"].items()))
     return "\n".join(rows)
 
@@ -283,7 +286,7 @@ class EvalResult(dict):
     "The metrics of a run (a plain dict, as saved in metrics.json) that renders as a summary table."
     def _repr_markdown_(self) -> str: return summary_table(self)
 
-# %% ../nbs/09_evaluate.ipynb #f008587f
+# %% ../nbs/09_evaluate.ipynb #849c806e
 def plot_eval(metrics: dict):
     "Adjacent-frame CLIP similarity and LPIPS along the movie, one line per run."
     fig, axes = plt.subplots(1, 2, figsize=(10, 3))
@@ -317,7 +320,7 @@ def plot_metrics(metrics: dict | str | Path):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/09_evaluate.ipynb #5cb075e9
+# %% ../nbs/09_evaluate.ipynb #5c3e6a74
 def _check_runs(cfg: EvalConfig, run_dir: Path) -> None:
     for folder, what in ((run_dir, "the run folder"), *(((Path(cfg.against), "against"),) if cfg.against else ())):
         if not (folder / "movie.json").exists(): raise FileNotFoundError(f"{what} {folder} has no movie.json; is it a run folder?")

@@ -10,7 +10,7 @@ __all__ = ['STAGES', 'SECTIONS', 'STAGE_SECTIONS', 'MODEL_IDENTITY', 'DEMO_THEME
            'stage_inputs', 'plan_stage', 'StaleWorkError', 'check_stale', 'run_stage', 'describe_plan',
            'pipeline_settings', 'run_pipeline', 'status', 'demo_outputs']
 
-# %% ../nbs/10_pipeline.ipynb #5ae196df
+# %% ../nbs/10_pipeline.ipynb #feed0a33
 import importlib
 import time
 from dataclasses import dataclass, field
@@ -25,7 +25,7 @@ from .run_folder import StagePlan, clean_partial_files, file_digest, read_manife
 from .resources import Models, make_llm, preflight
 from .schema import FormatError, Movie
 
-# %% ../nbs/10_pipeline.ipynb #6a0afddb
+# %% ../nbs/10_pipeline.ipynb #beeac8db
 STAGES = ("story", "style", "characters", "keyframes", "qa", "export", "view", "eval")
 
 SECTIONS = {  # RUN/config.json section: (settings class, flag prefix)
@@ -58,7 +58,7 @@ def section_class(section: str):
     if section not in SECTIONS: raise ConfigError(f"unknown settings section {section!r}; sections: {', '.join(SECTIONS)}")
     return resolve(SECTIONS[section][0])
 
-# %% ../nbs/10_pipeline.ipynb #84aa20ba
+# %% ../nbs/10_pipeline.ipynb #7ea2083c
 DEMO_THEME = "a lighthouse keeper finds a message in a bottle"
 PRESETS = {
     "demo": {  # everything offline in a minute: the scripted LLM, the tiny untrained SDXL, a 3 x 2 x 4 story
@@ -89,7 +89,7 @@ def run_settings(run_dir: str | Path, sections, given: dict[str, dict] | None = 
     layered = {s: {**PRESETS.get(preset, {}).get(s, {}), **given.get(s, {})} for s in sections}
     return {s: make_config(section_class(s), saved.get(s), layered[s]) for s in sections}
 
-# %% ../nbs/10_pipeline.ipynb #7df89034
+# %% ../nbs/10_pipeline.ipynb #b47abf19
 STAGE_OUTPUTS = {"story": ("movie.json",), "style": ("style/embedding.safetensors",), "qa": ("qa.json",),
                  "export": ("export/llava.json", "export/qa.jsonl"), "view": ("view.html",), "eval": ("eval/metrics.json",)}
 DERIVED = ("export", "view", "eval")
@@ -125,18 +125,19 @@ def stage_inputs(stage: str, run_dir: Path) -> dict:
         return {"movie": file_digest(movie), "frames": fingerprint(drawn), "qa": file_digest(run_dir / "qa.json")}
     return {}
 
-# %% ../nbs/10_pipeline.ipynb #fdabf9b2
+# %% ../nbs/10_pipeline.ipynb #ab0b3cda
 def _outputs_exist(stage: str, run_dir: Path, settings: dict) -> bool:
     if stage == "view" and settings["view"].html: return Path(settings["view"].html).exists()
     return all((run_dir / name).exists() for name in STAGE_OUTPUTS.get(stage, ()))
 
-def plan_stage(stage: str, run_dir: str | Path, settings: dict) -> StagePlan:
-    "What `stage` has done in `run_dir` and what is left or stale, against `settings`."
+def plan_stage(stage: str, run_dir: str | Path, settings: dict, alone: bool = False) -> StagePlan:
+    "What `stage` has done in `run_dir` and what is left or stale, against `settings` (`alone`: the only stage asked for)."
     run_dir = Path(run_dir)
     if stage in ("characters", "keyframes") and not (run_dir / "movie.json").exists():
         return StagePlan(stage, "frames" if stage == "keyframes" else "sheets", None, note="needs the story")
     if stage == "characters":
-        if settings["keyframes"].identity == "none": return StagePlan(stage, "sheets", 0, 0, note="(not needed: identity none)")
+        if settings["keyframes"].identity == "none" and not alone:   # asked for on its own, the sheets are drawn anyway
+            return StagePlan(stage, "sheets", 0, 0, note="(not needed: identity none)")
         return resolve("dreamframe.characters:plan_sheets")(settings["characters"], Movie.load(run_dir), run_dir,
                                                            model_name=model_name(settings), scorer=scorer_name(settings))
     if stage == "keyframes":
@@ -162,7 +163,7 @@ def plan_stage(stage: str, run_dir: str | Path, settings: dict) -> StagePlan:
     if inputs_changed: changes.update({"inputs": (record.get("inputs"), stage_inputs(stage, run_dir))})
     return StagePlan(stage, "files", 1, 1, stale={STAGE_OUTPUTS[stage][0]: changes} if changes else {})
 
-# %% ../nbs/10_pipeline.ipynb #a6e4e7d7
+# %% ../nbs/10_pipeline.ipynb #c31763a7
 class StaleWorkError(RuntimeError):
     "Finished work would be redone; the caller did not ask for it (`redo=True`, `--redo`)."
 
@@ -179,13 +180,13 @@ def check_stale(plans: list[StagePlan], run_dir: Path, redo: bool) -> None:
         parts.append(f"{plan.stage}: would redo {units}{where} made with other settings ({describe_changes(changes, 4)})")
     raise StaleWorkError(f"{run_dir}: " + "; ".join(parts) + ". Nothing was changed; add --redo to redo them")
 
-# %% ../nbs/10_pipeline.ipynb #fa6482c1
+# %% ../nbs/10_pipeline.ipynb #87f9f36b
 def run_stage(stage: str, run_dir: Path, settings: dict, resources: dict, redo: bool, progress: bool):
     "Run one stage with its settings; `resources` holds `llm` and `models` (made on first use)."
     if stage == "story":
         return resolve("dreamframe.story:expand_story")(settings["story"], resources["llm"](), run_dir, progress=progress)
     if stage == "style":
-        pipe = resources["models"]().base(half="bfloat16")
+        pipe = resources["models"]().base(half="bfloat16", training=True)
         out = resolve("dreamframe.style_fast:train_style_fast")(settings["style"], settings["style_speed"], pipe, run_dir,
                                                                redo=redo, progress=progress)
         resources["models"]().release()  # the trained pipeline holds training state: keyframes load a fresh one
@@ -210,7 +211,7 @@ def run_stage(stage: str, run_dir: Path, settings: dict, resources: dict, redo: 
                                                            dtype=str(models.torch_dtype()).removeprefix("torch."), progress=progress)
     raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
 
-# %% ../nbs/10_pipeline.ipynb #06f81d81
+# %% ../nbs/10_pipeline.ipynb #a9febf0d
 def describe_plan(settings: dict, preset: str) -> str:
     "One line saying what a run with `preset` will make and how."
     story, frames, models = settings.get("story"), settings.get("keyframes"), settings.get("models")
@@ -221,7 +222,7 @@ def describe_plan(settings: dict, preset: str) -> str:
     if "style" in settings: parts.append(f"style: {settings['style'].steps} updates at {settings['style'].resolution}px")
     return " ".join(parts[:1]) + " " + "; ".join(parts[1:])
 
-# %% ../nbs/10_pipeline.ipynb #28995746
+# %% ../nbs/10_pipeline.ipynb #0869fb7d
 def _sections(stages) -> list[str]:
     return list(dict.fromkeys(s for stage in stages for s in STAGE_SECTIONS[stage]))
 
@@ -234,7 +235,7 @@ def pipeline_settings(run_dir: Path, stages, given: dict | None = None, preset: 
     extra = [s for s in [*PRESETS.get(preset, {}), *given] if s != "story" or not brought]
     return run_settings(run_dir, list(dict.fromkeys(_sections(stages) + extra)), given, preset), stages
 
-# %% ../nbs/10_pipeline.ipynb #385b60ca
+# %% ../nbs/10_pipeline.ipynb #50362967
 def run_pipeline(run_dir: str | Path, *,
                  stages=STAGES,                       # which stages to consider, run in pipeline order
                  given: dict[str, dict] | None = None, # settings given now, by section (the command line's flags)
@@ -257,7 +258,8 @@ def run_pipeline(run_dir: str | Path, *,
     removed = clean_partial_files(run_dir)
     if removed: log(f"removed {len(removed)} partial file(s) left by an interrupted run")
     settings, stages = pipeline_settings(run_dir, [s for s in STAGES if s in stages], given, preset)
-    plans = {s: plan_stage(s, run_dir, settings) for s in stages}
+    alone = len(stages) == 1
+    plans = {s: plan_stage(s, run_dir, settings, alone) for s in stages}
     check_stale(list(plans.values()), run_dir, redo)
     work = [s for s in stages if not plans[s].finished]
     if not work:
@@ -271,7 +273,7 @@ def run_pipeline(run_dir: str | Path, *,
     resources = {"llm": lambda: llm, "models": lambda: models[0] if models else models.append(Models(settings["models"], run_dir)) or models[0]}
     outcome, bar = {}, tqdm(stages, desc="dreamframe", unit="stage", disable=not progress, leave=False)
     for stage in bar:
-        plan = plan_stage(stage, run_dir, settings)
+        plan = plan_stage(stage, run_dir, settings, alone)
         if plan.finished: outcome[stage] = "done"; continue
         check_stale([plan], run_dir, redo)   # an earlier stage of this command may have changed its inputs
         if stage != "story" and not (run_dir / "movie.json").exists():
@@ -281,14 +283,14 @@ def run_pipeline(run_dir: str | Path, *,
         run_stage(stage, run_dir, settings, resources, redo, progress)
         settings = run_settings(run_dir, list(settings))   # as the stage saved them (e.g. a token it chose)
         record_stage(run_dir, stage, {"state": "done", "settings": stage_values(stage, settings), "inputs": stage_inputs(stage, run_dir)})
-        after = plan_stage(stage, run_dir, settings)
+        after = plan_stage(stage, run_dir, settings, alone)
         if not after.finished: raise RuntimeError(f"stage {stage!r} returned but is not complete in {run_dir}:{after.line()}")
         outcome[stage] = "ran"
         log(f"{stage}: done in {time.perf_counter() - started:.1f}s")
     bar.close()
     return outcome
 
-# %% ../nbs/10_pipeline.ipynb #b574b01f
+# %% ../nbs/10_pipeline.ipynb #e38b623b
 def status(run_dir: str | Path) -> str:
     "One line per stage: done, stale or left, with counts (e.g. `keyframes  done   24/24 frames`)."
     run_dir = Path(run_dir)
@@ -303,7 +305,7 @@ def status(run_dir: str | Path) -> str:
         except FormatError as error: rows.append(f"  {stage:<10} ?      {' '.join(str(error).split())}")
     return "\n".join(rows)
 
-# %% ../nbs/10_pipeline.ipynb #f5a7d58d
+# %% ../nbs/10_pipeline.ipynb #36106ccd
 def demo_outputs(run_dir: str | Path) -> dict[str, Path]:
     "Where the demo's results are in `run_dir`."
     run_dir = Path(run_dir)

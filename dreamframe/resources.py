@@ -7,7 +7,7 @@ Docs: https://dreamframe.github.io/dreamframe/resources.html.md"""
 # %% auto #0
 __all__ = ['TINY_MODEL_DIR', 'make_llm', 'tiny_model_path', 'model_source', 'Models', 'preflight']
 
-# %% ../nbs/03b_resources.ipynb #ba56df6b
+# %% ../nbs/03b_resources.ipynb #15627207
 import gc
 import importlib
 import os
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .config import ConfigError
 
-# %% ../nbs/03b_resources.ipynb #650e7ea8
+# %% ../nbs/03b_resources.ipynb #d5210ecc
 TINY_MODEL_DIR = "_tiny_model"
 
 def _resolve(target: str):
@@ -48,7 +48,7 @@ def model_source(name: str | None, run_dir: Path, part: str = "") -> str | None:
     if name != "tiny": return name
     return str(tiny_model_path(run_dir) / part) if part else str(tiny_model_path(run_dir))
 
-# %% ../nbs/03b_resources.ipynb #e30bcc25
+# %% ../nbs/03b_resources.ipynb #d1898d7d
 class Models:
     "SDXL (and its refiner) for the `models` settings, loaded on first use."
     def __init__(self, cfg, run_dir: Path):
@@ -62,16 +62,16 @@ class Models:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         return device
 
-    def base(self, half: str = "float16"):
-        "The base pipeline; `half` is the precision an 'auto' dtype means on a GPU."
-        if self.pipe is not None and self.half == half: return self.pipe
+    def base(self, half: str = "float16", training: bool = False):
+        "The base pipeline; `half` is the precision an 'auto' dtype means on a GPU; `training`: every model on the device, low memory or not."
+        if self.pipe is not None and self.half == (half, training): return self.pipe
         self.release()
         import torch
         models = importlib.import_module("dreamframe.models")
         self.pipe = models.load_sdxl(model_source(self.cfg.model, self.run_dir), dtype=self.cfg.torch_dtype(getattr(torch, half)),
-                                     device=self.device(), vae=self.cfg.vae, variant=self.cfg.variant, low_memory=self.cfg.low_memory,
-                                     gpu_memory=self.cfg.gpu_memory)
-        self.half = half
+                                     device=self.device(), vae=self.cfg.vae, variant=self.cfg.variant, gpu_memory=self.cfg.gpu_memory,
+                                     low_memory=self.cfg.low_memory and not training)   # the style's backward pass runs through the encoders
+        self.half = (half, training)
         return self.pipe
 
     def refiner(self):
@@ -89,7 +89,7 @@ class Models:
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_available(): torch.cuda.empty_cache()
 
-# %% ../nbs/03b_resources.ipynb #286bceef
+# %% ../nbs/03b_resources.ipynb #7916afa4
 def preflight(run_dir: Path, settings: dict, stages: list[str], llm=None) -> None:
     "Check the folder, the models, the device and the LLM that `stages` will use; raise at the first problem."
     probe = run_dir / f".write-check-{os.getpid()}.tmp"

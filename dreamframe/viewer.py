@@ -8,7 +8,7 @@ Docs: https://dreamframe.github.io/dreamframe/viewer.html.md"""
 __all__ = ['FrameView', 'run_frames', 'image_bytes', 'data_uri', 'FramePlayer', 'frames_to_html', 'ViewConfig', 'write_view',
            'plot_shot_grid', 'plot_loss_curve']
 
-# %% ../nbs/08_viewer.ipynb #cc71f856
+# %% ../nbs/08_viewer.ipynb #c92feea4
 import base64
 import html
 import io
@@ -24,11 +24,11 @@ from fastcore.basics import patch
 from PIL import Image
 from pydantic import Field
 
-from .schema import FormatError, Movie, atomic_write_text, read_json
+from .schema import FormatError, Movie, atomic_write_text, read_json, slugify
 from .config import save_stage_config, settings
 from .run_folder import read_manifest
 
-# %% ../nbs/08_viewer.ipynb #b3b408e6
+# %% ../nbs/08_viewer.ipynb #b3c3a835
 @dataclass
 class FrameView:
     "One rendered frame and the text shown with it."
@@ -52,7 +52,7 @@ def _frame_file(run_dir: Path, line: dict) -> Path | None:
     if not path.resolve().is_relative_to(run_dir.resolve()): raise FormatError(f"{path} leads outside the run folder {run_dir}")
     return path
 
-# %% ../nbs/08_viewer.ipynb #d94aa455
+# %% ../nbs/08_viewer.ipynb #ec7832ff
 def run_frames(run_dir: str | Path) -> list[FrameView]:
     "The finished frames of a run folder (a manifest line and an image each), in story order."
     run_dir = Path(run_dir)
@@ -76,7 +76,7 @@ def run_frames(run_dir: str | Path) -> list[FrameView]:
     if not views: raise FileNotFoundError(f"no finished frames in {run_dir / 'frames'}; run `dreamframe keyframes {run_dir}` first")
     return views
 
-# %% ../nbs/08_viewer.ipynb #47103544
+# %% ../nbs/08_viewer.ipynb #202f6dee
 def image_bytes(path: str | Path, size: int, fmt: str = "JPEG") -> bytes:
     "The image at `path` shrunk to fit `size`×`size` (never enlarged), encoded as JPEG or PNG."
     img = Image.open(path).convert("RGB")
@@ -89,7 +89,7 @@ def data_uri(path: str | Path, size: int, fmt: str = "JPEG") -> str:
     "A `data:` URI of the shrunk image, for self-contained HTML."
     return f"data:image/{fmt.lower()};base64," + base64.b64encode(image_bytes(path, size, fmt)).decode()
 
-# %% ../nbs/08_viewer.ipynb #e4ea026f
+# %% ../nbs/08_viewer.ipynb #3cb48f5a
 def _caption_html(view: FrameView) -> str:
     head = f"<b>{html.escape(view.frame_id)}</b>"
     if view.shot_title: head += f" · {html.escape(view.substory_title)} › {html.escape(view.shot_title)}"
@@ -106,7 +106,7 @@ def _jump_options(views: list[FrameView]) -> list[tuple[str, int]]:
         options.append((f"{v.shot_id} · {v.substory_title} › {v.shot_title}" if v.shot_title else v.shot_id, i))
     return options
 
-# %% ../nbs/08_viewer.ipynb #5026ea63
+# %% ../nbs/08_viewer.ipynb #282dcbd7
 class FramePlayer:
     "An ipywidgets player for the frames of a run folder, optionally side by side with a second run."
     def __init__(self, run_dir: str | Path, compare: str | Path | None = None,
@@ -142,7 +142,7 @@ class FramePlayer:
 
     def _repr_mimebundle_(self, **kwargs): return self.widget._repr_mimebundle_(**kwargs)
 
-# %% ../nbs/08_viewer.ipynb #8209b581
+# %% ../nbs/08_viewer.ipynb #e5243373
 @patch
 def _image(self: FramePlayer, view: FrameView | None, size: int) -> widgets.Widget:
     if view is None: return widgets.HTML(f"<div style='width:{size}px;text-align:center'>(not rendered)</div>")
@@ -185,7 +185,7 @@ def show(self: FramePlayer, frame_id: str) -> "FramePlayer":
     self.slider.value = ids.index(frame_id)
     return self
 
-# %% ../nbs/08_viewer.ipynb #ba60c7f5
+# %% ../nbs/08_viewer.ipynb #447188ca
 _HEAD = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>__TITLE__</title>
 <style>
@@ -208,7 +208,7 @@ _BODY = """<h1 id="title"></h1><p id="overview"></p><div id="sheets" class="boar
 <script type="application/json" id="data">__DATA__</script>
 """
 
-# %% ../nbs/08_viewer.ipynb #1ae5a362
+# %% ../nbs/08_viewer.ipynb #e9344ce2
 _SCRIPT = """<script>
 const D = JSON.parse(document.getElementById("data").textContent), F = D.frames;
 const $ = id => document.getElementById(id), el = (tag, props) => Object.assign(document.createElement(tag), props || {});
@@ -252,7 +252,7 @@ document.body.dataset.ready = String(F.length);
 """
 _PAGE = _HEAD + _BODY + _SCRIPT
 
-# %% ../nbs/08_viewer.ipynb #c423128e
+# %% ../nbs/08_viewer.ipynb #1a4faa67
 def _src(path: Path | None, size: int, embed: bool, out_dir: Path) -> str:
     if path is None: return ""
     if embed: return data_uri(path, size)
@@ -280,7 +280,8 @@ def frames_to_html(run_dir: str | Path, out_path: str | Path | None = None, comp
         frames = list(pool.map(entry, views))
     runs = [run_dir.resolve().name] + ([Path(compare).resolve().name] if compare else [])
     name = title or (movie.title if movie and movie.title else runs[0])
-    sheets = [{"id": p.stem, "src": _src(p, thumb_size, embed, out_dir)} for p in sorted((run_dir / "characters").glob("*.png"))]  # character sheets
+    cast = {slugify(c.name) for c in movie.characters} if movie else None   # sheets of characters still in the story
+    sheets = [{"id": p.stem, "src": _src(p, thumb_size, embed, out_dir)} for p in sorted((run_dir / "characters").glob("*.png")) if cast is None or p.stem in cast]
     data = {"title": name + (f" — {runs[0]} vs {runs[1]}" if compare else ""), "overview": movie.overview if movie else "",
             "runs": runs, "fps": fps, "frames": frames, "sheets": sheets}
     blob = json.dumps(data, ensure_ascii=False).replace("<", "\\u003c")
@@ -289,7 +290,7 @@ def frames_to_html(run_dir: str | Path, out_path: str | Path | None = None, comp
     if out_path: atomic_write_text(out_path, page)
     return page
 
-# %% ../nbs/08_viewer.ipynb #0e6bb69a
+# %% ../nbs/08_viewer.ipynb #e76fe62d
 @settings
 class ViewConfig:
     "Settings of the HTML viewer (`dreamframe view`): saved in `RUN/config.json` under `view`; flags without a prefix."
@@ -307,7 +308,7 @@ def write_view(cfg: ViewConfig, run_dir: str | Path) -> Path:
     save_stage_config(run_dir, "view", cfg)
     return out
 
-# %% ../nbs/08_viewer.ipynb #dd2f038d
+# %% ../nbs/08_viewer.ipynb #2f160eb1
 def plot_shot_grid(run_dir: str | Path, shot_id: str, ncols: int = 4, size: float = 2.4, wrap: int = 34):
     "The rendered frames of shot `shot_id` as a grid, each titled with its frame number and prompt."
     import textwrap
@@ -323,7 +324,7 @@ def plot_shot_grid(run_dir: str | Path, shot_id: str, ncols: int = 4, size: floa
     fig.tight_layout()
     return fig
 
-# %% ../nbs/08_viewer.ipynb #bcc03462
+# %% ../nbs/08_viewer.ipynb #b813b3dd
 def plot_loss_curve(run_dir: str | Path, smoothing: float = 0.9):
     "The style-training loss from `RUN/style/loss.json` (`{token, loss: [one value per update]}`), raw and smoothed."
     path = Path(run_dir) / "style" / "loss.json"

@@ -102,6 +102,33 @@ def test_truncated_png_is_redone_byte_identical(run_copy, cli):
     assert png.read_bytes() == original
 
 
+def test_demo_keeps_its_characters(demo_run):
+    "The demo draws one sheet per character, conditions every frame on the ones it shows, and measures identity."
+    from dreamframe.characters import character_ids, frame_characters
+    from dreamframe.schema import Movie
+    movie, records = Movie.load(demo_run), json.loads((demo_run / "characters" / "characters.json").read_text())["characters"]
+    ids = sorted(character_ids(movie).values())
+    assert sorted(p.stem for p in (demo_run / "characters").glob("*.png")) == ids == sorted(records)
+    assert all(r["source"] == "generated" and r["seed"] == r["seeds"][r["chosen"]] for r in records.values())
+    lines = [json.loads(line) for line in (demo_run / "frames" / "manifest.jsonl").read_text().splitlines()]
+    assert len(lines) == len(movie.frames) and {l["identity"] for l in lines} == {"shared-attention"}
+    assert all(list(l["identity_characters"]) == frame_characters(movie, l["frame_id"]) for l in lines)
+    assert all(digest == records[i]["digest"] for l in lines for i, digest in l["identity_characters"].items())
+    identity = json.loads((demo_run / "eval" / "metrics.json").read_text())["identity"]
+    assert isinstance(identity["overall"]["score"], float) and sorted(identity["characters"]) == ids
+
+
+def test_characters_command_draws_the_sheets_even_without_an_identity_mode(run_copy, cli):
+    shutil.rmtree(run_copy / "characters")
+    done = cli("characters", run_copy, "--identity", "none")
+    assert done.returncode == 0, done.stderr
+    assert "nothing to do" not in done.stdout + done.stderr
+    from dreamframe.characters import character_ids
+    from dreamframe.schema import Movie
+    drawn = sorted(p.stem for p in (run_copy / "characters").glob("*.png"))
+    assert drawn == sorted(character_ids(Movie.load(run_copy)).values()) and len(drawn) > 1
+
+
 def test_second_command_on_a_busy_folder_exits_at_once(demo_run, tmp_path):
     first_dir, lone_dir = tmp_path / "together", tmp_path / "alone"
     first = subprocess.Popen([*DREAMFRAME, "demo", str(first_dir), *SMALL], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -1,6 +1,7 @@
 """The Colab tutorial runs: its parameter cell is swapped for the tiny stand-in SDXL and the offline LLM, and every
 cell runs except those flagged `gpu` (Colab secrets) and shell lines (`!pip`, `!dreamframe`, checked by test_docs).
 A cell that raises fails the test."""
+import json
 import os
 import re
 from pathlib import Path
@@ -14,6 +15,8 @@ TUTORIAL = ROOT / "nbs" / "tutorials" / "colab_end_to_end.ipynb"
 
 
 def test_tutorial_runs_on_the_tiny_model(tmp_path, monkeypatch):
+    from dreamframe.identity import random_ip_adapter
+    from dreamframe.models import load_sdxl
     from dreamframe.testing import tiny_sdxl
     monkeypatch.setenv("HF_HUB_OFFLINE", "1"); monkeypatch.setenv("TQDM_DISABLE", "1")
     tiny = tiny_sdxl(tmp_path / "tiny", refiner=True)
@@ -26,7 +29,8 @@ def test_tutorial_runs_on_the_tiny_model(tmp_path, monkeypatch):
         "THEME": "'a lighthouse keeper finds a message in a bottle'", "RUN": repr(str(tmp_path / "run")),
         "SUBSTORIES, SHOTS, FRAMES": "2, 1, 2", "MODEL": repr(str(tiny)), "REFINER": repr(str(tiny / "refiner")),
         "VAE": repr(str(tiny / "vae")), "LLM_MODEL, BASE_URL": "'scripted', None",
-        "SIZE, STEPS": "64, 2", "STYLE_SIZE, STYLE_STEPS, STYLE_IMAGES": "64, 2, 2", "LOW_MEMORY": "False", "EVAL_TINY": "True"}
+        "SIZE, STEPS": "64, 2", "STYLE_SIZE, STYLE_STEPS, STYLE_IMAGES": "64, 2, 2", "LOW_MEMORY": "False", "EVAL_TINY": "True",
+        "IP_ADAPTER": repr(random_ip_adapter(tmp_path / "ip-adapter", load_sdxl(tiny).unet))}
     assert names == set(override), f"the parameter cell sets {sorted(names)}; this test overrides {sorted(override)}"
     params[0].source = "\n".join(f"{name} = {value}" for name, value in override.items())
     shell = CaptureShell()
@@ -41,3 +45,7 @@ def test_tutorial_runs_on_the_tiny_model(tmp_path, monkeypatch):
         ran += 1
     assert ran >= 20
     assert (tmp_path / "run" / "export" / "llava.json").exists() and (tmp_path / "run-refined" / "frames").is_dir()
+    for mode in ("none", "shared-attention", "ip-adapter"):   # the identity comparison drew its frames, with the style
+        lines = [json.loads(l) for l in (tmp_path / f"run-{mode}" / "frames" / "manifest.jsonl").read_text().splitlines()]
+        assert len(lines) == 4 and {l["identity"] for l in lines} == {mode}
+        assert (tmp_path / f"run-{mode}" / "style" / "embedding.safetensors").exists()
