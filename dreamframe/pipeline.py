@@ -7,10 +7,10 @@ Docs: https://dreamframe.github.io/dreamframe/pipeline.html.md"""
 # %% auto #0
 __all__ = ['STAGES', 'SECTIONS', 'STAGE_SECTIONS', 'MODEL_IDENTITY', 'DEMO_THEME', 'PRESETS', 'STAGE_OUTPUTS', 'DERIVED',
            'resolve', 'section_class', 'run_settings', 'model_name', 'scorer_name', 'identity', 'stage_values',
-           'stage_inputs', 'plan_stage', 'StaleWorkError', 'check_stale', 'run_stage', 'describe_plan',
-           'pipeline_settings', 'run_pipeline', 'status', 'demo_outputs']
+           'stage_inputs', 'style_progress', 'plan_stage', 'StaleWorkError', 'check_stale', 'run_stage',
+           'describe_plan', 'pipeline_settings', 'run_pipeline', 'status', 'demo_outputs']
 
-# %% ../nbs/10_pipeline.ipynb #feed0a33
+# %% ../nbs/10_pipeline.ipynb #ce0fff62
 import importlib
 import time
 from dataclasses import dataclass, field
@@ -25,7 +25,7 @@ from .run_folder import StagePlan, clean_partial_files, file_digest, read_manife
 from .resources import Models, make_llm, preflight
 from .schema import FormatError, Movie
 
-# %% ../nbs/10_pipeline.ipynb #beeac8db
+# %% ../nbs/10_pipeline.ipynb #77f3eb5a
 STAGES = ("story", "style", "characters", "keyframes", "qa", "export", "view", "eval")
 
 SECTIONS = {  # RUN/config.json section: (settings class, flag prefix)
@@ -58,7 +58,7 @@ def section_class(section: str):
     if section not in SECTIONS: raise ConfigError(f"unknown settings section {section!r}; sections: {', '.join(SECTIONS)}")
     return resolve(SECTIONS[section][0])
 
-# %% ../nbs/10_pipeline.ipynb #7ea2083c
+# %% ../nbs/10_pipeline.ipynb #25d2bd73
 DEMO_THEME = "a lighthouse keeper finds a message in a bottle"
 PRESETS = {
     "demo": {  # everything offline in a minute: the scripted LLM, the tiny untrained SDXL, a 3 x 2 x 4 story
@@ -89,7 +89,7 @@ def run_settings(run_dir: str | Path, sections, given: dict[str, dict] | None = 
     layered = {s: {**PRESETS.get(preset, {}).get(s, {}), **given.get(s, {})} for s in sections}
     return {s: make_config(section_class(s), saved.get(s), layered[s]) for s in sections}
 
-# %% ../nbs/10_pipeline.ipynb #b47abf19
+# %% ../nbs/10_pipeline.ipynb #3808db3e
 STAGE_OUTPUTS = {"story": ("movie.json",), "style": ("style/embedding.safetensors",), "qa": ("qa.json",),
                  "export": ("export/llava.json", "export/qa.jsonl"), "view": ("view.html",), "eval": ("eval/metrics.json",)}
 DERIVED = ("export", "view", "eval")
@@ -125,10 +125,19 @@ def stage_inputs(stage: str, run_dir: Path) -> dict:
         return {"movie": file_digest(movie), "frames": fingerprint(drawn), "qa": file_digest(run_dir / "qa.json")}
     return {}
 
-# %% ../nbs/10_pipeline.ipynb #ab0b3cda
+# %% ../nbs/10_pipeline.ipynb #68685c12
 def _outputs_exist(stage: str, run_dir: Path, settings: dict) -> bool:
     if stage == "view" and settings["view"].html: return Path(settings["view"].html).exists()
     return all((run_dir / name).exists() for name in STAGE_OUTPUTS.get(stage, ()))
+
+def style_progress(run_dir: Path, total: int | None) -> StagePlan:
+    "The style stage's updates so far, from its checkpoints, and the time left at the fastest pace between two of them (a pause is no pace)."
+    marks = sorted((int(p.stem.split("-")[-1]), p.stat().st_mtime) for p in (Path(run_dir) / "style" / "checkpoints").glob("step-*.safetensors")
+                   if p.stem.split("-")[-1].isdigit())
+    plan = StagePlan("style", "updates", total, marks[-1][0] if marks else 0)
+    paces = [(t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in zip(marks, marks[1:]) if s1 > s0]
+    if total and paces: plan.eta_s = min(paces) * max(0, total - marks[-1][0])
+    return plan
 
 def plan_stage(stage: str, run_dir: str | Path, settings: dict, alone: bool = False) -> StagePlan:
     "What `stage` has done in `run_dir` and what is left or stale, against `settings` (`alone`: the only stage asked for)."
@@ -149,8 +158,7 @@ def plan_stage(stage: str, run_dir: str | Path, settings: dict, alone: bool = Fa
         return plan
     record = stage_records(run_dir).get(stage)
     if stage == "style" and not _outputs_exist(stage, run_dir, settings):
-        steps = [int(p.stem.split("-")[-1]) for p in (run_dir / "style" / "checkpoints").glob("step-*.safetensors") if p.stem.split("-")[-1].isdigit()]
-        return StagePlan(stage, "updates", settings["style"].steps if "style" in settings else None, max(steps, default=0))
+        return style_progress(run_dir, settings["style"].steps if "style" in settings else None)
     if not _outputs_exist(stage, run_dir, settings) or (record or {}).get("state") == "running":
         return StagePlan(stage, "files", 1, 0)
     if record is None: return StagePlan(stage, "files", 1, 1, note="(brought by the user)")
@@ -163,7 +171,7 @@ def plan_stage(stage: str, run_dir: str | Path, settings: dict, alone: bool = Fa
     if inputs_changed: changes.update({"inputs": (record.get("inputs"), stage_inputs(stage, run_dir))})
     return StagePlan(stage, "files", 1, 1, stale={STAGE_OUTPUTS[stage][0]: changes} if changes else {})
 
-# %% ../nbs/10_pipeline.ipynb #c31763a7
+# %% ../nbs/10_pipeline.ipynb #8e5af676
 class StaleWorkError(RuntimeError):
     "Finished work would be redone; the caller did not ask for it (`redo=True`, `--redo`)."
 
@@ -180,7 +188,7 @@ def check_stale(plans: list[StagePlan], run_dir: Path, redo: bool) -> None:
         parts.append(f"{plan.stage}: would redo {units}{where} made with other settings ({describe_changes(changes, 4)})")
     raise StaleWorkError(f"{run_dir}: " + "; ".join(parts) + ". Nothing was changed; add --redo to redo them")
 
-# %% ../nbs/10_pipeline.ipynb #87f9f36b
+# %% ../nbs/10_pipeline.ipynb #ea94c8c5
 def run_stage(stage: str, run_dir: Path, settings: dict, resources: dict, redo: bool, progress: bool):
     "Run one stage with its settings; `resources` holds `llm` and `models` (made on first use)."
     if stage == "story":
@@ -211,7 +219,7 @@ def run_stage(stage: str, run_dir: Path, settings: dict, resources: dict, redo: 
                                                            dtype=str(models.torch_dtype()).removeprefix("torch."), progress=progress)
     raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
 
-# %% ../nbs/10_pipeline.ipynb #a9febf0d
+# %% ../nbs/10_pipeline.ipynb #ebde0b17
 def describe_plan(settings: dict, preset: str) -> str:
     "One line saying what a run with `preset` will make and how."
     story, frames, models = settings.get("story"), settings.get("keyframes"), settings.get("models")
@@ -222,7 +230,7 @@ def describe_plan(settings: dict, preset: str) -> str:
     if "style" in settings: parts.append(f"style: {settings['style'].steps} updates at {settings['style'].resolution}px")
     return " ".join(parts[:1]) + " " + "; ".join(parts[1:])
 
-# %% ../nbs/10_pipeline.ipynb #0869fb7d
+# %% ../nbs/10_pipeline.ipynb #d982e331
 def _sections(stages) -> list[str]:
     return list(dict.fromkeys(s for stage in stages for s in STAGE_SECTIONS[stage]))
 
@@ -235,7 +243,7 @@ def pipeline_settings(run_dir: Path, stages, given: dict | None = None, preset: 
     extra = [s for s in [*PRESETS.get(preset, {}), *given] if s != "story" or not brought]
     return run_settings(run_dir, list(dict.fromkeys(_sections(stages) + extra)), given, preset), stages
 
-# %% ../nbs/10_pipeline.ipynb #50362967
+# %% ../nbs/10_pipeline.ipynb #4c71b740
 def run_pipeline(run_dir: str | Path, *,
                  stages=STAGES,                       # which stages to consider, run in pipeline order
                  given: dict[str, dict] | None = None, # settings given now, by section (the command line's flags)
@@ -278,6 +286,7 @@ def run_pipeline(run_dir: str | Path, *,
         check_stale([plan], run_dir, redo)   # an earlier stage of this command may have changed its inputs
         if stage != "story" and not (run_dir / "movie.json").exists():
             raise RuntimeError(f"{run_dir}: stage {stage!r} needs the story (movie.json); run the story stage first")
+        if plan.done and plan.unit != "files": log(f"resuming:{plan.line()}")   # e.g. "keyframes left 10/24 frames, about 3.2 min left"
         started = time.perf_counter()
         record_stage(run_dir, stage, {"state": "running"})
         run_stage(stage, run_dir, settings, resources, redo, progress)
@@ -290,7 +299,7 @@ def run_pipeline(run_dir: str | Path, *,
     bar.close()
     return outcome
 
-# %% ../nbs/10_pipeline.ipynb #e38b623b
+# %% ../nbs/10_pipeline.ipynb #92f69efc
 def status(run_dir: str | Path) -> str:
     "One line per stage: done, stale or left, with counts (e.g. `keyframes  done   24/24 frames`)."
     run_dir = Path(run_dir)
@@ -305,7 +314,7 @@ def status(run_dir: str | Path) -> str:
         except FormatError as error: rows.append(f"  {stage:<10} ?      {' '.join(str(error).split())}")
     return "\n".join(rows)
 
-# %% ../nbs/10_pipeline.ipynb #36106ccd
+# %% ../nbs/10_pipeline.ipynb #de1e6f22
 def demo_outputs(run_dir: str | Path) -> dict[str, Path]:
     "Where the demo's results are in `run_dir`."
     run_dir = Path(run_dir)
