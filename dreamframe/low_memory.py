@@ -8,14 +8,14 @@ Docs: https://dreamframe.github.io/dreamframe/low_memory.html.md"""
 __all__ = ['GIB', 'WORKING_GIB', 'TIERS', 'weights_bytes', 'memory_budget', 'choose_tier', 'refiner_tier', 'offload_encoders',
            'place_low_memory']
 
-# %% ../nbs/03a_low_memory.ipynb #a7aaea06
+# %% ../nbs/03a_low_memory.ipynb #595b1f9f
 import torch
 
 GIB = 2**30
-WORKING_GIB = 5.0  # one 1024² frame at batch 1 as the card sees it: measured 11.45 GiB reserved with 6.46 GiB of weights (H200, base only)
+WORKING_GIB = 4.5  # one 1024² frame at batch 1: 3.8 GiB reserved beyond the weights (measured, H200) + room for a real card's CUDA context
 TIERS = ("resident", "encoders offloaded", "model offload")
 
-# %% ../nbs/03a_low_memory.ipynb #db3434c0
+# %% ../nbs/03a_low_memory.ipynb #9e278360
 def weights_bytes(*modules) -> int:
     "Bytes of the parameters and buffers of `modules` (None skipped)."
     return sum(t.numel() * t.element_size() for m in modules if m is not None for t in [*m.parameters(), *m.buffers()])
@@ -38,7 +38,7 @@ def refiner_tier(unet: int, free: int, base_encoders: int, base_tier: str, worki
     if base_tier == "resident" and unet + working <= free + base_encoders: return "resident", True
     return "model offload", False   # the two UNets take turns on the card
 
-# %% ../nbs/03a_low_memory.ipynb #4123a475
+# %% ../nbs/03a_low_memory.ipynb #93039b2c
 def _encoders(pipe) -> list:
     return [m for m in (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)) if m is not None]
 
@@ -77,8 +77,8 @@ def place_low_memory(pipe, device: torch.device, gpu_memory: float | None = None
     if base is not None:
         if tier == "resident": pipe.unet.to(device)
         else: _take_turns(base.unet, pipe.unet, device)
-        if getattr(base, "_encoders_hook", None) is not None:   # the shared encoder leaves before the refiner denoises
-            pipe.unet.register_forward_pre_hook(lambda module, args: base._encoders_hook.offload())
+        if (hook := getattr(base, "_encoders_hook", None)) is not None:   # the shared encoder leaves before the refiner denoises
+            pipe.unet.register_forward_pre_hook(lambda module, args, hook=hook: hook.offload())   # (the hook, not the base pipeline)
     elif tier == "model offload":
         pipe.enable_model_cpu_offload(device=device)
     else:

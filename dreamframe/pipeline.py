@@ -10,7 +10,7 @@ __all__ = ['STAGES', 'SECTIONS', 'STAGE_SECTIONS', 'MODEL_IDENTITY', 'DEMO_THEME
            'stage_inputs', 'style_progress', 'plan_stage', 'StaleWorkError', 'check_stale', 'run_stage',
            'describe_plan', 'pipeline_settings', 'run_pipeline', 'status', 'demo_outputs']
 
-# %% ../nbs/10_pipeline.ipynb #ce0fff62
+# %% ../nbs/10_pipeline.ipynb #789af3b3
 import importlib
 import time
 from dataclasses import dataclass, field
@@ -25,7 +25,7 @@ from .run_folder import StagePlan, clean_partial_files, file_digest, read_manife
 from .resources import Models, make_llm, preflight
 from .schema import FormatError, Movie
 
-# %% ../nbs/10_pipeline.ipynb #77f3eb5a
+# %% ../nbs/10_pipeline.ipynb #c414c1d8
 STAGES = ("story", "style", "characters", "keyframes", "qa", "export", "view", "eval")
 
 SECTIONS = {  # RUN/config.json section: (settings class, flag prefix)
@@ -58,7 +58,7 @@ def section_class(section: str):
     if section not in SECTIONS: raise ConfigError(f"unknown settings section {section!r}; sections: {', '.join(SECTIONS)}")
     return resolve(SECTIONS[section][0])
 
-# %% ../nbs/10_pipeline.ipynb #25d2bd73
+# %% ../nbs/10_pipeline.ipynb #361678e8
 DEMO_THEME = "a lighthouse keeper finds a message in a bottle"
 PRESETS = {
     "demo": {  # everything offline in a minute: the scripted LLM, the tiny untrained SDXL, a 3 x 2 x 4 story
@@ -89,7 +89,7 @@ def run_settings(run_dir: str | Path, sections, given: dict[str, dict] | None = 
     layered = {s: {**PRESETS.get(preset, {}).get(s, {}), **given.get(s, {})} for s in sections}
     return {s: make_config(section_class(s), saved.get(s), layered[s]) for s in sections}
 
-# %% ../nbs/10_pipeline.ipynb #3808db3e
+# %% ../nbs/10_pipeline.ipynb #46d14d87
 STAGE_OUTPUTS = {"story": ("movie.json",), "style": ("style/embedding.safetensors",), "qa": ("qa.json",),
                  "export": ("export/llava.json", "export/qa.jsonl"), "view": ("view.html",), "eval": ("eval/metrics.json",)}
 DERIVED = ("export", "view", "eval")
@@ -125,17 +125,20 @@ def stage_inputs(stage: str, run_dir: Path) -> dict:
         return {"movie": file_digest(movie), "frames": fingerprint(drawn), "qa": file_digest(run_dir / "qa.json")}
     return {}
 
-# %% ../nbs/10_pipeline.ipynb #68685c12
+# %% ../nbs/10_pipeline.ipynb #508a2e9f
 def _outputs_exist(stage: str, run_dir: Path, settings: dict) -> bool:
     if stage == "view" and settings["view"].html: return Path(settings["view"].html).exists()
     return all((run_dir / name).exists() for name in STAGE_OUTPUTS.get(stage, ()))
 
 def style_progress(run_dir: Path, total: int | None) -> StagePlan:
     "The style stage's updates so far, from its checkpoints, and the time left at the fastest pace between two of them (a pause is no pace)."
-    marks = sorted((int(p.stem.split("-")[-1]), p.stat().st_mtime) for p in (Path(run_dir) / "style" / "checkpoints").glob("step-*.safetensors")
-                   if p.stem.split("-")[-1].isdigit())
+    marks = []
+    for path in (Path(run_dir) / "style" / "checkpoints").glob("step-*.safetensors"):
+        try: marks.append((int(path.stem.split("-")[-1]), path.stat().st_mtime))
+        except (ValueError, OSError): continue   # not a step number, or just removed by the running stage
+    marks.sort()
     plan = StagePlan("style", "updates", total, marks[-1][0] if marks else 0)
-    paces = [(t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in zip(marks, marks[1:]) if s1 > s0]
+    paces = [(t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in zip(marks, marks[1:]) if s1 > s0 and t1 > t0]   # (a copied folder: one mtime)
     if total and paces: plan.eta_s = min(paces) * max(0, total - marks[-1][0])
     return plan
 
@@ -171,7 +174,7 @@ def plan_stage(stage: str, run_dir: str | Path, settings: dict, alone: bool = Fa
     if inputs_changed: changes.update({"inputs": (record.get("inputs"), stage_inputs(stage, run_dir))})
     return StagePlan(stage, "files", 1, 1, stale={STAGE_OUTPUTS[stage][0]: changes} if changes else {})
 
-# %% ../nbs/10_pipeline.ipynb #8e5af676
+# %% ../nbs/10_pipeline.ipynb #be6a5b08
 class StaleWorkError(RuntimeError):
     "Finished work would be redone; the caller did not ask for it (`redo=True`, `--redo`)."
 
@@ -188,7 +191,7 @@ def check_stale(plans: list[StagePlan], run_dir: Path, redo: bool) -> None:
         parts.append(f"{plan.stage}: would redo {units}{where} made with other settings ({describe_changes(changes, 4)})")
     raise StaleWorkError(f"{run_dir}: " + "; ".join(parts) + ". Nothing was changed; add --redo to redo them")
 
-# %% ../nbs/10_pipeline.ipynb #ea94c8c5
+# %% ../nbs/10_pipeline.ipynb #ac657b9c
 def run_stage(stage: str, run_dir: Path, settings: dict, resources: dict, redo: bool, progress: bool):
     "Run one stage with its settings; `resources` holds `llm` and `models` (made on first use)."
     if stage == "story":
@@ -219,7 +222,7 @@ def run_stage(stage: str, run_dir: Path, settings: dict, resources: dict, redo: 
                                                            dtype=str(models.torch_dtype()).removeprefix("torch."), progress=progress)
     raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
 
-# %% ../nbs/10_pipeline.ipynb #ebde0b17
+# %% ../nbs/10_pipeline.ipynb #5c8012dd
 def describe_plan(settings: dict, preset: str) -> str:
     "One line saying what a run with `preset` will make and how."
     story, frames, models = settings.get("story"), settings.get("keyframes"), settings.get("models")
@@ -230,7 +233,7 @@ def describe_plan(settings: dict, preset: str) -> str:
     if "style" in settings: parts.append(f"style: {settings['style'].steps} updates at {settings['style'].resolution}px")
     return " ".join(parts[:1]) + " " + "; ".join(parts[1:])
 
-# %% ../nbs/10_pipeline.ipynb #d982e331
+# %% ../nbs/10_pipeline.ipynb #fa4c912c
 def _sections(stages) -> list[str]:
     return list(dict.fromkeys(s for stage in stages for s in STAGE_SECTIONS[stage]))
 
@@ -243,7 +246,7 @@ def pipeline_settings(run_dir: Path, stages, given: dict | None = None, preset: 
     extra = [s for s in [*PRESETS.get(preset, {}), *given] if s != "story" or not brought]
     return run_settings(run_dir, list(dict.fromkeys(_sections(stages) + extra)), given, preset), stages
 
-# %% ../nbs/10_pipeline.ipynb #4c71b740
+# %% ../nbs/10_pipeline.ipynb #d3e68dd3
 def run_pipeline(run_dir: str | Path, *,
                  stages=STAGES,                       # which stages to consider, run in pipeline order
                  given: dict[str, dict] | None = None, # settings given now, by section (the command line's flags)
@@ -299,7 +302,7 @@ def run_pipeline(run_dir: str | Path, *,
     bar.close()
     return outcome
 
-# %% ../nbs/10_pipeline.ipynb #92f69efc
+# %% ../nbs/10_pipeline.ipynb #ff0ea9ee
 def status(run_dir: str | Path) -> str:
     "One line per stage: done, stale or left, with counts (e.g. `keyframes  done   24/24 frames`)."
     run_dir = Path(run_dir)
@@ -314,7 +317,7 @@ def status(run_dir: str | Path) -> str:
         except FormatError as error: rows.append(f"  {stage:<10} ?      {' '.join(str(error).split())}")
     return "\n".join(rows)
 
-# %% ../nbs/10_pipeline.ipynb #de1e6f22
+# %% ../nbs/10_pipeline.ipynb #7c0d913b
 def demo_outputs(run_dir: str | Path) -> dict[str, Path]:
     "Where the demo's results are in `run_dir`."
     run_dir = Path(run_dir)
