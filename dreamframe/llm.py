@@ -8,7 +8,7 @@ Docs: https://dreamframe.github.io/dreamframe/llm.html.md"""
 __all__ = ['LLMConfig', 'strict_schema', 'LLMError', 'LLMAnswerError', 'LLMTransportError', 'LLMStats', 'LLM', 'request_key',
            'run_sync']
 
-# %% ../nbs/01_llm.ipynb #4648de05
+# %% ../nbs/01_llm.ipynb #c40c70ca
 import asyncio, concurrent.futures, contextlib, copy, functools, hashlib, json, os, random, re, weakref
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,7 +24,7 @@ except ImportError: import httpx   # openai 1.x and 2.x
 from .config import settings
 from .schema import atomic_write_bytes
 
-# %% ../nbs/01_llm.ipynb #451caa51
+# %% ../nbs/01_llm.ipynb #2ab104e0
 @settings
 class LLMConfig:
     "Which LLM to ask and how hard to try; saved with the run, so it never holds the API key."
@@ -42,7 +42,7 @@ class LLMConfig:
     retry_max_s: float = Field(60.0, ge=0)  # cap on any backoff and on a server's Retry-After
     max_answer_bytes: int = Field(8_000_000, ge=1024)  # a larger answer is refused (read in pieces, never held whole)
 
-# %% ../nbs/01_llm.ipynb #268c0549
+# %% ../nbs/01_llm.ipynb #61a41844
 _STRICT_REFUSED = {"minLength": "at least {} characters", "maxLength": "at most {} characters",  # told in the description
                    "uniqueItems": "items must be distinct", "minProperties": "at least {} properties", "maxProperties": "at most {} properties"}
 _STRICT_DROPPED = {"default", "discriminator", "examples", "patternProperties", "propertyNames", "unevaluatedProperties",
@@ -82,7 +82,7 @@ def _strict_schema(response_model: type[BaseModel]) -> dict:   # shared: never m
     schema = response_model.model_json_schema()
     return _strict(schema, schema.pop("$defs", {}), response_model.__name__)
 
-# %% ../nbs/01_llm.ipynb #4cc2c4f7
+# %% ../nbs/01_llm.ipynb #6d5c9b19
 def _one_line(text: Any, limit: int = 300) -> str:
     "`text` on one line, at most `limit` characters."
     return line if len(line := " ".join(str(text).split())) <= limit else line[:limit - 1] + "…"
@@ -108,7 +108,7 @@ class _Transient(Exception):
         super().__init__(detail); self.kind, self.detail, self.retry_after = kind, _one_line(detail, 200), retry_after
 
 class _Fatal(_Transient): "A fault that retrying will not fix (a refused key or model, an oversized answer)."
-class _SchemaRejected(Exception): "The server does not take `response_format` json_schema."
+class _SchemaRejected(Exception): "The server does not take this `response_format`."
 
 _FIXES = {"refused": "start the server, or point --base-url at a running one", "401": "check OPENAI_API_KEY",
           "timeout": "raise --llm-timeout-s, or lower --llm-concurrency", "429": "lower --llm-concurrency, or raise --llm-max-retries",
@@ -118,7 +118,7 @@ _FIXES = {"refused": "start the server, or point --base-url at a running one", "
 
 @dataclass
 class LLMStats:
-    "Counters of one `LLM`: calls, HTTP attempts sent, cache hits, retries, repairs, json_object fallbacks, failures, faults."
+    "Counters of one `LLM`: calls, HTTP attempts sent, cache hits, retries, repairs, response-format fallbacks, failures, faults."
     calls: int = 0; sent: int = 0; cache_hits: int = 0; retries: int = 0; repairs: int = 0; fallbacks: int = 0; failed: int = 0
     faults: Counter = field(default_factory=Counter)  # kind -> count: 429, 5xx, timeout, refused, connection, not_json, invalid…
 
@@ -126,7 +126,7 @@ class LLMStats:
         return (f"{self.calls} calls: {self.sent} sent, {self.cache_hits} cached, {self.retries} retries, {self.repairs} repairs, {self.fallbacks} "
                 f"fallbacks, {self.failed} failed; faults: {', '.join(f'{k}={v}' for k, v in sorted(self.faults.items())) or 'none'}")
 
-# %% ../nbs/01_llm.ipynb #7b5287e4
+# %% ../nbs/01_llm.ipynb #9aa7736d
 @functools.lru_cache(maxsize=8)
 def _tls_context(cafile: str | None, capath: str | None): return httpx.create_ssl_context()   # for these $SSL_CERT_FILE/DIR, made once
 
@@ -143,7 +143,7 @@ class LLM:
         if not isinstance(cfg := cfg or LLMConfig(), LLMConfig): raise TypeError(f"cfg must be an LLMConfig, got {type(cfg).__name__}")
         self.cfg, self.stats, self.cache_dir = cfg, LLMStats(), Path(cache_dir) if cache_dir is not None else None
         self.url = cfg.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
-        self.response_mode, self.gate, self._turn, self._jitter = "json_schema", gate, 0, random.Random()   # then "json_object", if refused
+        self.response_mode, self.gate, self._turn, self._jitter = "json_schema", gate, 0, random.Random()   # then "json_object" or "prompt", if refused
         self._clients, self._semaphores = weakref.WeakKeyDictionary(), weakref.WeakKeyDictionary()  # per event loop
         self._setup_client(api_key)
     def _setup_client(self, api_key: str | None):
@@ -171,9 +171,9 @@ class LLM:
         "Close the HTTP clients of the running event loop (optional; clients of finished loops are dropped)."
         for client in self._clients.pop(asyncio.get_running_loop(), []): await client.close()
 
-# %% ../nbs/01_llm.ipynb #ce7aa07b
+# %% ../nbs/01_llm.ipynb #0beef07c
 _SCHEMA_PROMPT = "Answer with one JSON object and nothing else. It must follow this JSON schema:\n"
-_MODES = ("json_schema", "json_object")   # what to ask for, best first
+_MODES = ("json_schema", "json_object", "prompt")   # what to ask for, best first ("prompt": the schema in words only)
 
 def request_key(request: dict) -> str:
     "Cache key of a request: sha256 of its canonical JSON (model, messages, response_format, sampling params)."
@@ -188,8 +188,8 @@ def _check_messages(messages: Any) -> list[dict]:
 @patch
 def _build_request(self: LLM, messages: list[dict], schema: dict, name: str, mode: str) -> dict:
     response_format = {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
-    if mode == "json_object":   # the schema goes into the system prompt
-        instruction, messages, response_format = _SCHEMA_PROMPT + json.dumps(schema, ensure_ascii=False), [dict(m) for m in messages], {"type": mode}
+    if mode != "json_schema":   # the schema goes into the system prompt (and no response_format at all for "prompt")
+        instruction, messages, response_format = _SCHEMA_PROMPT + json.dumps(schema, ensure_ascii=False), [dict(m) for m in messages], {"type": mode} if mode == "json_object" else None
         if messages[0]["role"] == "system": messages[0]["content"] += "\n\n" + instruction
         else: messages.insert(0, {"role": "system", "content": instruction})
     request = {"model": self.cfg.model, "messages": messages, "response_format": response_format,
@@ -211,7 +211,7 @@ def _cache_write(self: LLM, request: dict, name: str, content: str) -> None:
     entry = {"key": (key := request_key(request)), "name": name, "request": request, "response": {"content": content}}
     atomic_write_bytes(self.cache_dir / f"{key}.json", json.dumps(entry, ensure_ascii=False).encode(), fsync=False)
 
-# %% ../nbs/01_llm.ipynb #1ce77ee3
+# %% ../nbs/01_llm.ipynb #e254ba79
 def _retry_after(response: Any) -> float | None:
     "Seconds the server asked us to wait (`retry-after-ms`, or `Retry-After` in seconds), if it said."
     for name, scale in (("retry-after-ms", 1000), ("retry-after", 1)):
@@ -224,7 +224,7 @@ def _status_fault(error: openai.APIStatusError, request: dict) -> Exception:
     if status == 429 and getattr(error, "code", None) == "insufficient_quota": return _Fatal("quota", "the account has no quota left (HTTP 429)")
     if status == 429 or status >= 500 or status in (408, 409):
         return _Transient("429" if status == 429 else "5xx", f"HTTP {status}: {message}", _retry_after(error.response))
-    if status == 400 and (request.get("response_format") or {}).get("type") == "json_schema" and re.search(r"response_format|json_schema", message, re.I):
+    if status == 400 and (request.get("response_format") or {}).get("type") in _MODES and re.search(r"response_format|json_schema|json_object", message, re.I):
         return _SchemaRejected()
     return _Fatal(str(status) if status in (401, 403) else "http", f"the server refused the request with HTTP {status}: {message}")
 
@@ -262,7 +262,7 @@ def _answer_text(completion: Any, request: dict) -> str:
     except ValueError: raise _Transient("not_json", f"the answer is not JSON: {content[:80]!r}") from None
     return content
 
-# %% ../nbs/01_llm.ipynb #08c33ef3
+# %% ../nbs/01_llm.ipynb #18986cd1
 @patch
 async def _send_with_retries(self: LLM, request: dict, name: str, read: Callable = _answer_text) -> Any:
     "`read(completion, request)` of the first usable answer to `request`, within `timeout_s` in all."
@@ -288,7 +288,7 @@ async def _send_with_retries(self: LLM, request: dict, name: str, read: Callable
     what = fault.detail if isinstance(fault, _Fatal) else f"no usable answer after {tries} tries; last fault {fault.kind}: {fault.detail}"
     raise LLMTransportError(name, f"{what}{self._where()}; {_FIXES.get(fault.kind, 'raise --llm-max-retries, or check the server')}", fault.kind)
 
-# %% ../nbs/01_llm.ipynb #b95de841
+# %% ../nbs/01_llm.ipynb #4a402d14
 _REPAIR = "Your JSON answer has these problems:\n{}\nReply with the whole corrected JSON object only, keeping everything that was right."
 
 def _validate(content: str, response_model: type[BaseModel], check) -> tuple[Any, list[str]]:
@@ -301,12 +301,12 @@ def _validate(content: str, response_model: type[BaseModel], check) -> tuple[Any
 
 @patch
 async def _answer(self: LLM, messages: list[dict], schema: dict, name: str) -> tuple[dict, str]:
-    "(request, JSON answer) for `messages`; a server that refuses json_schema gets json_object from then on."
-    for mode in (self.response_mode, "json_object"):   # (only a json_schema request can be rejected)
+    "(request, JSON answer) for `messages`; a server that refuses a response format gets the next of `_MODES` from then on."
+    for mode in _MODES[_MODES.index(self.response_mode):]:   # (the last, a plain prompt, cannot be refused)
         request = self._build_request(messages, schema, name, mode)
         try: return request, await self._send_with_retries(request, name)
-        except _SchemaRejected:   # concurrent calls may all be refused: count the switch once
-            self.stats.fallbacks, self.response_mode = self.stats.fallbacks + (self.response_mode == mode), "json_object"
+        except _SchemaRejected:   # concurrent calls may all be refused: count each switch once
+            if self.response_mode == mode: self.stats.fallbacks, self.response_mode = self.stats.fallbacks + 1, _MODES[_MODES.index(mode) + 1]
 
 @patch
 async def ask(self: LLM, messages: list[dict], response_model: type[BaseModel], *,
@@ -334,7 +334,7 @@ async def ask(self: LLM, messages: list[dict], response_model: type[BaseModel], 
         self.stats.failed += 1
         raise
 
-# %% ../nbs/01_llm.ipynb #2347482b
+# %% ../nbs/01_llm.ipynb #14ee0f4b
 @patch
 async def check(self: LLM) -> None:
     "Preflight: one tiny request, to learn now that the server, the model and the key work (else `LLMTransportError`)."

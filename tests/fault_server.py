@@ -38,13 +38,15 @@ class FaultServer(LocalLLMServer):
     "LocalLLMServer with injected faults (see the module's docstring)."
 
     def __init__(self, latency=0.0, answer=None, *, faults=(), rate=0.0, plan=None, seed=0, tls=None, hang_s=30.0,
-                 trickle_s=1.0, huge_bytes=2**30, retry_after_s=0.05, reject_json_schema=False):
+                 trickle_s=1.0, huge_bytes=2**30, retry_after_s=0.05, reject_json_schema=False,
+                 reject_response_format=False):
         super().__init__(latency, answer, seed=seed)
         unknown = set(faults) - set(FAULTS)
         if unknown: raise ValueError(f"unknown faults {sorted(unknown)}; choose from {FAULTS}")
         self.faults, self.rate, self.plan, self.tls = tuple(faults), rate, plan, tls
         self.hang_s, self.trickle_s, self.huge_bytes, self.retry_after_s = hang_s, trickle_s, huge_bytes, retry_after_s
         self.reject_json_schema = reject_json_schema
+        self.reject_response_format = reject_response_format   # like a server that takes no response_format at all
         self.scheme = "https" if tls else "http"
         self.attempts = Counter()              # request key -> attempts seen
         self.in_flight = self.max_in_flight = 0
@@ -74,6 +76,10 @@ class FaultServer(LocalLLMServer):
                 with self.lock: self.counts["rejected_json_schema"] += 1
                 return handler.send_json(400, _error("Invalid parameter: 'response_format' of type 'json_schema' is not "
                                                      "supported by this server."))
+            if self.reject_response_format and request.get("response_format"):
+                with self.lock: self.counts["rejected_response_format"] += 1
+                kind = request["response_format"].get("type")
+                return handler.send_json(400, _error(f"Invalid parameter: 'response_format' of type '{kind}' is not supported with this model."))
             fault = self.fault_for(request, attempt)
             if fault is None: return super().respond(handler, request)
             with self.lock: self.counts[fault] += 1

@@ -17,7 +17,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from dreamframe.config import ConfigError
-from dreamframe.llm import (LLM, LLMAnswerError, LLMConfig, LLMTransportError, _retry_after, request_key, run_sync,
+from dreamframe.llm import (LLM, LLMAnswerError, LLMConfig, LLMTransportError, _SCHEMA_PROMPT, _retry_after, request_key, run_sync,
                             strict_schema)
 from dreamframe.testing import LocalLLMServer, ScriptedLLM
 
@@ -143,6 +143,18 @@ def test_fallback_to_json_object_is_remembered_across_event_loops():
         kinds = [r["response_format"]["type"] for r in server.requests]
     assert kinds.count("json_schema") <= 2 and kinds.count("json_object") == 4   # two calls may race to find out
     assert llm.stats.fallbacks == 1 and llm.response_mode == "json_object"
+
+
+def test_a_server_without_response_format_gets_the_schema_in_the_prompt():
+    with FaultServer(reject_response_format=True) as server:
+        llm = LLM(fast(server.base_url))
+        first = ask_many(llm, 3)
+        kinds = [(r.get("response_format") or {}).get("type") for r in server.requests]
+        again = ask_many(LLM(fast(server.base_url), cache_dir=None), 3)
+    assert kinds.count(None) == 3 and kinds.count("json_schema") <= 3 and kinds.count("json_object") <= 3
+    assert llm.stats.fallbacks == 2 and llm.response_mode == "prompt" and server.counts["rejected_response_format"] >= 2
+    assert all(_SCHEMA_PROMPT in r["messages"][0]["content"] for r in server.requests if "response_format" not in r)
+    assert first == again   # the same valid answers
 
 
 def test_errors_name_the_call_in_one_line():
