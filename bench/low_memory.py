@@ -175,7 +175,6 @@ def main():
         return pipes
     cfg = KeyframeConfig(resolution=resolution, steps=30, batch_size=1, negative_prompt="blurry, low quality")
     with_refiner = dataclasses.replace(cfg, refiner_steps=10)
-    results["weights_gib"] = {}
     normal, unfused = {}, {}
 
     def uncapped(into: dict, speed: KeyframeSpeed, tag: str):
