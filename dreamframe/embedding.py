@@ -8,12 +8,13 @@ Docs: https://dreamframe.github.io/dreamframe/embedding.html.md"""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
+
+from .schema import atomic_write_bytes
 
 # %% auto #0
 __all__ = ['MAX_STYLE_VECTORS', 'save_style_embedding', 'vocabulary_word', 'style_token_sources', 'read_style_embedding',
@@ -22,20 +23,38 @@ __all__ = ['MAX_STYLE_VECTORS', 'save_style_embedding', 'vocabulary_word', 'styl
 # %% ../nbs/03c_embedding.ipynb #968b5d77
 MAX_STYLE_VECTORS = 75  # a prompt window holds 77 tokens: start, end, and at most 75 others
 
-def _check_rows(source: str, token, clip_l, clip_g, limit: int = MAX_STYLE_VECTORS):
+def _fix(path: Path | None) -> str:
+    "What to do about a bad embedding file: for a run's own file, the command that trains it again."
+    if path is not None and path.name == "embedding.safetensors" and path.parent.name == "style":
+        return f"train it again with `dreamframe style {path.parent.parent}` (or replace the file)"
+    return "use another file"
+
+def _check_rows(source: str, token, clip_l, clip_g, limit: int = MAX_STYLE_VECTORS, fix: str = "use another file"):
     "Refuse a token or rows no pipeline should use; `source` names the file (or call) in the one-line message."
     if not isinstance(token, str) or not token or len(token) > 100 or any(c.isspace() for c in token):
         raise ValueError(f"{source}: the token must be one word without spaces, e.g. '<noir-style>', got {token!r}")
     for key, rows in (("clip_l", clip_l), ("clip_g", clip_g)):
         if not isinstance(rows, torch.Tensor) or rows.ndim != 2 or not rows.is_floating_point():
-            raise ValueError(f"{source}: {key} must be a 2-d float tensor [vectors, width], got {getattr(rows, 'shape', type(rows).__name__)} {getattr(rows, 'dtype', '')}")
+            found = f"{getattr(rows, 'shape', type(rows).__name__)} {getattr(rows, 'dtype', '')}"
+            raise ValueError(f"{source}: {key} must be a 2-d float tensor [vectors, width], got {found}")
         if not 1 <= rows.shape[0] <= limit:
-            raise ValueError(f"{source}: {key} has {rows.shape[0]} vectors; a style token needs 1 to {limit} (they must fit the prompt window)")
+            raise ValueError(f"{source}: {key} has {rows.shape[0]} vectors; a style token needs 1 to {limit} "
+                             "(they must fit the prompt window)")
         if not torch.isfinite(rows).all():
-            raise ValueError(f"{source}: {key} holds {int((~torch.isfinite(rows)).sum())} NaN/inf value(s), so every prompt using it "
-                             f"would render flat frames; retrain the style (redo) or use another file")
+            raise ValueError(f"{source}: {key} holds {int((~torch.isfinite(rows)).sum())} NaN/inf value(s), so every "
+                             f"prompt using it would render flat frames; {fix}")
     if clip_l.shape[0] != clip_g.shape[0]:
-        raise ValueError(f"{source}: clip_l has {clip_l.shape[0]} vectors but clip_g has {clip_g.shape[0]}; both encoders need the same number")
+        raise ValueError(f"{source}: clip_l has {clip_l.shape[0]} vectors but clip_g has {clip_g.shape[0]}; "
+                         "both encoders need the same number")
+
+def _sorted_metadata(data: bytes) -> bytes:
+    "A safetensors file's bytes with its metadata keys in sorted order (safetensors writes them in a per-process order)."
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)   # the tensors' bytes stay 8-byte aligned
+    return len(text).to_bytes(8, "little") + text + data[8 + size:]
 
 def save_style_embedding(path: str | Path,  # file to write, e.g. RUN/style/embedding.safetensors
                          token: str,  # the placeholder token, e.g. "<dreamframe-style>"
@@ -44,15 +63,12 @@ def save_style_embedding(path: str | Path,  # file to write, e.g. RUN/style/embe
                          *, settings: dict | None = None,  # what the rows were made with, kept as JSON in the metadata
                         ) -> Path:
     "Write a two-encoder textual-inversion embedding as safetensors (keys clip_l, clip_g; metadata token), atomically."
-    _check_rows(f"save_style_embedding({str(path)!r})", token, clip_l, clip_g)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    metadata = {"token": token, **({"settings": json.dumps(settings, sort_keys=True)} if settings is not None else {})}
-    save_file({"clip_l": clip_l.detach().float().cpu().contiguous(), "clip_g": clip_g.detach().float().cpu().contiguous()},
-              str(partial), metadata=metadata)
-    os.replace(partial, path)
-    return path
+    _check_rows(f"save_style_embedding({str(path)!r})", token, clip_l, clip_g,
+                fix="nothing was written (from a style training: it diverged; lower StyleConfig.lr)")
+    metadata = {"token": token}
+    if settings is not None: metadata["settings"] = json.dumps(settings, sort_keys=True)
+    tensors = {"clip_l": clip_l.detach().float().cpu().contiguous(), "clip_g": clip_g.detach().float().cpu().contiguous()}
+    return atomic_write_bytes(path, _sorted_metadata(safetensors_bytes(tensors, metadata=metadata)))
 
 # %% ../nbs/03c_embedding.ipynb #075e2d12
 def vocabulary_word(tokenizer, token: str) -> bool:
@@ -93,20 +109,22 @@ def read_style_embedding(path: str | Path,  # a file written by `save_style_embe
                          pipe=None,  # when given, also check widths and token against this pipeline's encoders
                         ) -> tuple[str, torch.Tensor, torch.Tensor]:
     "Read and check `(token, clip_l, clip_g)` from a style embedding file; every problem is one line naming the file."
-    path, source = Path(path), f"style embedding {str(path)!r}"
+    path = Path(path)
+    source, fix = f"style embedding {str(path)!r}", _fix(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{source} does not exist; train one with the style stage (it writes RUN/style/embedding.safetensors)")
+        make = fix.replace("train it again with", "make it with") if "dreamframe style" in fix else "train one with the style stage"
+        raise FileNotFoundError(f"{source} does not exist; {make}")
     try:
         with safe_open(str(path), framework="pt") as file:
             tensors, metadata = {key: file.get_tensor(key) for key in file.keys()}, file.metadata() or {}
     except (OSError, SafetensorError) as error:
-        raise ValueError(f"{source} is not a readable safetensors file ({error})") from None
+        raise ValueError(f"{source} is not a readable safetensors file ({error}); {fix}") from None
     if set(tensors) != {"clip_l", "clip_g"}:
-        raise ValueError(f"{source} must hold exactly the keys clip_l and clip_g, found {sorted(tensors)}")
+        raise ValueError(f"{source} must hold exactly the keys clip_l and clip_g, found {sorted(tensors)}; {fix}")
     if "token" not in metadata:
-        raise ValueError(f"{source} has no 'token' in its metadata; write it with save_style_embedding")
+        raise ValueError(f"{source} has no 'token' in its metadata; write it with save_style_embedding, or {fix}")
     token, clip_l, clip_g = metadata["token"], tensors["clip_l"], tensors["clip_g"]
-    _check_rows(source, token, clip_l, clip_g)
+    _check_rows(source, token, clip_l, clip_g, fix=fix)
     _check_pipeline(source, path, pipe, token, clip_l, clip_g)
     return token, clip_l, clip_g
 
