@@ -7,27 +7,35 @@ Docs: https://dreamframe.github.io/dreamframe/embedding.html.md"""
 # %% ../nbs/03c_embedding.ipynb #1c5e66a7
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save as safetensors_bytes
+from safetensors.torch import save
 
+from .config import load_run_config
 from .schema import atomic_write_bytes
 
 # %% auto #0
-__all__ = ['MAX_STYLE_VECTORS', 'save_style_embedding', 'vocabulary_word', 'style_token_sources', 'read_style_embedding',
-           'check_style_token', 'add_style_rows', 'pipeline_source', 'load_style']
+__all__ = ['MAX_STYLE_VECTORS', 'STYLE_FILE', 'safetensors_bytes', 'save_style_embedding', 'vocabulary_word',
+           'style_token_sources', 'read_style_embedding', 'check_style_token', 'add_style_rows', 'pipeline_source',
+           'load_style', 'MissingStyleError', 'run_style']
 
 # %% ../nbs/03c_embedding.ipynb #968b5d77
 MAX_STYLE_VECTORS = 75  # a prompt window holds 77 tokens: start, end, and at most 75 others
 
+def _remake(path: Path | None) -> str | None:
+    "The command that makes `path` again when it is a run folder's own embedding (None for any other file)."
+    if path is not None and path.name == "embedding.safetensors" and path.parent.name == "style":
+        return f"`dreamframe style {path.parent.parent}`"
+    return None
+
 def _fix(path: Path | None) -> str:
     "What to do about a bad embedding file: for a run's own file, the command that trains it again."
-    if path is not None and path.name == "embedding.safetensors" and path.parent.name == "style":
-        return f"train it again with `dreamframe style {path.parent.parent}` (or replace the file)"
-    return "use another file"
+    command = _remake(path)
+    return f"train it again with {command} (or replace the file)" if command else "use another file"
 
 def _check_rows(source: str, token, clip_l, clip_g, limit: int = MAX_STYLE_VECTORS, fix: str = "use another file"):
     "Refuse a token or rows no pipeline should use; `source` names the file (or call) in the one-line message."
@@ -47,8 +55,9 @@ def _check_rows(source: str, token, clip_l, clip_g, limit: int = MAX_STYLE_VECTO
         raise ValueError(f"{source}: clip_l has {clip_l.shape[0]} vectors but clip_g has {clip_g.shape[0]}; "
                          "both encoders need the same number")
 
-def _sorted_metadata(data: bytes) -> bytes:
-    "A safetensors file's bytes with its metadata keys in sorted order (safetensors writes them in a per-process order)."
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    "A safetensors file as bytes, its metadata keys sorted (safetensors writes them in an order that changes per process)."
+    data = save(tensors, metadata=metadata)
     size = int.from_bytes(data[:8], "little")
     header = json.loads(data[8:8 + size])
     header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
@@ -68,7 +77,7 @@ def save_style_embedding(path: str | Path,  # file to write, e.g. RUN/style/embe
     metadata = {"token": token}
     if settings is not None: metadata["settings"] = json.dumps(settings, sort_keys=True)
     tensors = {"clip_l": clip_l.detach().float().cpu().contiguous(), "clip_g": clip_g.detach().float().cpu().contiguous()}
-    return atomic_write_bytes(path, _sorted_metadata(safetensors_bytes(tensors, metadata=metadata)))
+    return atomic_write_bytes(path, safetensors_bytes(tensors, metadata))
 
 # %% ../nbs/03c_embedding.ipynb #075e2d12
 def vocabulary_word(tokenizer, token: str) -> bool:
@@ -112,8 +121,8 @@ def read_style_embedding(path: str | Path,  # a file written by `save_style_embe
     path = Path(path)
     source, fix = f"style embedding {str(path)!r}", _fix(path)
     if not path.is_file():
-        make = fix.replace("train it again with", "make it with") if "dreamframe style" in fix else "train one with the style stage"
-        raise FileNotFoundError(f"{source} does not exist; {make}")
+        command = _remake(path)
+        raise FileNotFoundError(f"{source} does not exist; " + (f"make it with {command}" if command else "train one with the style stage"))
     try:
         with safe_open(str(path), framework="pt") as file:
             tensors, metadata = {key: file.get_tensor(key) for key in file.keys()}, file.metadata() or {}
@@ -182,3 +191,23 @@ def load_style(pipe,  # an SDXL pipeline (base: both encoders; refiner: only tex
               ) -> str:
     "Load a checked style embedding into the pipeline's text encoders and tokenizers; return the token to use in prompts."
     return add_style_rows(pipe, *read_style_embedding(path), path)
+
+# %% ../nbs/03c_embedding.ipynb #8c420e7e
+STYLE_FILE = "style/embedding.safetensors"
+
+class MissingStyleError(RuntimeError):
+    "The run's settings include the style stage, but its embedding is missing or unusable."
+
+def run_style(run_dir: str | Path,  # the run folder
+              keyword: str,  # the movie's style keyword: the prompts' style word when the run has no style stage
+             ) -> tuple[str, str]:
+    "The style word of a run's prompts and the style its results record: the learned token (and its rows' digest), or the keyword."
+    run_dir = Path(run_dir)
+    path = run_dir / STYLE_FILE
+    if not path.exists() and "style" not in load_run_config(run_dir): return keyword, keyword
+    try: token, clip_l, clip_g = read_style_embedding(path)
+    except (FileNotFoundError, ValueError) as error:
+        raise MissingStyleError(f"{error}; this run's settings include the style stage (a style section in "
+                                f"{run_dir / 'config.json'}), so nothing is drawn with the plain keyword instead") from None
+    digest = hashlib.sha256(clip_g.numpy().tobytes() + clip_l.numpy().tobytes()).hexdigest()[:16]
+    return token, f"{token}@{digest}"

@@ -22,6 +22,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 
 from .config import settings
 from .low_memory import place_low_memory
+from .run_folder import remember_models
 
 # %% auto #0
 __all__ = ['SDXL_SCHEDULER', 'DTYPES', 'ModelConfig', 'check_source', 'load_sdxl', 'load_refiner', 'byte_tokenizer',
@@ -134,7 +135,9 @@ def load_sdxl(model: str | Path,  # hub id, or local folder in diffusers layout 
                          "(or another accelerator), got device='cpu'")
     extra = {} if vae_source is None else {"vae": AutoencoderKL.from_pretrained(vae_source, dtype=dtype)}
     pipe = StableDiffusionXLPipeline.from_pretrained(source, dtype=dtype, variant=variant, **extra)
-    return _place(pipe, device, low_memory, gpu_memory)
+    pipe = _place(pipe, device, low_memory, gpu_memory)
+    vae_name = None if vae is None else str(vae)
+    return remember_models(pipe, model=str(model), vae=vae_name, variant=variant)   # the name its results record
 
 def load_refiner(model: str | Path,  # hub id or local folder of an SDXL refiner (img2img) pipeline
                  base: StableDiffusionXLPipeline,  # loaded base pipeline: its text_encoder_2, tokenizer_2, vae are shared
@@ -148,7 +151,7 @@ def load_refiner(model: str | Path,  # hub id or local folder of an SDXL refiner
         raise ValueError("low_memory=True needs a GPU device, got device='cpu'")
     pipe = StableDiffusionXLImg2ImgPipeline.from_pretrained(
         source, text_encoder_2=base.text_encoder_2, tokenizer_2=base.tokenizer_2, vae=base.vae, dtype=dtype, variant=variant)
-    return _place(pipe, device, low_memory, gpu_memory, base=base)
+    return remember_models(_place(pipe, device, low_memory, gpu_memory, base=base), refiner=str(model))
 
 # %% ../nbs/03_models.ipynb #2939fcd8
 def _byte_symbols() -> list[str]:

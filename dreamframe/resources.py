@@ -71,6 +71,7 @@ class Models:
         self.pipe = models.load_sdxl(model_source(self.cfg.model, self.run_dir), dtype=self.cfg.torch_dtype(getattr(torch, half)),
                                      device=self.device(), vae=self.cfg.vae, variant=self.cfg.variant, gpu_memory=self.cfg.gpu_memory,
                                      low_memory=self.cfg.low_memory and not training)   # the style's backward pass runs through the encoders
+        models.remember_models(self.pipe, model=self.cfg.model, vae=self.cfg.vae, variant=self.cfg.variant)   # "tiny" stays "tiny"
         self.half = (half, training)
         return self.pipe
 
@@ -78,9 +79,11 @@ class Models:
         "The refiner, sharing the base's second encoder and VAE (None when the settings name none)."
         if not self.cfg.refiner: return None
         import torch
-        return importlib.import_module("dreamframe.models").load_refiner(
+        models = importlib.import_module("dreamframe.models")
+        refiner = models.load_refiner(
             model_source(self.cfg.refiner, self.run_dir, "refiner"), self.base(), dtype=self.cfg.torch_dtype(torch.float16),
             device=self.device(), variant=self.cfg.variant, low_memory=self.cfg.low_memory, gpu_memory=self.cfg.gpu_memory)
+        return models.remember_models(refiner, refiner=self.cfg.refiner)
 
     def release(self):
         "Drop the loaded pipeline and free its memory."

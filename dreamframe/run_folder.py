@@ -216,15 +216,15 @@ def model_label(models: dict, refiner: bool = False) -> str:
     name = str(models["model"]) + (f" (vae {models['vae']})" if models.get("vae") else "")
     return name + (f" + {models['refiner']}" if refiner and models.get("refiner") else "")
 
-def pipeline_model(run_dir: str | Path, pipe, refiner=None) -> str:
-    "The label of the model `pipe` (and `refiner`) came from; saves its `models` settings in `RUN/config.json`."
+def pipeline_model(run_dir: str | Path, pipe, refiner=None, save: bool = True) -> str:
+    "The label of the model `pipe` (and `refiner`) came from; saves its `models` settings in `RUN/config.json` (`save`)."
     models = dict(getattr(pipe, "_dreamframe_models", None) or {})
     if refiner is not None: models["refiner"] = (getattr(refiner, "_dreamframe_models", None) or {}).get("refiner")
     if not models.get("model") or (refiner is not None and not models["refiner"]):
         raise ValueError("model_name: this pipeline was not loaded by load_sdxl/load_refiner, so where it came from is "
                          "unknown; pass model_name='...' (it is recorded with every result)")
     saved = load_run_config(run_dir).get("models", {})
-    if {key: saved.get(key) for key in models} != models: save_run_config(run_dir, {"models": {**saved, **models}})
+    if save and {key: saved.get(key) for key in models} != models: save_run_config(run_dir, {"models": {**saved, **models}})
     return model_label(models, refiner=refiner is not None)
 
 # %% ../nbs/00b_run_folder.ipynb #b60b88a8

@@ -33,6 +33,7 @@ class StyleSpeed:
     gradient_checkpointing: bool = False  # recompute the UNet's activations in the backward pass: less memory, about 30% slower
     attention_slicing: bool = False  # compute attention in slices: less memory on GPUs without fused attention
     checkpoint_every: int = Field(100, ge=1)  # save RUN/style/checkpoints/step-NNNN.safetensors every this many updates
+    checkpoint_seconds: float = Field(60.0, gt=0, allow_inf_nan=False)  # ... and whenever this many seconds passed since the last one
     log_every: int = Field(25, ge=1)  # read the loss back from the device (progress bar, NaN check) every this many updates
 
     @classmethod
@@ -112,11 +113,12 @@ def train_embedding_fast(cfg: StyleConfig, speed: StyleSpeed, pipe, images: list
     update = fused_update if speed.fuse_accumulation else accumulate
     with speed_switches(speed, pipe) as unet:
         return train_embedding(cfg, pipe, images, style_dir, init_word=init_word, progress=progress, unet=unet,
-                               checkpoint_every=speed.checkpoint_every, log_every=speed.log_every,
+                               checkpoint_every=speed.checkpoint_every, checkpoint_seconds=speed.checkpoint_seconds,
+                               log_every=speed.log_every,
                                forward_backward=GraphedUpdate(update) if can_graph(cfg, speed, pipe) else update)
 
 def train_style_fast(cfg: StyleConfig, speed: StyleSpeed, pipe, run_dir: str | Path, *, redo: bool = False,
-                     progress: bool = True) -> Path:
+                     progress: bool = True, model_name: str | None = None) -> Path:
     "Stage 2 with the engine: `train_style`'s bookkeeping around `train_embedding_fast` -> RUN/style/embedding.safetensors."
     def train(cfg, pipe, images, style_dir, **kwargs): return train_embedding_fast(cfg, speed, pipe, images, style_dir, **kwargs)
-    return style_stage(cfg, pipe, run_dir, train, redo=redo, progress=progress)
+    return style_stage(cfg, pipe, run_dir, train, redo=redo, progress=progress, model_name=model_name)

@@ -7,23 +7,23 @@ Docs: https://dreamframe.github.io/dreamframe/style_files.html.md"""
 # %% ../nbs/04b_style_files.ipynb #5974d747
 from __future__ import annotations
 
-import hashlib, io, warnings
+import hashlib, io
 from pathlib import Path
 
 import numpy as np, torch
-from PIL import Image, ImageOps
+from PIL import Image
 from tqdm.auto import tqdm
 
 from .config import fingerprint
 from .embedding import save_style_embedding
+from .run_folder import MAX_IMAGE_SIDE, open_image
 from .schema import FormatError, Movie, atomic_write_bytes, atomic_write_json, read_json, slugify
 
 # %% auto #0
-__all__ = ['MAX_IMAGE_SIDE', 'BACKGROUND', 'IMAGE_SUFFIXES', 'to_rgb', 'open_style_image', 'fit_square', 'load_style_images',
-           'images_digest', 'style_prompt', 'image_settings', 'image_record', 'make_style_images', 'convert_embedding']
+__all__ = ['BACKGROUND', 'IMAGE_SUFFIXES', 'to_rgb', 'open_style_image', 'fit_square', 'load_style_images', 'images_digest',
+           'style_prompt', 'image_settings', 'image_record', 'make_style_images', 'convert_embedding']
 
 # %% ../nbs/04b_style_files.ipynb #80320e0c
-MAX_IMAGE_SIDE = 8192  # longer sides are refused, as read from the file's header, before any pixel is decoded
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -38,14 +38,7 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = BACKGROUND) ->
 
 def open_style_image(path: str | Path) -> Image.Image:
     "Read one style image as 8-bit RGB; a file too large to decode safely is refused before it is decoded."
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                if max(image.size) > MAX_IMAGE_SIDE: raise ValueError(f"it is {image.width}x{image.height} px, over {MAX_IMAGE_SIDE} px a side")
-                return to_rgb(ImageOps.exif_transpose(image))
-    except (ValueError, OSError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ValueError(f"style image {str(path)!r} cannot be used: {error}; replace it (or shrink it)") from None
+    return to_rgb(open_image(path, "style image"))
 
 def fit_square(image: Image.Image, resolution: int) -> Image.Image:
     "Resize the shorter side to `resolution` and centre-crop a square."
