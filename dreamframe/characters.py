@@ -15,16 +15,18 @@ from pathlib import Path
 from typing import Callable, Literal
 
 import torch
+from PIL import Image
 from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
 from .config import changed_settings, describe_changes, save_stage_config, settings
-from .run_folder import StagePlan, clean_partial_files, file_digest
+from .embedding import STYLE_FILE, load_style, run_style
+from .run_folder import StagePlan, clean_partial_files, file_digest, finish_stage, open_image, pipeline_model
 from .schema import FormatError, Movie, atomic_write_bytes, atomic_write_json, name_pattern, read_json, slugify
 
 # %% auto #0
-__all__ = ['DEFAULT_SHEET_TEMPLATE', 'DEFAULT_SHEET_NEGATIVE', 'SHEETS_DIR', 'SHEETS_FILE', 'STYLE_FILE', 'RECORDED_ONLY',
-           'CharacterConfig', 'character_ids', 'frame_characters', 'sheet_path', 'style_word', 'load_style_word',
+__all__ = ['DEFAULT_SHEET_TEMPLATE', 'DEFAULT_SHEET_NEGATIVE', 'SHEETS_DIR', 'SHEETS_FILE', 'RECORDED_ONLY', 'CharacterConfig',
+           'character_ids', 'frame_characters', 'sheet_path', 'open_sheet', 'style_word', 'load_style_word',
            'sheet_prompt', 'sheet_seed', 'sheet_settings', 'read_sheets', 'sheet_states', 'plan_sheets',
            'draw_candidates', 'png_bytes', 'make_sheets']
 
@@ -81,24 +83,24 @@ def sheet_path(run_dir, character_id: str) -> Path:
     "Where the sheet of `character_id` lives: `RUN/characters/<character_id>.png`."
     return Path(run_dir) / SHEETS_DIR / f"{character_id}.png"
 
-# %% ../nbs/05b_characters.ipynb #7de11b95
-STYLE_FILE = "style/embedding.safetensors"
+def open_sheet(path) -> Image.Image:
+    "A sheet as an RGB picture; a file that is no picture, or too large to decode safely, is refused with its name."
+    return open_image(path, "character sheet").convert("RGB")
 
+# %% ../nbs/05b_characters.ipynb #7de11b95
 def style_word(movie: Movie, run_dir) -> tuple[str, str]:
-    "The style word of prompts and the style a sheet records: the embedding's token (with its rows' digest), or the keyword."
-    path = Path(run_dir) / STYLE_FILE
-    if not path.exists(): return movie.style_keyword, movie.style_keyword
-    from dreamframe.embedding import read_style_embedding
-    token, clip_l, clip_g = read_style_embedding(path)
-    return token, f"{token}@{hashlib.sha256(clip_g.numpy().tobytes() + clip_l.numpy().tobytes()).hexdigest()[:16]}"
+    "The style word of prompts and the style a sheet records: the learned token (with its rows' digest), or the keyword (`embedding.run_style`)."
+    return run_style(run_dir, movie.style_keyword)
 
 def load_style_word(pipe, movie: Movie, run_dir) -> str:
     "Load the run's style embedding into `pipe` once per file version (as the keyframes do); return the style word."
+    word = style_word(movie, run_dir)[0]   # a run whose settings have a style stage but no usable embedding stops here
     path = Path(run_dir) / STYLE_FILE
-    if path.exists() and getattr(pipe, "_dreamframe_style", None) != (loaded := (str(path), file_digest(path))):
-        from dreamframe.embedding import load_style
-        load_style(pipe, path); pipe._dreamframe_style = loaded
-    return style_word(movie, run_dir)[0]
+    loaded = (str(path), file_digest(path))
+    if path.exists() and getattr(pipe, "_dreamframe_style", None) != loaded:
+        load_style(pipe, path)
+        pipe._dreamframe_style = loaded
+    return word
 
 def sheet_prompt(cfg: CharacterConfig, character, word: str) -> str:
     "The prompt of a character's sheet."
@@ -169,15 +171,18 @@ def _save_records(run_dir: Path, records: dict) -> None:
 
 # %% ../nbs/05b_characters.ipynb #6935bd0d
 def make_sheets(cfg: CharacterConfig, pipe, movie: Movie, run_dir, *,
-                model_name: str,  # recorded with every sheet, e.g. ModelConfig.model
+                model_name: str | None = None,  # recorded with every sheet; None: the model `load_sdxl` noted on `pipe`
                 scorer: Callable[[list, str], list[float]] | None = None,  # (pictures, text) -> scores; None keeps the first candidate
                 redo: bool = False,  # also draw again the sheets made with other settings (never the user's own pictures)
                 progress: bool = True,  # show a progress bar
                ) -> dict:
     "Draw the sheet of every character that has none into `RUN/characters/`; return `characters.json`'s content."
     run_dir = Path(run_dir)
+    style_word(movie, run_dir)   # a run whose settings have a style stage but no usable embedding stops here
+    model_name = model_name or pipeline_model(run_dir, pipe)
     (run_dir / SHEETS_DIR).mkdir(parents=True, exist_ok=True)
-    clean_partial_files(run_dir / SHEETS_DIR); save_stage_config(run_dir, "characters", cfg)
+    clean_partial_files(run_dir / SHEETS_DIR)
+    save_stage_config(run_dir, "characters", cfg)
     pipe.set_progress_bar_config(disable=True)
     if (release := getattr(pipe, "_dreamframe_release", None)) is not None: release(pipe)   # sheets are drawn without identity
     load_style_word(pipe, movie, run_dir)
@@ -192,6 +197,7 @@ def make_sheets(cfg: CharacterConfig, pipe, movie: Movie, run_dir, *,
     for character_id, now in tqdm(wanted.items(), desc="sheets", unit="character", disable=not progress):
         state, path = states[character_id], sheet_path(run_dir, character_id)
         if state == "user" and records.get(character_id, {}).get("digest") != file_digest(path):
+            open_sheet(path)   # the user's own picture: a file that is no picture (or a decompression bomb) is refused by name
             records[character_id] = dict(name=names[character_id], path=path.relative_to(run_dir).as_posix(), source="user", digest=file_digest(path))
             _save_records(run_dir, records)
         if state in ("done", "user") or (isinstance(state, dict) and not redo): continue
@@ -204,4 +210,5 @@ def make_sheets(cfg: CharacterConfig, pipe, movie: Movie, run_dir, *,
                                      scores=scores, chosen=chosen, seed=now["seeds"][chosen], digest=hashlib.sha256(data).hexdigest()[:16], replaces=file_digest(path))
         _save_records(run_dir, records)   # the record first: a kill before the PNG lands leaves a sheet to draw again
         atomic_write_bytes(path, data)
+    if redo or not stale: finish_stage(run_dir, "characters", cfg)
     return {"characters": {i: records[i] for i in wanted if i in records}}

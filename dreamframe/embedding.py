@@ -16,12 +16,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from .config import load_run_config
+from .run_folder import STYLE_FILE
 from .schema import atomic_write_bytes
 
 # %% auto #0
-__all__ = ['MAX_STYLE_VECTORS', 'STYLE_FILE', 'safetensors_bytes', 'save_style_embedding', 'vocabulary_word',
-           'style_token_sources', 'read_style_embedding', 'check_style_token', 'add_style_rows', 'pipeline_source',
-           'load_style', 'MissingStyleError', 'run_style']
+__all__ = ['MAX_STYLE_VECTORS', 'safetensors_bytes', 'save_style_embedding', 'vocabulary_word', 'style_token_sources',
+           'read_style_embedding', 'check_style_token', 'add_style_rows', 'pipeline_source', 'load_style',
+           'MissingStyleError', 'run_style']
 
 # %% ../nbs/03c_embedding.ipynb #968b5d77
 MAX_STYLE_VECTORS = 75  # a prompt window holds 77 tokens: start, end, and at most 75 others
@@ -193,8 +194,6 @@ def load_style(pipe,  # an SDXL pipeline (base: both encoders; refiner: only tex
     return add_style_rows(pipe, *read_style_embedding(path), path)
 
 # %% ../nbs/03c_embedding.ipynb #8c420e7e
-STYLE_FILE = "style/embedding.safetensors"
-
 class MissingStyleError(RuntimeError):
     "The run's settings include the style stage, but its embedding is missing or unusable."
 

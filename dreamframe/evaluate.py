@@ -25,8 +25,8 @@ from pydantic import Field
 from tqdm.auto import tqdm
 
 from .schema import FormatError, Movie, atomic_write_bytes, atomic_write_json, name_pattern, read_json, slugify
-from .config import save_stage_config, settings
-from .run_folder import read_manifest
+from .config import settings
+from .run_folder import finish_stage, read_manifest
 from .lpips import LPIPS, load_lpips
 
 # %% ../nbs/09_evaluate.ipynb #e3ad9fdb
@@ -335,7 +335,7 @@ def evaluate_with(cfg: EvalConfig, models: EvalModels, run_dir: str | Path, *, p
     fig = plot_eval(result)
     buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=80); plt.close(fig)
     atomic_write_bytes(run_dir / "eval" / "metrics.png", buf.getvalue())
-    save_stage_config(run_dir, "eval", cfg)
+    finish_stage(run_dir, "eval", cfg)   # its settings and inputs, as `dreamframe run` records them
     return result
 
 def evaluate_run(cfg: EvalConfig, run_dir: str | Path, *, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32",

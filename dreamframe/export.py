@@ -24,8 +24,8 @@ from pydantic import Field, TypeAdapter, ValidationError, model_validator
 from tqdm.auto import tqdm
 
 from .schema import QA, FormatError, Movie, atomic_write_json, atomic_write_text, format_errors, read_json
-from .config import save_stage_config, settings
-from .run_folder import read_manifest
+from .config import settings
+from .run_folder import finish_stage, read_manifest
 
 # %% ../nbs/07_export.ipynb #96b0d71a
 @settings
@@ -338,5 +338,5 @@ def export_run(cfg: ExportConfig, run_dir: str | Path, *, progress: bool = True)
             written[name] = write_video(paths, target, cfg, progress)
             if (count := video_frame_count(target)) != len(paths) * cfg.repeat:
                 raise RuntimeError(f"{target}: ffmpeg wrote {count} video frames, expected {len(paths) * cfg.repeat}")
-    save_stage_config(run_dir, "export", cfg)
+    finish_stage(run_dir, "export", cfg)   # its settings and inputs, as `dreamframe run` records them
     return written

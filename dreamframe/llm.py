@@ -165,8 +165,8 @@ class LLM:
             max_retries=0, http_client=openai.DefaultAsyncHttpxClient(verify=tls, event_hooks=hooks)) for _ in range(-(-self.cfg.concurrency // 32))])
         self._turn = (self._turn + 1) % len(clients)
         return clients[self._turn]
-    def _where(self) -> str:   # where a call went (and the run folder to resume), for error messages
-        return f" ({self.url}, model {self.cfg.model!r})" + (f"; run folder {self.cache_dir.parent} (run again to resume)" if self.cache_dir else "")
+    def _where(self) -> str:   # where a call went (and the run folder of its cache), for error messages; the stage says how to resume
+        return f" ({self.url}, model {self.cfg.model!r})" + (f"; run folder {self.cache_dir.parent}" if self.cache_dir else "")
     async def aclose(self):
         "Close the HTTP clients of the running event loop (optional; clients of finished loops are dropped)."
         for client in self._clients.pop(asyncio.get_running_loop(), []): await client.close()

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from .config import save_stage_config, settings
 from .llm import run_sync
+from .run_folder import finish_stage
 from .schema import (QA, Character, Frame, Line, Location, Movie, Name, Prompt, Sentence, Shot, Substory,
                                name_pattern, text_field)
 
@@ -339,6 +340,7 @@ async def expand_story_async(cfg: StoryConfig, llm, run_dir: str | Path, *, toke
         if time.monotonic() - state["saved"] >= save_every: save()
     await _run_level("level 3", {key: llm.ask(*r, check=check, name=f"level 3 {movie.substories[key[0]].shots[key[1]].id}")
                                  for key, r in requests.items()}, on_script, save, progress, llm)
+    finish_stage(run_dir, "story", cfg)   # the same record `dreamframe run` leaves, so either can continue the other's run
     return state["movie"]
 
 def expand_story(cfg: StoryConfig, llm, run_dir: str | Path, *, tokenizer: Callable | None = None, progress: bool = True) -> Movie:

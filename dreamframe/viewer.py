@@ -25,8 +25,8 @@ from PIL import Image
 from pydantic import Field
 
 from .schema import FormatError, Movie, atomic_write_text, read_json, slugify
-from .config import save_stage_config, settings
-from .run_folder import read_manifest
+from .config import settings
+from .run_folder import finish_stage, read_manifest
 
 # %% ../nbs/08_viewer.ipynb #b3c3a835
 @dataclass
@@ -305,7 +305,7 @@ def write_view(cfg: ViewConfig, run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     out = Path(cfg.html) if cfg.html else run_dir / "view.html"
     frames_to_html(run_dir, out, compare=cfg.against, thumb_size=cfg.thumb_size, image_size=cfg.image_size, embed=not cfg.link)
-    save_stage_config(run_dir, "view", cfg)
+    finish_stage(run_dir, "view", cfg)   # its settings and inputs, as `dreamframe run` records them
     return out
 
 # %% ../nbs/08_viewer.ipynb #2f160eb1
