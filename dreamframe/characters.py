@@ -134,10 +134,17 @@ def sheet_states(run_dir, wanted: dict[str, dict]) -> dict[str, str | dict]:
     "Each wanted sheet's state: 'left', 'done', 'user', or the changed settings of a stale one."
     records, states = read_sheets(run_dir), {}
     for character_id, now in wanted.items():
-        record, digest = records.get(character_id), file_digest(sheet_path(run_dir, character_id))
-        if digest is None or (record and digest == record.get("replaces") and digest != record.get("digest")): states[character_id] = "left"
-        elif record is None or record.get("source") == "user" or digest != record.get("digest"): states[character_id] = "user"
-        else: states[character_id] = changed_settings({k: record.get(k) for k in now if k not in RECORDED_ONLY}, {k: v for k, v in now.items() if k not in RECORDED_ONLY}) or "done"
+        path = sheet_path(run_dir, character_id)
+        record, digest = records.get(character_id), file_digest(path)
+        if digest is None or (record and digest == record.get("replaces") and digest != record.get("digest")):
+            states[character_id] = "left"
+        elif record is None or record.get("source") == "user" or digest != record.get("digest"):
+            open_image(path, "character sheet", decode=False)   # the user's own file: a bomb or no picture is refused by name
+            states[character_id] = "user"
+        else:
+            recorded = {key: record.get(key) for key in now if key not in RECORDED_ONLY}
+            wanted_now = {key: value for key, value in now.items() if key not in RECORDED_ONLY}
+            states[character_id] = changed_settings(recorded, wanted_now) or "done"
     return states
 
 def plan_sheets(cfg: CharacterConfig, movie: Movie, run_dir, *, model_name: str, scorer: str | None = None) -> StagePlan:

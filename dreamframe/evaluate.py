@@ -303,7 +303,7 @@ def plot_metrics(metrics: dict | str | Path):
     "Per-shot bars and the movie value for each metric in an eval result (dict, metrics.json or run folder)."
     if not isinstance(metrics, dict):
         path = Path(metrics) / "eval" / "metrics.json" if Path(metrics).is_dir() else Path(metrics)
-        if not path.exists(): raise FileNotFoundError(f"no metrics at {path}; run `dreamframe eval` on the run first")
+        if not path.exists(): raise FileNotFoundError(f"no metrics at {path}; run `dreamframe eval {path.parent.parent}` first")
         metrics = read_json(path)
     runs, shots = _runs(metrics), list(metrics["shots"])
     keys = [k for k in METRICS if any(m["movie"].get(k) is not None for m in runs)]

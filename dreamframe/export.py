@@ -67,7 +67,7 @@ def load_qa(run_dir: str | Path, movie: Movie | None = None) -> list[QA]:
     except ValidationError as error: raise FormatError(format_errors(path, error, what="problem(s) in the QA items")) from None
     frame_ids = {f.id for f in movie.frames} if movie is not None else None
     for k, item in enumerate(items):
-        where, fix = f"{path}: item {k} (id {item.id!r})", f"fix it or rebuild the file with `dreamframe qa {run_dir}`"
+        where, fix = f"{path}: item {k} (id {item.id!r})", f"fix it, or delete the file and build it again with `dreamframe qa {run_dir}`"
         if item.choices is not None and (item.answer not in item.choices or len(item.choices) > len(_LETTERS)):
             raise FormatError(f"{where}: the answer must be one of at most {len(_LETTERS)} choices; {fix}")
         if frame_ids is None: continue

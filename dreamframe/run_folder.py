@@ -58,11 +58,11 @@ def _alive(pid) -> bool:
     return True
 
 def busy_with(run_dir: str | Path) -> str | None:
-    "Who holds the lock of `run_dir` now, read without taking it (None: nobody); a holder killed with `kill -9` holds nothing."
+    "Who else holds the lock of `run_dir` now, read without taking it (None: nobody, or this process); a holder killed with `kill -9` holds nothing."
     holder = _holder_record(run_dir)
     if holder is None: return None
     same_host = holder.get("host") in (None, socket.gethostname())
-    if same_host and not _alive(holder.get("pid")): return None
+    if same_host and (holder.get("pid") == os.getpid() or not _alive(holder.get("pid"))): return None
     return lock_holder(run_dir)
 
 @contextmanager
@@ -126,11 +126,12 @@ def append_manifest_line(path: str | Path, record: dict) -> None:
         os.fsync(file.fileno())
 
 def write_manifest(frames_dir: str | Path, records: list[dict]) -> Path:
-    "Replace the manifest with `records` (one line each, in order) atomically and remove the shards."
+    "Replace the manifest with `records` (one line each, in order) atomically and remove the shards (the same text: left as is)."
     frames_dir = Path(frames_dir)
     text = "".join(json.dumps(ManifestLine.model_validate(r).model_dump(), ensure_ascii=False) + "\n" for r in records)
-    path = atomic_write_text(frames_dir / MANIFEST, text)
-    for shard in frames_dir.glob("manifest.rank*.jsonl"): shard.unlink()
+    path, shards = frames_dir / MANIFEST, list(frames_dir.glob("manifest.rank*.jsonl"))
+    if shards or not path.exists() or path.read_text(encoding="utf-8", errors="replace") != text: atomic_write_text(path, text)
+    for shard in shards: shard.unlink()
     return path
 
 # %% ../nbs/00b_run_folder.ipynb #c2c2ea62
@@ -260,8 +261,8 @@ class StagePlan:
 # %% ../nbs/00b_run_folder.ipynb #8b0351a4
 MAX_IMAGE_SIDE = 8192  # longer sides are refused, as read from the file's header, before any pixel is decoded
 
-def open_image(path: str | Path, what: str = "picture"):
-    "A picture file as a loaded PIL image, upright (EXIF); one `ValueError` naming the file for anything unusable."
+def open_image(path: str | Path, what: str = "picture", decode: bool = True):
+    "A picture file as a loaded PIL image, upright (EXIF); one `ValueError` naming the file for anything unusable (`decode=False`: check the header only, return None)."
     from PIL import Image, ImageOps
     try:
         with warnings.catch_warnings():
@@ -269,6 +270,7 @@ def open_image(path: str | Path, what: str = "picture"):
             with Image.open(path) as image:
                 if max(image.size) > MAX_IMAGE_SIDE:
                     raise ValueError(f"it is {image.width}x{image.height} px, over {MAX_IMAGE_SIDE} px a side")
+                if not decode: return None
                 image.load()
                 return ImageOps.exif_transpose(image)
     except (ValueError, OSError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:

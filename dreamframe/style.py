@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .config import ConfigError, changed_settings, config_values, describe_changes, fingerprint, save_stage_config, settings
 from .embedding import (MAX_STYLE_VECTORS, add_style_rows, check_style_token, load_style, pipeline_source, read_style_embedding,
                                   safetensors_bytes, save_style_embedding)
-from .run_folder import finish_stage, pipeline_model
+from .run_folder import finish_stage, pipeline_model, stage_records
 from .schema import Movie, atomic_write_bytes, atomic_write_json, slugify
 
 # %% auto #0
@@ -345,13 +345,15 @@ def style_stage(cfg: StyleConfig, pipe, run_dir: str | Path, train: Callable, *,
         raise ConfigError(f"{what} with other settings ({describe_changes(changes or stale)}); nothing was changed: pass "
                           f"redo=True (--redo) to {redone}, or keep the saved settings")
     model = model_name or pipeline_model(run_dir, pipe)
-    if changes != {} or stale:
+    trains = changes != {} or stale
+    if trains:
         save_stage_config(run_dir, "style", cfg)
         if images is None: images = make_style_images(cfg, pipe, movie, run_dir, progress=progress)
         rows = train(cfg, pipe, images, out.parent, init_word=movie.style_keyword or "style", progress=progress)
         save_style_embedding(out, cfg.token, rows["clip_l"], rows["clip_g"], settings=wanted)  # replaces an old one at the very end
     load_style(pipe, out)  # the pipeline renders with the style from here on
-    finish_stage(run_dir, "style", cfg, model=model)   # recorded done only once the embedding is written
+    if trains or stage_records(run_dir).get("style", {}).get("state") != "done":   # (a finished stage touches no file)
+        finish_stage(run_dir, "style", cfg, model=model)   # recorded done only once the embedding is written
     return out
 
 def train_style(cfg: StyleConfig, pipe, run_dir: str | Path, *, redo: bool = False, progress: bool = True,

@@ -329,7 +329,8 @@ def plot_loss_curve(run_dir: str | Path, smoothing: float = 0.9):
     "The style-training loss from `RUN/style/loss.json` (`{token, loss: [one value per update]}`), raw and smoothed."
     path = Path(run_dir) / "style" / "loss.json"
     if not path.exists():
-        raise FileNotFoundError(f"no style loss history at {path}: the style stage writes it while training (`dreamframe style {run_dir}`)")
+        raise FileNotFoundError(f"no style loss history at {path}: the style stage writes it when it trains the embedding here "
+                                f"(remove {Path(run_dir) / 'style' / 'embedding.safetensors'} and run `dreamframe style {run_dir}`)")
     history = read_json(path)
     if isinstance(history, dict): history = history.get("history", history.get("loss", []))
     if history and all(isinstance(h, (int, float)) for h in history): history = [{"step": i + 1, "loss": h} for i, h in enumerate(history)]
