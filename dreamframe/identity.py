@@ -112,19 +112,19 @@ class AnchorGroup:
     scheduler: object            # the pipeline's scheduler, at the current step
     strength: float = 1.0        # weight of anchor tokens beside own tokens
     frames: int = 0              # rows of frames in the current UNet call (the anchors' rows follow them)
-    allowed: torch.Tensor | None = None  # (frames, A): 1.0 where a frame's row attends to an anchor, else 0.0
-    everyone: bool = False       # every frame attends to every anchor (no mask is needed at strength 1)
+    patterns: list = field(default_factory=list)  # per set of anchors seen: (anchors, index of the frames' rows that see them)
 
     def set_frames(self, frames: int) -> None:
         "Size the group for a call with `frames` rows of frames: the group's rows repeated (both halves of guidance)."
         if frames % len(self.rows):
             raise ValueError(f"a batch of {frames} rows cannot hold a group of {len(self.rows)} frames")
-        if frames != self.frames or self.allowed is None:
-            rows = list(self.rows) * (frames // len(self.rows))
-            allowed = [[float(anchor in row) for anchor in range(len(self.latents))] for row in rows]
-            self.allowed = torch.tensor(allowed).to(self.latents.device)   # one copy per group, never per layer
-            self.everyone = all(len(set(row)) == len(self.latents) for row in rows)
-            self.frames = frames
+        if frames == self.frames: return
+        rows = list(self.rows) * (frames // len(self.rows))
+        self.patterns = []
+        for chosen in dict.fromkeys(rows):
+            index = [row for row, seen in enumerate(rows) if seen == chosen]
+            self.patterns.append((chosen, torch.tensor(index).to(self.latents.device)))   # once per group, never per layer
+        self.frames = frames
 
     def anchor_sample(self, timestep) -> torch.Tensor:
         "The anchors' UNet input at `timestep`: their latents noised to it with their own noise, scaled by the scheduler."
@@ -132,21 +132,14 @@ class AnchorGroup:
         noised = self.scheduler.add_noise(self.latents, self.noise, steps)
         return self.scheduler.scale_model_input(noised, timestep)
 
-    def bias(self, length: int, dtype: torch.dtype) -> torch.Tensor | None:
-        "Additive attention bias of the frames' rows over [own tokens, each anchor's `length` tokens] (None: no mask)."
-        if self.everyone and self.strength == 1: return None
-        weight = math.log(self.strength) if self.strength > 0 else -math.inf
-        anchors = torch.where(self.allowed > 0, weight, -math.inf).repeat_interleave(length, dim=1)
-        own = torch.zeros(self.frames, length, device=anchors.device)
-        return torch.cat([own, anchors], dim=1).to(dtype)[:, None, None, :]   # made on the GPU: a CUDA graph records it
-
     def graph_key(self) -> tuple:
         "What a CUDA graph of a UNet call with this group depends on beyond its tensors' shapes (see `keyframes_fast`)."
-        return ("anchors", self.frames, len(self.latents), self.everyone, self.strength)
+        rows = tuple(list(self.rows) * (self.frames // len(self.rows)))
+        return ("anchors", self.frames, len(self.latents), self.strength, rows)
 
     def graph_tensors(self) -> list[torch.Tensor]:
-        "The tensors of this group that a UNet call reads inside the UNet (copied into a CUDA graph's own before a replay)."
-        return [self.allowed]
+        "The tensors of this group that the UNet reads inside its call (a CUDA graph keeps them)."
+        return [index for _, index in self.patterns]
 
 def _join_anchors(unet, args, kwargs):
     "Forward pre-hook of the UNet: the group's anchors become rows after the frames' (own inputs, the same timestep)."
@@ -188,8 +181,8 @@ def _drop_anchors(unet, args, kwargs, output):
     return output
 
 # %% ../nbs/05c_identity.ipynb #23206f5b
-def shared_attention(attn, hidden_states: torch.Tensor, frames: int, bias: torch.Tensor | None = None) -> torch.Tensor:
-    "Self-attention over `frames` frames' rows, then anchors' rows: a frame sees its own and every anchor's tokens, an anchor its own."
+def shared_attention(attn, hidden_states: torch.Tensor, frames: int, patterns: list, strength: float = 1.0) -> torch.Tensor:
+    "Self-attention over `frames` frames' rows, then anchors' rows: a frame sees its own and its anchors' tokens, an anchor its own."
     count, length, _ = hidden_states.shape
     heads = attn.heads
 
@@ -201,15 +194,25 @@ def shared_attention(attn, hidden_states: torch.Tensor, frames: int, bias: torch
     value = split(attn.to_v(hidden_states))
     if attn.norm_q is not None: query = attn.norm_q(query)
     if attn.norm_k is not None: key = attn.norm_k(key)
-
-    def with_anchors(own):   # the frames' keys or values, then every anchor's: (frames, H, L + A·L, d)
-        anchors = own[frames:].transpose(0, 1).reshape(1, heads, -1, own.shape[-1])
-        return torch.cat([own[:frames], anchors.expand(frames, -1, -1, -1)], dim=2)
-
-    frames_out = F.scaled_dot_product_attention(query[:frames], with_anchors(key), with_anchors(value), attn_mask=bias)
-    anchors_out = F.scaled_dot_product_attention(query[frames:], key[frames:], value[frames:])
-    out = torch.cat([frames_out, anchors_out]).transpose(1, 2).reshape(count, length, -1)
-    out = attn.to_out[1](attn.to_out[0](out))
+    anchor_key, anchor_value = key[frames:], value[frames:]
+    out = torch.empty_like(query)
+    out[frames:] = F.scaled_dot_product_attention(query[frames:], anchor_key, anchor_value)   # each anchor: itself
+    for chosen, index in patterns:   # the frames' rows that see the same anchors: one attention call
+        every = len(patterns) == 1
+        rows = slice(0, frames) if every else index
+        keys, values, bias = key[rows], value[rows], None
+        if chosen:
+            def join(own, extra):   # own tokens, then the chosen anchors' tokens: (n, H, L + a·L, d)
+                extra = extra[list(chosen)].transpose(0, 1).reshape(1, heads, -1, own.shape[-1])
+                return torch.cat([own, extra.expand(len(own), -1, -1, -1)], dim=2)
+            keys, values = join(keys, anchor_key), join(values, anchor_value)
+            if strength != 1:
+                bias = torch.zeros(1, 1, 1, keys.shape[2], dtype=query.dtype, device=query.device)
+                bias[..., length:] = math.log(strength) if strength > 0 else -math.inf
+        mixed = F.scaled_dot_product_attention(query[rows], keys, values, attn_mask=bias)
+        if every: out[:frames] = mixed
+        else: out.index_copy_(0, index, mixed)
+    out = attn.to_out[1](attn.to_out[0](out.transpose(1, 2).reshape(count, length, -1)))
     if attn.residual_connection: out = out + hidden_states
     return out / attn.rescale_output_factor
 
@@ -224,8 +227,7 @@ class SharedAttention:
                  or attention_mask is not None or hidden_states.ndim != 3
                  or len(hidden_states) != identity.frames + len(identity.latents))
         if plain: return self.plain(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
-        bias = identity.bias(hidden_states.shape[1], hidden_states.dtype)
-        return shared_attention(attn, hidden_states, identity.frames, bias)
+        return shared_attention(attn, hidden_states, identity.frames, identity.patterns, identity.strength)
 
 # %% ../nbs/05c_identity.ipynb #37c5e8c2
 def sharing_layers(unet, layers: str = "lowest") -> list[str]:
