@@ -203,7 +203,8 @@ def shared_attention(attn, hidden_states: torch.Tensor, frames: int, patterns: l
         keys, values, bias = key[rows], value[rows], None
         if chosen:
             def join(own, extra):   # own tokens, then the chosen anchors' tokens: (n, H, L + a·L, d)
-                extra = extra[list(chosen)].transpose(0, 1).reshape(1, heads, -1, own.shape[-1])
+                extra = torch.cat([extra[a: a + 1] for a in chosen])   # slices: no index tensor to copy to the GPU
+                extra = extra.transpose(0, 1).reshape(1, heads, -1, own.shape[-1])
                 return torch.cat([own, extra.expand(len(own), -1, -1, -1)], dim=2)
             keys, values = join(keys, anchor_key), join(values, anchor_value)
             if strength != 1:

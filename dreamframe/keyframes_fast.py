@@ -120,10 +120,15 @@ class GraphedForward:
         return dict(replay=replay, static=static, held=list(held), outputs=outputs)
 
     def __call__(self, *args, **kwargs):
-        if self.failed: return self.forward(*args, **kwargs)
+        training = torch.is_grad_enabled()   # graphs replay inference only (style training calls the same UNet)
+        offloaded = hasattr(self.module, "_hf_hook")   # accelerate moves the weights around this module's calls
+        capturing = self.cuda and torch.cuda.is_current_stream_capturing()   # inside another recording
+        if self.failed or training or offloaded or capturing:
+            return self.forward(*args, **kwargs)
         tensors, held = [], []
         try: key = call_key((args, kwargs), tensors, held)
         except NotGraphable: return self.forward(*args, **kwargs)
+        key = (key, next(self.module.parameters()).data_ptr())   # weights moved since: a new recording
         entry = self.graphs.get(key)
         if entry is None:   # first call of its kind: the warm-up
             if len(self.graphs) >= self.limit: self.graphs.pop(next(iter(self.graphs)))
@@ -184,8 +189,10 @@ def speed_up(pipe, speed: KeyframeSpeed, refiner=None):
         import torch._inductor.config as inductor
         inductor.conv_1x1_as_mm = True  # 1x1 convolutions as matmuls: faster on tensor cores
     for p in (pipe, refiner):
-        if p is None or getattr(p, "_dreamframe_speed", None) == speed: continue
+        if p is None: continue
         unet, fast = _plain(p.unet), not _offloaded(p.unet)
+        state = (speed, fast, getattr(p, "memory_tier", None))   # switches and placement: a model moved later is redone
+        if getattr(p, "_dreamframe_speed", None) == state: continue
         fuse = speed.fuse_qkv and fast and getattr(p, "memory_tier", None) is None   # low memory: fusing keeps both copies (+1.2 GiB)
         if fast: unet.to(memory_format=_layout(speed))
         if _fused(unet) and not fuse: unet.unfuse_qkv_projections()
@@ -194,7 +201,7 @@ def speed_up(pipe, speed: KeyframeSpeed, refiner=None):
         if graphed: graph_forward(unet)
         else: ungraph_forward(unet)
         p.unet = torch.compile(unet, mode=mode, dynamic=False) if speed.compile and fast else unet
-        p._dreamframe_speed = speed
+        p._dreamframe_speed = state
     vae = pipe.vae  # the base's VAE decodes every frame (the refiner shares it)
     decoder, fast = _plain(vae.decoder), not _offloaded(vae)
     if fast: vae.to(memory_format=_layout(speed))
