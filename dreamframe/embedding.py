@@ -57,7 +57,7 @@ def _check_rows(source: str, token, clip_l, clip_g, limit: int = MAX_STYLE_VECTO
                          "both encoders need the same number")
 
 def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
-    "A safetensors file as bytes, its metadata keys sorted (safetensors writes them in an order that changes per process)."
+    "A safetensors file as bytes, its metadata keys sorted (safetensors writes them in an order that changes)."
     data = save(tensors, metadata=metadata)
     size = int.from_bytes(data[:8], "little")
     header = json.loads(data[8:8 + size])
@@ -77,7 +77,8 @@ def save_style_embedding(path: str | Path,  # file to write, e.g. RUN/style/embe
                 fix="nothing was written (from a style training: it diverged; lower StyleConfig.lr)")
     metadata = {"token": token}
     if settings is not None: metadata["settings"] = json.dumps(settings, sort_keys=True)
-    tensors = {"clip_l": clip_l.detach().float().cpu().contiguous(), "clip_g": clip_g.detach().float().cpu().contiguous()}
+    tensors = {}
+    for key, rows in (("clip_l", clip_l), ("clip_g", clip_g)): tensors[key] = rows.detach().float().cpu().contiguous()
     return atomic_write_bytes(path, safetensors_bytes(tensors, metadata))
 
 # %% ../nbs/03c_embedding.ipynb #075e2d12
@@ -98,21 +99,23 @@ def _style_tokens(token: str, n_vectors: int) -> list[str]:
 def _same_embedding(owner: str | None, path: Path) -> bool:
     "Is `path` the file that added a token, or a copy of it with the same bytes (a run folder copied, say)?"
     if owner is None: return False
-    return owner == str(path.resolve()) or (Path(owner).is_file() and path.is_file() and Path(owner).read_bytes() == path.read_bytes())
+    if owner == str(path.resolve()): return True
+    return Path(owner).is_file() and path.is_file() and Path(owner).read_bytes() == path.read_bytes()
 
 def _check_token(source: str, path: Path, tokenizer, name: str, token: str, n_vectors: int):
-    "Refuse a token that is a vocabulary word, or that something other than an earlier load of this file (or a copy) added."
+    "Refuse a token that is a vocabulary word, or that anything but an earlier load of this file (or a copy) added."
     owners, added = style_token_sources(tokenizer), tokenizer.added_tokens_encoder
     for word in _style_tokens(token, n_vectors):
         if vocabulary_word(tokenizer, word):
-            raise ValueError(f"{source}: its token {word!r} is a word of the pipeline's {name} vocabulary, so using it would change "
-                             f"every prompt with that word; choose a new token like '<my-style>'")
+            raise ValueError(f"{source}: its token {word!r} is a word of the pipeline's {name} vocabulary, so using it "
+                             f"would change every prompt with that word; choose a new token like '<my-style>'")
         if word in added and not _same_embedding(owners.get(word), path):
+            owner = owners.get(word, "something other than dreamframe")
             raise ValueError(f"{source}: token {word!r} is already in the pipeline's {name} tokenizer, added for "
-                             f"{owners.get(word, 'something other than dreamframe')!r}; use a fresh pipeline or another token")
+                             f"{owner!r}; use a fresh pipeline or another token")
     if f"{token}_{n_vectors}" in added:
-        raise ValueError(f"{source}: token {token!r} is already in the pipeline's {name} tokenizer with another number of vectors "
-                         f"than the {n_vectors} in this file; load it into a fresh pipeline")
+        raise ValueError(f"{source}: token {token!r} is already in the pipeline's {name} tokenizer with another number "
+                         f"of vectors than the {n_vectors} in this file; load it into a fresh pipeline")
 
 # %% ../nbs/03c_embedding.ipynb #115579e0
 def read_style_embedding(path: str | Path,  # a file written by `save_style_embedding`
@@ -123,7 +126,8 @@ def read_style_embedding(path: str | Path,  # a file written by `save_style_embe
     source, fix = f"style embedding {str(path)!r}", _fix(path)
     if not path.is_file():
         command = _remake(path)
-        raise FileNotFoundError(f"{source} does not exist; " + (f"make it with {command}" if command else "train one with the style stage"))
+        make = f"make it with {command}" if command else "train one with the style stage"
+        raise FileNotFoundError(f"{source} does not exist; {make}")
     try:
         with safe_open(str(path), framework="pt") as file:
             tensors, metadata = {key: file.get_tensor(key) for key in file.keys()}, file.metadata() or {}
@@ -141,7 +145,8 @@ def read_style_embedding(path: str | Path,  # a file written by `save_style_embe
 def _targets(pipe, clip_l: torch.Tensor, clip_g: torch.Tensor) -> list[tuple]:
     "(tokenizer, encoder, rows, key, name) for each text encoder `pipe` has (none without a pipeline)."
     if pipe is None: return []
-    targets = [(getattr(pipe, "tokenizer", None), getattr(pipe, "text_encoder", None), clip_l, "clip_l", "text_encoder"),
+    first = (getattr(pipe, "tokenizer", None), getattr(pipe, "text_encoder", None))
+    targets = [(*first, clip_l, "clip_l", "text_encoder"),
                (pipe.tokenizer_2, pipe.text_encoder_2, clip_g, "clip_g", "text_encoder_2")]
     return [t for t in targets if t[1] is not None]
 
@@ -150,9 +155,11 @@ def _check_pipeline(source: str, path: Path, pipe, token: str, clip_l: torch.Ten
     for tokenizer, encoder, rows, key, name in _targets(pipe, clip_l, clip_g):
         width = encoder.get_input_embeddings().weight.shape[1]
         if rows.shape[1] != width:
-            raise ValueError(f"{source}: {key} rows are {rows.shape[1]} wide but the pipeline's {name} expects {width}; it was trained for a different model")
+            raise ValueError(f"{source}: {key} rows are {rows.shape[1]} wide but the pipeline's {name} expects "
+                             f"{width}; it was trained for a different model")
         if rows.shape[0] > tokenizer.model_max_length - 2:
-            raise ValueError(f"{source}: {rows.shape[0]} vectors do not fit the {name} tokenizer's {tokenizer.model_max_length}-token window")
+            raise ValueError(f"{source}: {rows.shape[0]} vectors do not fit the {name} tokenizer's "
+                             f"{tokenizer.model_max_length}-token window")
         _check_token(source, path, tokenizer, name, token, rows.shape[0])
 
 # %% ../nbs/03c_embedding.ipynb #1ced70ce
@@ -163,7 +170,7 @@ def check_style_token(pipe, token: str, n_vectors: int, path: str | Path):
 
 def add_style_rows(pipe,  # an SDXL pipeline (base: both encoders; refiner: only text_encoder_2 gets clip_g)
                    token: str, clip_l: torch.Tensor, clip_g: torch.Tensor,  # as in `save_style_embedding`
-                   path: str | Path,  # the embedding file these rows belong to (the style training: the one it will write)
+                   path: str | Path,  # the embedding file the rows belong to (the style training: the one it writes)
                   ) -> str:
     "Check, then add `token` to the pipeline's tokenizers and write the rows into its encoders; return the token."
     source, path = f"style embedding {str(path)!r}", Path(path)
@@ -181,16 +188,17 @@ def add_style_rows(pipe,  # an SDXL pipeline (base: both encoders; refiner: only
     return token
 
 def pipeline_source(pipe, root: str | Path | None = None) -> str | None:
-    "Where `pipe` was loaded from: a local folder's absolute path (relative to `root` inside it), a hub id as given, or None."
+    "Where `pipe` was loaded from: a local folder's absolute path (relative to `root` inside it), a hub id, or None."
     name = getattr(pipe, "name_or_path", None) or None
     if not (name and Path(name).exists()): return name
     path = Path(name).resolve()
-    return path.relative_to(Path(root).resolve()).as_posix() if root and path.is_relative_to(Path(root).resolve()) else str(path)
+    if root and path.is_relative_to(Path(root).resolve()): return path.relative_to(Path(root).resolve()).as_posix()
+    return str(path)
 
 def load_style(pipe,  # an SDXL pipeline (base: both encoders; refiner: only text_encoder_2 gets clip_g)
                path: str | Path,  # a file written by `save_style_embedding`
               ) -> str:
-    "Load a checked style embedding into the pipeline's text encoders and tokenizers; return the token to use in prompts."
+    "Load a checked style embedding into the pipeline's text encoders and tokenizers; return the token for prompts."
     return add_style_rows(pipe, *read_style_embedding(path), path)
 
 # %% ../nbs/03c_embedding.ipynb #8c420e7e
@@ -200,13 +208,14 @@ class MissingStyleError(RuntimeError):
 def run_style(run_dir: str | Path,  # the run folder
               keyword: str,  # the movie's style keyword: the prompts' style word when the run has no style stage
              ) -> tuple[str, str]:
-    "The style word of a run's prompts and the style its results record: the learned token (and its rows' digest), or the keyword."
+    "A run's style word and the style its results record: the token (with its rows' digest), or the keyword."
     run_dir = Path(run_dir)
     path = run_dir / STYLE_FILE
     if not path.exists() and "style" not in load_run_config(run_dir): return keyword, keyword
     try: token, clip_l, clip_g = read_style_embedding(path)
     except (FileNotFoundError, ValueError) as error:
-        raise MissingStyleError(f"{error}; this run's settings include the style stage (a style section in "
-                                f"{run_dir / 'config.json'}), so nothing is drawn with the plain keyword instead") from None
+        config = run_dir / "config.json"
+        raise MissingStyleError(f"{error}; this run's settings include the style stage (a style section in {config}), "
+                                "so nothing is drawn with the plain keyword instead") from None
     digest = hashlib.sha256(clip_g.numpy().tobytes() + clip_l.numpy().tobytes()).hexdigest()[:16]
     return token, f"{token}@{digest}"

@@ -54,11 +54,12 @@ def _alive(pid) -> bool:
     "Is process `pid` of this machine still running?"
     try: os.kill(int(pid), 0)
     except ProcessLookupError: return False
-    except (PermissionError, ValueError, TypeError, OverflowError): return True   # someone else's process, or no pid: assume held
+    except (PermissionError, ValueError, TypeError, OverflowError): return True   # another user's, or no pid: held
     return True
 
 def busy_with(run_dir: str | Path) -> str | None:
-    "Who else holds the lock of `run_dir` now, read without taking it (None: nobody, or this process); a holder killed with `kill -9` holds nothing."
+    "Who else holds the lock of `run_dir` now, read without taking it (None: nobody, or this process)."
+    # a holder killed with `kill -9` left its .lock.json behind, but holds nothing
     holder = _holder_record(run_dir)
     if holder is None: return None
     same_host = holder.get("host") in (None, socket.gethostname())
@@ -126,11 +127,12 @@ def append_manifest_line(path: str | Path, record: dict) -> None:
         os.fsync(file.fileno())
 
 def write_manifest(frames_dir: str | Path, records: list[dict]) -> Path:
-    "Replace the manifest with `records` (one line each, in order) atomically and remove the shards (the same text: left as is)."
+    "Replace the manifest with `records` (one line each, in order) atomically; remove the shards. Same text: kept."
     frames_dir = Path(frames_dir)
     text = "".join(json.dumps(ManifestLine.model_validate(r).model_dump(), ensure_ascii=False) + "\n" for r in records)
     path, shards = frames_dir / MANIFEST, list(frames_dir.glob("manifest.rank*.jsonl"))
-    if shards or not path.exists() or path.read_text(encoding="utf-8", errors="replace") != text: atomic_write_text(path, text)
+    unchanged = not shards and path.exists() and path.read_text(encoding="utf-8", errors="replace") == text
+    if not unchanged: atomic_write_text(path, text)
     for shard in shards: shard.unlink()
     return path
 
@@ -192,10 +194,11 @@ def stage_inputs(stage: str, run_dir: str | Path) -> dict:
         drawn = {}
         for frame_id, line in read_manifest(run_dir / "frames").items():
             drawn[frame_id] = {key: value for key, value in line.items() if key != "seconds"}
-    return {"movie": file_digest(run_dir / "movie.json"), "frames": fingerprint(drawn), "qa": file_digest(run_dir / "qa.json")}
+    movie, qa = file_digest(run_dir / "movie.json"), file_digest(run_dir / "qa.json")
+    return {"movie": movie, "frames": fingerprint(drawn), "qa": qa}
 
 def finish_stage(run_dir: str | Path, stage: str, cfg, **more) -> dict:
-    "Record that `stage` finished with settings `cfg` (and `more` parts, e.g. model=...): config.json and pipeline.json."
+    "Record in config.json and pipeline.json that `stage` finished with `cfg` (and `more` parts, e.g. model=...)."
     run_dir, values = Path(run_dir), config_values(cfg)
     if load_run_config(run_dir).get(stage) != values: save_run_config(run_dir, {stage: values})
     record = {"state": "done", "settings": {stage: values, **more}, "inputs": stage_inputs(stage, run_dir)}
@@ -204,12 +207,13 @@ def finish_stage(run_dir: str | Path, stage: str, cfg, **more) -> dict:
     return record
 
 # %% ../nbs/00b_run_folder.ipynb #9bd6959e
-MODEL_FIELDS = ("model", "vae", "variant", "refiner")  # the `models` settings that change pictures (device, dtype, memory don't)
+MODEL_FIELDS = ("model", "vae", "variant", "refiner")  # the `models` settings that change pictures
 
 def remember_models(pipe, **models):
     "Note on `pipe` the `models` settings it was loaded with (`MODEL_FIELDS`); returns `pipe`."
     unknown = sorted(set(models) - set(MODEL_FIELDS))
-    if unknown: raise ValueError(f"remember_models: {unknown} are not model settings; they are {', '.join(MODEL_FIELDS)}")
+    if unknown:
+        raise ValueError(f"remember_models: {unknown} are not model settings; they are {', '.join(MODEL_FIELDS)}")
     pipe._dreamframe_models = {**(getattr(pipe, "_dreamframe_models", None) or {}), **models}
     return pipe
 
@@ -219,14 +223,15 @@ def model_label(models: dict, refiner: bool = False) -> str:
     return name + (f" + {models['refiner']}" if refiner and models.get("refiner") else "")
 
 def pipeline_model(run_dir: str | Path, pipe, refiner=None, save: bool = True) -> str:
-    "The label of the model `pipe` (and `refiner`) came from; saves its `models` settings in `RUN/config.json` (`save`)."
+    "The label of the model `pipe` (and `refiner`) came from; saves its `models` settings in config.json (`save`)."
     models = dict(getattr(pipe, "_dreamframe_models", None) or {})
     if refiner is not None: models["refiner"] = (getattr(refiner, "_dreamframe_models", None) or {}).get("refiner")
     if not models.get("model") or (refiner is not None and not models["refiner"]):
         raise ValueError("model_name: this pipeline was not loaded by load_sdxl/load_refiner, so where it came from is "
                          "unknown; pass model_name='...' (it is recorded with every result)")
     saved = load_run_config(run_dir).get("models", {})
-    if save and {key: saved.get(key) for key in models} != models: save_run_config(run_dir, {"models": {**saved, **models}})
+    if save and {key: saved.get(key) for key in models} != models:
+        save_run_config(run_dir, {"models": {**saved, **models}})
     return model_label(models, refiner=refiner is not None)
 
 # %% ../nbs/00b_run_folder.ipynb #b60b88a8
@@ -237,11 +242,11 @@ class StagePlan:
     unit: str                      # what is counted: "frames", "updates", "files", ...
     total: int | None              # units in all (None: not known yet)
     done: int = 0                  # units finished with the current settings
-    stale: dict[str, dict] = field(default_factory=dict)  # unit -> {setting: (old, new)} for finished units made otherwise
+    stale: dict[str, dict] = field(default_factory=dict)  # unit -> {setting: (old, new)}: finished units made otherwise
     rebuild: bool = False          # derived outputs whose inputs changed: redone without asking
     note: str = ""
     eta_s: float | None = None     # estimated seconds left, from the units' own timings (None: unknown)
-    missing: str = ""              # why the stage's result is missing or unusable, whatever the counts say (not finished then)
+    missing: str = ""              # why its result is missing or unusable, whatever the counts say (not finished)
 
     @property
     def finished(self) -> bool:
@@ -253,7 +258,9 @@ class StagePlan:
         "One status line, e.g. `keyframes  done   24/24 frames`."
         state = "done" if self.finished else "stale" if self.stale else "left"
         count = f"{self.done}/{self.total if self.total is not None else '?'} {self.unit}"
-        extra = f" ({len(self.stale)} stale)" if self.stale else " (inputs changed: rebuilt on the next run)" if self.rebuild else ""
+        extra = ""
+        if self.stale: extra = f" ({len(self.stale)} stale)"
+        elif self.rebuild: extra = " (inputs changed: rebuilt on the next run)"
         if self.eta_s and not self.finished: extra += f", about {self.eta_s / 60:.1f} min left"
         notes = [text for text in (self.missing, self.note) if text]
         return f"  {self.stage:<10} {state:<6} {count}{extra}" + "".join(f"  {text}" for text in notes)
@@ -262,7 +269,8 @@ class StagePlan:
 MAX_IMAGE_SIDE = 8192  # longer sides are refused, as read from the file's header, before any pixel is decoded
 
 def open_image(path: str | Path, what: str = "picture", decode: bool = True):
-    "A picture file as a loaded PIL image, upright (EXIF); one `ValueError` naming the file for anything unusable (`decode=False`: check the header only, return None)."
+    "A picture file as a loaded PIL image, upright (EXIF); one `ValueError` naming the file for anything unusable."
+    # decode=False: check the header only (cheap: no pixel is read) and return None
     from PIL import Image, ImageOps
     try:
         with warnings.catch_warnings():
@@ -282,7 +290,11 @@ def clean_partial_files(run_dir: str | Path) -> list[Path]:
     import shutil
     removed = []
     for path in Path(run_dir).rglob(".*.tmp"):
-        if path.is_file(): path.unlink(missing_ok=True); removed.append(path)
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
     for path in Path(run_dir).rglob(".*.tmpdir"):
-        if path.is_dir(): shutil.rmtree(path, ignore_errors=True); removed.append(path)
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
     return removed

@@ -425,7 +425,7 @@ async def expand_story_async(cfg: StoryConfig, llm, run_dir: str | Path, *, toke
         state["scripts"][key] = answer
         if time.monotonic() - state["saved"] >= save_every: save()
     await _run_level("level 3", calls, on_script, save, progress, llm)
-    finish_stage(run_dir, "story", cfg)   # the same record `dreamframe run` leaves, so either can continue the other's run
+    finish_stage(run_dir, "story", cfg)   # the record `dreamframe run` leaves: either continues the other's run
     return state["movie"]
 
 def expand_story(cfg: StoryConfig, llm, run_dir: str | Path, *, tokenizer: Callable | None = None,
