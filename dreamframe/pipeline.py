@@ -54,7 +54,8 @@ def resolve(target: str) -> Any:
 
 def section_class(section: str):
     "The settings class of `section`."
-    if section not in SECTIONS: raise ConfigError(f"unknown settings section {section!r}; sections: {', '.join(SECTIONS)}")
+    if section not in SECTIONS:
+        raise ConfigError(f"unknown settings section {section!r}; sections: {', '.join(SECTIONS)}")
     return resolve(SECTIONS[section][0])
 
 # %% ../nbs/10_pipeline.ipynb #361678e8
@@ -66,7 +67,7 @@ PRESETS = {
         "models": {"model": "tiny"},
         "style": {"resolution": 64, "steps": 4, "n_images": 2, "image_steps": 4},
         "keyframes": {"resolution": 64, "steps": 2, "negative_prompt": "blurry, low quality, watermark, text",
-                      "identity": "shared-attention"},   # the characters' sheets condition the frames; no weights needed
+                      "identity": "shared-attention"},   # the characters' sheets condition the frames (no weights)
         "characters": {"candidates": 2, "steps": 2, "resolution": 64, "negative_prompt": "blurry, low quality"},
         "eval": {"tiny": True},
     },
@@ -79,9 +80,11 @@ PRESETS = {
     },
 }
 
-def run_settings(run_dir: str | Path, sections, given: dict[str, dict] | None = None, preset: str | None = None) -> dict:
+def run_settings(run_dir: str | Path, sections, given: dict[str, dict] | None = None,
+                 preset: str | None = None) -> dict:
     "Settings objects of `sections`: defaults, then `RUN/config.json`, then `preset`, then `given` values."
-    if preset is not None and preset not in PRESETS: raise ConfigError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+    if preset is not None and preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
     saved, given = load_run_config(run_dir), given or {}
     unknown = sorted(set(given) - set(SECTIONS))
     if unknown: raise ConfigError(f"unknown settings section(s) {unknown}; sections: {', '.join(SECTIONS)}")
@@ -90,7 +93,8 @@ def run_settings(run_dir: str | Path, sections, given: dict[str, dict] | None = 
 
 # %% ../nbs/10_pipeline.ipynb #46d14d87
 STAGE_OUTPUTS = {"story": ("movie.json",), "style": ("style/embedding.safetensors",), "qa": ("qa.json",),
-                 "export": ("export/llava.json", "export/qa.jsonl"), "view": ("view.html",), "eval": ("eval/metrics.json",)}
+                 "export": ("export/llava.json", "export/qa.jsonl"), "view": ("view.html",),
+                 "eval": ("eval/metrics.json",)}
 
 def model_name(settings: dict, refiner: bool = False) -> str:
     "The model as results record it (`run_folder.model_label` of the `models` settings): base (+ VAE) (+ refiner)."
@@ -102,7 +106,8 @@ def scorer_name(settings: dict) -> str:
 
 def identity(settings: dict, movie: Movie, run_dir: Path):
     "How the frames keep their characters (`keyframes.identity`): None, or a condition for the keyframe stage."
-    return resolve("dreamframe.identity:identity_condition")(settings["characters"], settings["keyframes"], movie, run_dir)
+    identity_condition = resolve("dreamframe.identity:identity_condition")
+    return identity_condition(settings["characters"], settings["keyframes"], movie, run_dir)
 
 def stage_values(stage: str, settings: dict) -> dict:
     "The settings that decide a stage's results (speed, device and progress left out), as `finish_stage` records them."
@@ -115,14 +120,17 @@ def _outputs_exist(stage: str, run_dir: Path, settings: dict) -> bool:
     return all((run_dir / name).exists() for name in STAGE_OUTPUTS.get(stage, ()))
 
 def style_progress(run_dir: Path, total: int | None) -> StagePlan:
-    "The style stage's updates so far, from its checkpoints, and the time left at the fastest pace between two of them (a pause is no pace)."
+    "The style stage's updates so far, from its checkpoints, and the time left at the fastest pace between two."
+    # (a pause between two checkpoints is no pace; a copied folder has one time for all)
     marks = []
     for path in (Path(run_dir) / "style" / "checkpoints").glob("step-*.safetensors"):
         try: marks.append((int(path.stem.split("-")[-1]), path.stat().st_mtime))
         except (ValueError, OSError): continue   # not a step number, or just removed by the running stage
     marks.sort()
     plan = StagePlan("style", "updates", total, marks[-1][0] if marks else 0)
-    paces = [(t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in zip(marks, marks[1:]) if s1 > s0 and t1 > t0]   # (a copied folder: one mtime)
+    paces = []
+    for (s0, t0), (s1, t1) in zip(marks, marks[1:]):
+        if s1 > s0 and t1 > t0: paces.append((t1 - t0) / (s1 - s0))
     if total and paces: plan.eta_s = min(paces) * max(0, total - marks[-1][0])
     return plan
 
@@ -136,23 +144,26 @@ def _plan_drawing(stage: str, run_dir: Path, settings: dict) -> StagePlan:
     "The plan of the characters or keyframes stage (both draw with the run's style)."
     movie = Movie.load(run_dir)
     if stage == "characters":
-        return resolve("dreamframe.characters:plan_sheets")(settings["characters"], movie, run_dir,
-                                                           model_name=model_name(settings), scorer=scorer_name(settings))
+        plan_sheets = resolve("dreamframe.characters:plan_sheets")
+        return plan_sheets(settings["characters"], movie, run_dir, model_name=model_name(settings),
+                           scorer=scorer_name(settings))
     cfg = settings["keyframes"]
     plan_keyframes = resolve("dreamframe.keyframes:plan_keyframes")
     plan = plan_keyframes(cfg, movie, run_dir, model_name=model_name(settings, refiner=bool(cfg.refiner_steps)),
                           condition=identity(settings, movie, run_dir))
-    seconds = [r["seconds"] for r in read_manifest(run_dir / "frames").values() if isinstance(r.get("seconds"), (int, float))]
+    lines = read_manifest(run_dir / "frames").values()
+    seconds = [line["seconds"] for line in lines if isinstance(line.get("seconds"), (int, float))]
     if seconds and plan.total: plan.eta_s = sum(seconds) / len(seconds) * max(0, plan.total - plan.done)
     return plan
 
 def plan_stage(stage: str, run_dir: str | Path, settings: dict, alone: bool = False) -> StagePlan:
-    "What `stage` has done in `run_dir` and what is left or stale, against `settings` (`alone`: the only stage asked for)."
+    "What `stage` has done in `run_dir` and what is left or stale, against `settings` (`alone`: the only stage asked)."
     run_dir = Path(run_dir)
     if stage in ("characters", "keyframes"):
         unit = "frames" if stage == "keyframes" else "sheets"
         if not (run_dir / "movie.json").exists(): return StagePlan(stage, unit, None, note="needs the story")
-        if stage == "characters" and settings["keyframes"].identity == "none" and not alone:   # asked for on its own, drawn anyway
+        not_needed = stage == "characters" and settings["keyframes"].identity == "none"
+        if not_needed and not alone:   # asked for on its own, the sheets are drawn anyway
             return StagePlan(stage, unit, 0, 0, note="(not needed: identity none)")
         missing_style = resolve("dreamframe.embedding:MissingStyleError")
         try: return _plan_drawing(stage, run_dir, settings)
@@ -190,60 +201,80 @@ def check_stale(plans: list[StagePlan], run_dir: Path, redo: bool) -> None:
     parts = []
     for plan in stale:
         changes = {}
-        for unit_changes in plan.stale.values(): changes.update({k: v for k, v in unit_changes.items() if k not in changes})
+        for unit_changes in plan.stale.values():
+            for setting, change in unit_changes.items(): changes.setdefault(setting, change)
         units = f"{len(plan.stale)} finished {plan.unit}" if plan.unit != "files" else ", ".join(plan.stale)
-        where = f" ({', '.join(list(plan.stale)[:3])}{' …' if len(plan.stale) > 3 else ''})" if plan.unit != "files" and len(plan.stale) < plan.done + len(plan.stale) else ""
-        parts.append(f"{plan.stage}: would redo {units}{where} made with other settings ({describe_changes(changes, 4)})")
+        where = ""
+        if plan.unit != "files" and plan.done > 0:   # some units are not stale: name the first stale ones
+            where = f" ({', '.join(list(plan.stale)[:3])}{' …' if len(plan.stale) > 3 else ''})"
+        what = describe_changes(changes, 4)
+        parts.append(f"{plan.stage}: would redo {units}{where} made with other settings ({what})")
     raise StaleWorkError(f"{run_dir}: " + "; ".join(parts) + ". Nothing was changed; add --redo to redo them")
 
 # %% ../nbs/10_pipeline.ipynb #ac657b9c
 def run_stage(stage: str, run_dir: Path, settings: dict, resources: dict, redo: bool, progress: bool):
     "Run one stage with its settings; `resources` holds `llm` and `models` (made on first use)."
     if stage == "story":
-        return resolve("dreamframe.story:expand_story")(settings["story"], resources["llm"](), run_dir, progress=progress)
+        expand_story = resolve("dreamframe.story:expand_story")
+        return expand_story(settings["story"], resources["llm"](), run_dir, progress=progress)
     if stage == "style":
         pipe = resources["models"]().base(half="bfloat16", training=True)
-        out = resolve("dreamframe.style_fast:train_style_fast")(settings["style"], settings["style_speed"], pipe, run_dir,
-                                                               redo=redo, progress=progress, model_name=model_name(settings))
+        train_style_fast = resolve("dreamframe.style_fast:train_style_fast")
+        out = train_style_fast(settings["style"], settings["style_speed"], pipe, run_dir, redo=redo, progress=progress,
+                               model_name=model_name(settings))
         resources["models"]().release()  # the trained pipeline holds training state: keyframes load a fresh one
         return out
     if stage == "characters":
         models = resources["models"]()
         scorer = resolve("dreamframe.evaluate:clip_scorer")(settings["eval"], str(models.device()), "float32")
-        return resolve("dreamframe.characters:make_sheets")(settings["characters"], models.base(), Movie.load(run_dir), run_dir,
-                                                           model_name=model_name(settings), scorer=scorer, redo=redo, progress=progress)
+        make_sheets = resolve("dreamframe.characters:make_sheets")
+        return make_sheets(settings["characters"], models.base(), Movie.load(run_dir), run_dir,
+                           model_name=model_name(settings), scorer=scorer, redo=redo, progress=progress)
     if stage == "keyframes":
         models, cfg, movie = resources["models"](), settings["keyframes"], Movie.load(run_dir)
         refiner = models.refiner() if cfg.refiner_steps else None
-        return resolve("dreamframe.keyframes_fast:generate_keyframes_fast")(
-            cfg, settings["keyframes_speed"], models.base(), movie, run_dir, refiner=refiner, condition=identity(settings, movie, run_dir),
-            model_name=model_name(settings, refiner=bool(cfg.refiner_steps)), redo=redo, progress=progress)
-    if stage == "qa": return resolve("dreamframe.qa:build_qa")(settings["qa"], resources["llm"](), run_dir, progress=progress)
+        generate_keyframes_fast = resolve("dreamframe.keyframes_fast:generate_keyframes_fast")
+        return generate_keyframes_fast(
+            cfg, settings["keyframes_speed"], models.base(), movie, run_dir, refiner=refiner,
+            condition=identity(settings, movie, run_dir), redo=redo, progress=progress,
+            model_name=model_name(settings, refiner=bool(cfg.refiner_steps)))
+    if stage == "qa":
+        return resolve("dreamframe.qa:build_qa")(settings["qa"], resources["llm"](), run_dir, progress=progress)
     if stage == "export": return resolve("dreamframe.export:export_run")(settings["export"], run_dir, progress=progress)
     if stage == "view": return resolve("dreamframe.viewer:write_view")(settings["view"], run_dir)
     if stage == "eval":
         models = settings["models"]
-        return resolve("dreamframe.evaluate:evaluate_run")(settings["eval"], run_dir, device=str(models.torch_device()),
-                                                           dtype=str(models.torch_dtype()).removeprefix("torch."), progress=progress)
+        dtype = str(models.torch_dtype()).removeprefix("torch.")
+        evaluate_run = resolve("dreamframe.evaluate:evaluate_run")
+        device = str(models.torch_device())
+        return evaluate_run(settings["eval"], run_dir, device=device, dtype=dtype, progress=progress)
     raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
 
 # %% ../nbs/10_pipeline.ipynb #5c8012dd
 def describe_plan(settings: dict, preset: str) -> str:
     "One line saying what a run with `preset` will make and how."
     story, frames, models = settings.get("story"), settings.get("keyframes"), settings.get("models")
-    parts = [f"preset {preset}:"]
-    if story: parts.append(f"{story.substories} x {story.shots} x {story.frames} = {story.substories * story.shots * story.frames} keyframes")
-    if frames: parts.append(f"at {frames.resolution}px, {frames.steps} steps" + (f" + {frames.refiner_steps} refiner" if frames.refiner_steps else ", base only"))
-    if models: parts.append(f"{models.model} ({models.dtype}{', ' + models.vae if models.vae else ''}{', low memory' if models.low_memory else ''})")
-    if "style" in settings: parts.append(f"style: {settings['style'].steps} updates at {settings['style'].resolution}px")
-    return " ".join(parts[:1]) + " " + "; ".join(parts[1:])
+    parts = []
+    if story:
+        count = story.substories * story.shots * story.frames
+        parts.append(f"{story.substories} x {story.shots} x {story.frames} = {count} keyframes")
+    if frames:
+        refined = f" + {frames.refiner_steps} refiner" if frames.refiner_steps else ", base only"
+        parts.append(f"at {frames.resolution}px, {frames.steps} steps{refined}")
+    if models:
+        how = [models.dtype] + ([models.vae] if models.vae else []) + (["low memory"] if models.low_memory else [])
+        parts.append(f"{models.model} ({', '.join(how)})")
+    if "style" in settings:
+        parts.append(f"style: {settings['style'].steps} updates at {settings['style'].resolution}px")
+    return f"preset {preset}: " + "; ".join(parts)
 
 # %% ../nbs/10_pipeline.ipynb #fa4c912c
 def _sections(stages) -> list[str]:
     return list(dict.fromkeys(s for stage in stages for s in STAGE_SECTIONS[stage]))
 
-def pipeline_settings(run_dir: Path, stages, given: dict | None = None, preset: str | None = None) -> tuple[dict, list[str]]:
-    "The settings `stages` need (and any section given), and the stages left once a story the user brought is set aside."
+def pipeline_settings(run_dir: Path, stages, given: dict | None = None,
+                      preset: str | None = None) -> tuple[dict, list[str]]:
+    "The settings `stages` need (and any section given), and the stages left when a story the user brought is kept."
     stages, given = list(stages), given or {}
     brought = ("story" in stages and (run_dir / "movie.json").exists() and "story" not in load_run_config(run_dir)
                and "story" not in given and "story" not in PRESETS.get(preset, {}))
@@ -260,7 +291,7 @@ def run_pipeline(run_dir: str | Path, *,
                  progress: bool = True,               # progress bars
                  lock: bool = True,                   # hold the run folder's lock (False: the caller holds it)
                  log: Callable[[str], None] | None = None,  # where to report (default: tqdm.write)
-                 llm_gate=None,                       # an async context manager around each LLM request (a limit shared by many movies)
+                 llm_gate=None,                       # an async context manager around each LLM request (shared limit)
                 ) -> dict[str, str]:
     "Run every unfinished stage of `stages` in `run_dir`; returns `{stage: 'ran' | 'done'}`."
     run_dir, log = Path(run_dir), log or tqdm.write
@@ -269,8 +300,8 @@ def run_pipeline(run_dir: str | Path, *,
     run_dir.mkdir(parents=True, exist_ok=True)
     if lock:
         with resolve("dreamframe.run_folder:run_lock")(run_dir, "run_pipeline"):
-            return run_pipeline(run_dir, stages=stages, given=given, preset=preset, redo=redo, progress=progress, lock=False,
-                                log=log, llm_gate=llm_gate)
+            return run_pipeline(run_dir, stages=stages, given=given, preset=preset, redo=redo, progress=progress,
+                                lock=False, log=log, llm_gate=llm_gate)
     removed = clean_partial_files(run_dir)
     if removed: log(f"removed {len(removed)} partial file(s) left by an interrupted run")
     settings, stages = pipeline_settings(run_dir, [s for s in STAGES if s in stages], given, preset)
@@ -286,21 +317,27 @@ def run_pipeline(run_dir: str | Path, *,
     preflight(run_dir, settings, work, llm)
     save_run_config(run_dir, settings)
     models = []
-    resources = {"llm": lambda: llm, "models": lambda: models[0] if models else models.append(Models(settings["models"], run_dir)) or models[0]}
+    def loaded_models() -> Models:   # made on first use: a run with nothing to draw loads no SDXL
+        if not models: models.append(Models(settings["models"], run_dir))
+        return models[0]
+    resources = {"llm": lambda: llm, "models": loaded_models}
     outcome, bar = {}, tqdm(stages, desc="dreamframe", unit="stage", disable=not progress, leave=False)
     for stage in bar:
         plan = plan_stage(stage, run_dir, settings, alone)
-        if plan.finished: outcome[stage] = "done"; continue
+        if plan.finished:
+            outcome[stage] = "done"
+            continue
         check_stale([plan], run_dir, redo)   # an earlier stage of this command may have changed its inputs
         if stage != "story" and not (run_dir / "movie.json").exists():
             raise RuntimeError(f"{run_dir}: stage {stage!r} needs the story (movie.json); run the story stage first")
-        if plan.done and plan.unit != "files": log(f"resuming:{plan.line()}")   # e.g. "keyframes left 10/24 frames, about 3.2 min left"
+        if plan.done and plan.unit != "files": log(f"resuming:{plan.line()}")   # "keyframes left 10/24 frames, about …"
         started = time.perf_counter()
         record_stage(run_dir, stage, {"state": "running"})
-        run_stage(stage, run_dir, settings, resources, redo, progress)   # the stage records itself done (`finish_stage`)
+        run_stage(stage, run_dir, settings, resources, redo, progress)   # it records itself done (`finish_stage`)
         settings = run_settings(run_dir, list(settings))   # as the stage saved them (e.g. a token it chose)
         after = plan_stage(stage, run_dir, settings, alone)
-        if not after.finished: raise RuntimeError(f"stage {stage!r} returned but is not complete in {run_dir}:{after.line()}")
+        if not after.finished:
+            raise RuntimeError(f"stage {stage!r} returned but is not complete in {run_dir}:{after.line()}")
         outcome[stage] = "ran"
         log(f"{stage}: done in {time.perf_counter() - started:.1f}s")
     bar.close()
@@ -308,7 +345,7 @@ def run_pipeline(run_dir: str | Path, *,
 
 # %% ../nbs/10_pipeline.ipynb #ff0ea9ee
 def status(run_dir: str | Path) -> str:
-    "One line per stage: done, stale or left, with counts (e.g. `keyframes  done   24/24 frames`); a broken stage is one line too."
+    "One line per stage: done, stale or left, with counts (`keyframes  done   24/24 frames`); a broken stage too."
     run_dir = Path(run_dir)
     if not run_dir.is_dir(): return f"{run_dir}: no such run folder"
     holder = busy_with(run_dir)
@@ -316,12 +353,14 @@ def status(run_dir: str | Path) -> str:
     for stage in STAGES:
         try:
             settings, stages = pipeline_settings(run_dir, [stage])
-            plan = plan_stage(stage, run_dir, settings) if stages else StagePlan(stage, "files", 1, 1, note="(brought by the user)")
+            if stages: plan = plan_stage(stage, run_dir, settings)
+            else: plan = StagePlan(stage, "files", 1, 1, note="(brought by the user)")
             rows.append(plan.line())
         except ConfigError: rows.append(StagePlan(stage, "files", None, note="(its settings are not saved yet)").line())
         except Exception as error:   # one broken stage does not hide the others
             known = isinstance(error, (ValueError, OSError, RuntimeError))
-            rows.append(f"  {stage:<10} ?      {'' if known else type(error).__name__ + ': '}{' '.join(str(error).split())}")
+            kind = "" if known else f"{type(error).__name__}: "
+            rows.append(f"  {stage:<10} ?      {kind}{' '.join(str(error).split())}")
     return "\n".join(rows)
 
 # %% ../nbs/10_pipeline.ipynb #7c0d913b

@@ -207,13 +207,15 @@ def accumulate(run: StyleTraining, draws: tuple) -> torch.Tensor:
 
 # %% ../nbs/04_style.ipynb #c9fd86f2
 def save_checkpoint(path: Path, run: StyleTraining, optimizer, losses: torch.Tensor, step: int) -> None:
-    "The rows, AdamW's state and the losses after `step` updates, written atomically (the draws come from (seed, step): no RNG state)."
+    "The rows, AdamW's state and the losses after `step` updates, written atomically (draws come from (seed, step))."
     tensors = {"loss": losses[:step]}
     for key, rows in run.rows.items():
         tensors[f"rows.{key}"] = rows.detach()
         for name, value in optimizer.state[rows].items(): tensors[f"{name}.{key}"] = value
-    metadata = {"step": str(step), "fingerprint": run.fingerprint, "token": run.cfg.token, "scaler": json.dumps(run.scaler.state_dict())}
-    atomic_write_bytes(path, safetensors_bytes({name: value.cpu().contiguous() for name, value in tensors.items()}, metadata))
+    metadata = {"step": str(step), "fingerprint": run.fingerprint, "token": run.cfg.token,
+                "scaler": json.dumps(run.scaler.state_dict())}
+    on_cpu = {name: value.cpu().contiguous() for name, value in tensors.items()}
+    atomic_write_bytes(path, safetensors_bytes(on_cpu, metadata))
 
 def _usable_checkpoint(path: Path, run: StyleTraining) -> tuple[dict, dict] | None:
     "The tensors and metadata of a checkpoint made with these settings and images, its rows finite (None: not usable)."
@@ -227,7 +229,8 @@ def _usable_checkpoint(path: Path, run: StyleTraining) -> tuple[dict, dict] | No
     return tensors, metadata
 
 def resume(folder: Path, run: StyleTraining, optimizer, losses: torch.Tensor) -> int:
-    "Restore the newest usable checkpoint in `folder` made with these settings and images; return its step (0: none). Newer unusable ones are deleted."
+    "Restore the newest usable checkpoint in `folder` made with these settings and images; return its step (0: none)."
+    # newer checkpoints that are not usable (other settings, cut short, NaN rows) are deleted
     folder.mkdir(parents=True, exist_ok=True)
     steps = {path: int(path.stem[5:]) for path in folder.glob("step-*.safetensors") if path.stem[5:].isdigit()}
     for path in sorted(steps, key=steps.get, reverse=True):
@@ -239,7 +242,8 @@ def resume(folder: Path, run: StyleTraining, optimizer, losses: torch.Tensor) ->
     for key, rows in run.rows.items():  # AdamW keeps its step count on the CPU, the moments beside the rows
         with torch.no_grad(): rows.copy_(tensors[f"rows.{key}"])
         state = {}
-        for name in ("step", "exp_avg", "exp_avg_sq"): state[name] = tensors[f"{name}.{key}"].to(rows.device if name != "step" else "cpu")
+        for name in ("step", "exp_avg", "exp_avg_sq"):
+            state[name] = tensors[f"{name}.{key}"].to(rows.device if name != "step" else "cpu")
         optimizer.state[rows] = state
     run.scaler.load_state_dict(json.loads(metadata["scaler"]) or run.scaler.state_dict())
     losses[: steps[path]] = tensors["loss"].to(losses.device)
@@ -254,7 +258,8 @@ def plot_loss(losses: list[float], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 2.6), dpi=80)
     window = max(1, len(losses) // 20)
     ax.plot(range(1, len(losses) + 1), losses, lw=0.6, alpha=0.4, label="update")
-    ax.plot(range(window, len(losses) + 1), np.convolve(losses, np.ones(window) / window, "valid"), label=f"mean of {window}")
+    running_mean = np.convolve(losses, np.ones(window) / window, "valid")
+    ax.plot(range(window, len(losses) + 1), running_mean, label=f"mean of {window}")
     ax.set(xlabel="update", ylabel="MSE", title="style embedding loss")
     ax.legend()
     fig.tight_layout()
@@ -263,14 +268,15 @@ def plot_loss(losses: list[float], path: Path) -> None:
     plt.close(fig)
     atomic_write_bytes(path, png.getvalue())
 
-def train_embedding(cfg: StyleConfig, pipe, images: list[Image.Image], style_dir: str | Path, *, init_word: str = "style",
-                    progress: bool = True,
+def train_embedding(cfg: StyleConfig, pipe, images: list[Image.Image], style_dir: str | Path, *,
+                    init_word: str = "style", progress: bool = True,
                     checkpoint_every: int = 100,  # write a checkpoint every this many updates, and at the end
                     checkpoint_seconds: float = 60.0,  # ... and whenever this long has passed since the last one
                     log_every: int = 25, unet: Callable | None = None,
                     forward_backward: Callable = accumulate) -> dict[str, torch.Tensor]:
-    "Learn `cfg.token` on both text encoders from `images`; checkpoints and loss.json/.png go in `style_dir`; returns fp32 rows."
-    if cfg.token is None: raise ValueError("train_embedding needs StyleConfig.token set (train_style derives it from the movie)")
+    "Learn `cfg.token` on both text encoders from `images`; checkpoints and loss.json/.png go in `style_dir`; fp32 rows."
+    if cfg.token is None:
+        raise ValueError("train_embedding needs StyleConfig.token set (train_style derives it from the movie)")
     run = prepare_training(cfg, pipe, images, style_dir, init_word=init_word, unet=unet)
     style_dir = Path(style_dir)
     optimizer = torch.optim.AdamW(list(run.rows.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -298,7 +304,8 @@ def train_embedding(cfg: StyleConfig, pipe, images: list[Image.Image], style_dir
                 if done % log_every == 0 or done == cfg.steps:
                     recent = losses[max(0, done - log_every):done].mean().item()
                     if not math.isfinite(recent):
-                        raise FloatingPointError(f"style loss became {recent} by update {done}; lower StyleConfig.lr or use dtype='bfloat16'")
+                        raise FloatingPointError(f"style loss became {recent} by update {done}; lower StyleConfig.lr "
+                                                 "or use dtype='bfloat16'")
                     bar.set_postfix(loss=f"{recent:.4f}")
                 due = done % checkpoint_every == 0 or time.monotonic() - saved_at >= checkpoint_seconds
                 if due or done == cfg.steps: checkpoint()
@@ -311,7 +318,7 @@ def train_embedding(cfg: StyleConfig, pipe, images: list[Image.Image], style_dir
 
 # %% ../nbs/04_style.ipynb #aafbdb6b
 def _embedding_settings(cfg: StyleConfig, movie: Movie, images: list | None, model: str | None) -> dict:
-    "What an embedding is trained with, as its file records it: the settings, the images (their prompt, or their pixels), the model."
+    "What an embedding is trained with, as its file records it: the settings, the images (prompt or pixels), the model."
     values = config_values(cfg)
     if images is None: return {**values, "style_prompt": style_prompt(movie), "model": model}
     kept = {key: value for key, value in values.items() if key not in _IMAGE_FIELDS}
@@ -325,10 +332,11 @@ def _trained_with(path: Path, wanted: dict) -> dict | None:
     except (FileNotFoundError, ValueError): return None
     return changed_settings(saved, wanted)
 
-def style_stage(cfg: StyleConfig, pipe, run_dir: str | Path, train: Callable, *, redo: bool = False, progress: bool = True,
-                model_name: str | None = None,  # the model as the stage record names it; None: the one `load_sdxl` noted on `pipe`
+def style_stage(cfg: StyleConfig, pipe, run_dir: str | Path, train: Callable, *, redo: bool = False,
+                progress: bool = True,
+                model_name: str | None = None,  # the model as the stage's record names it; None: the one on `pipe`
                ) -> Path:
-    "Stage 2 around a training function (the lesson's or the engine's): the token, the images, what is stale, the embedding."
+    "Stage 2 around a training function (the lesson's or the engine's): the token, the images, what is stale, the file."
     run_dir = Path(run_dir)
     movie = Movie.load(run_dir)
     out = run_dir / "style" / "embedding.safetensors"
