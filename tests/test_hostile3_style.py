@@ -17,8 +17,9 @@ messages, and the notebook <-> command line contract. Each attack below, and wha
      `dreamframe run --redo` (before: it repeated the error, and `style --redo` said "nothing to do");
    - a busy folder -> `dreamframe status RUN` (runs beside the holder and names it); frames made with other settings
      -> `--redo`; no qa.json -> `dreamframe qa RUN`; a broken QA item -> delete qa.json and `dreamframe qa RUN`;
-     no frames for the viewer -> `dreamframe keyframes RUN`; no loss history -> remove the embedding and
-     `dreamframe style RUN`; no metrics -> `dreamframe eval RUN`.
+     no frames for export, metrics or the viewer -> `dreamframe keyframes RUN`; no loss history -> remove the
+     embedding and `dreamframe style RUN`; no metrics -> `dreamframe eval RUN`. Not run here: the demo's closing
+     hint (`dreamframe run RUN --model stabilityai/...`), which needs the real weights and an LLM.
 8. The same embedding saved 20 times in one process has one set of bytes (safetensors orders metadata per map).
 10. Messages: a stale-prompt notice shows the part of the prompt that changed on both sides; a malformed stage record
     in pipeline.json is named (file and stage) and `status` keeps going, a line per stage; a decompression bomb put
@@ -242,6 +243,9 @@ def test_export_viewer_and_metrics_advice_works(base, tmp_path, cli):
 
     frames = {p.name: p.read_bytes() for p in (run / "frames").glob("*.png")}
     shutil.rmtree(run / "frames")
+    for command in ("export", "eval"):   # each names the command that draws the frames again
+        refused = cli(command, run, "--quiet")
+        assert refused.returncode == 1 and _advised(refused.stderr) == ["keyframes", str(run)], refused.stderr
     no_frames = cli("view", run, "--quiet")
     assert no_frames.returncode == 1 and cli(*_advised(no_frames.stderr)).returncode == 0   # `dreamframe keyframes RUN`
     assert cli("view", run).returncode == 0
