@@ -21,6 +21,8 @@ import types
 import typing
 from pathlib import Path
 
+from pydantic_core import PydanticUndefined
+
 from .config import make_config, setting_fields
 
 # %% ../nbs/10a_cli.ipynb #0d639e1d
@@ -44,7 +46,11 @@ def _converter(annotation):
         if listed and not text.lstrip().startswith("["): return [item.strip() for item in text.split(",") if item.strip()]
         if members == [str]: return text
         try: return json.loads(text)
-        except ValueError: return text
+        except ValueError: pass
+        if float in members:
+            try: return float(text)   # "inf" or "nan": a number, which the settings then refuse as not finite
+            except ValueError: pass
+        return text
     return convert
 
 BATCH_SECTIONS = {"run_many": ("dreamframe.run_many:RunManyConfig", "")}  # settings of a batch of movies: in no run folder
@@ -60,7 +66,15 @@ def flag_name(section: str, field: str) -> str:
     return "--" + _section(section)[1] + field.replace("_", "-")
 
 # %% ../nbs/10a_cli.ipynb #f77e8b5f
-def add_settings(parser: argparse.ArgumentParser, sections) -> dict[str, tuple[str, str]]:
+def _default_text(setting, shown: dict) -> str:
+    "What the help says a setting's default is: `shown`'s value (a preset's), else the field's, or that there is none."
+    if setting.name in shown: return f"(default: {shown[setting.name]!r})"
+    if setting.default is PydanticUndefined: return "(no default: required for a new run)"
+    return f"(default: {setting.default!r})"
+
+def add_settings(parser: argparse.ArgumentParser, sections,
+                 defaults: dict[str, dict] | None = None,  # values shown as the defaults, by section (a preset's)
+                ) -> dict[str, tuple[str, str]]:
     "Add one option per field of `sections`; returns `{flag: (section, field)}`."
     flags = {}
     group = {}
@@ -70,9 +84,11 @@ def add_settings(parser: argparse.ArgumentParser, sections) -> dict[str, tuple[s
             flag, dest = flag_name(section, setting.name), f"{section}.{setting.name}"
             members, _ = _parts(setting.annotation)
             names = [flag] + [alias for alias, target in ALIASES.items() if target == (section, setting.name)]
-            help_text = f"{setting.help} (default: {setting.default!r})".replace("%", "%%")
+            default = _default_text(setting, (defaults or {}).get(section, {}))
+            help_text = f"{setting.help} {default}".replace("%", "%%")
             if members == [bool]:
-                group[section].add_argument(*names, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+                group[section].add_argument(*names, dest=dest, action=argparse.BooleanOptionalAction,
+                                            default=argparse.SUPPRESS, help=help_text)
             else:
                 choices = typing.get_args(members[0]) if typing.get_origin(members[0]) is typing.Literal else None
                 group[section].add_argument(*names, dest=dest, type=_converter(setting.annotation), choices=choices,
@@ -135,7 +151,7 @@ def command_parser(command: str) -> Parser:
         if command != "demo": parser.add_argument("--preset", choices=list(PRESETS), help="named settings applied under the flags")
         sections = _sections(STAGES)
     _common(parser)
-    add_settings(parser, sections)
+    add_settings(parser, sections, PRESETS["demo"] if command == "demo" else None)   # the demo's help shows its own values
     return parser
 
 def quiet_libraries() -> None:

@@ -22,6 +22,7 @@ from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
 from .config import changed_settings, describe_changes, save_stage_config, settings
+from .models import machine_record
 from .run_folder import (
     MANIFEST, StagePlan, append_manifest_line, clean_partial_files, file_digest, read_manifest, write_manifest)
 from .schema import FormatError, FrameId, Movie, atomic_write_bytes
@@ -284,6 +285,7 @@ def generate_keyframes(cfg: KeyframeConfig, pipe, movie: Movie, run_dir, *,
     mine = [group for group in groups if todo.intersection(group)][state.process_index::state.num_processes]
     manifest = run_dir / "frames" / (MANIFEST if state.num_processes == 1 else f"manifest.rank{state.process_index}.jsonl")
     initial = len(done) if state.num_processes == 1 else 0
+    machine = machine_record(pipe._execution_device, pipe.unet.dtype)   # what besides the settings decides the bytes
     with tqdm(total=initial + sum(len(todo.intersection(g)) for g in mine), initial=initial, unit="frame",
               desc="keyframes", disable=not progress) as bar, ThreadPoolExecutor(max_workers=1) as writer:
         writing = []
@@ -293,7 +295,7 @@ def generate_keyframes(cfg: KeyframeConfig, pipe, movie: Movie, run_dir, *,
                             **({"extra": condition.kwargs(group)} if condition is not None else {}))
             seconds = round((time.perf_counter() - start) / len(group), 3)
             for write in writing: write.result(); bar.update(1)   # the previous group is on disk before more is queued
-            writing = [writer.submit(save_frame, run_dir, manifest, i, image, {**now[i], "seconds": seconds})
+            writing = [writer.submit(save_frame, run_dir, manifest, i, image, {**now[i], "seconds": seconds, "machine": machine})
                        for i, image in zip(group, images) if i in todo]
         for write in writing: write.result(); bar.update(1)
     state.wait_for_everyone()
