@@ -19,6 +19,7 @@ import sys
 import threading
 import types
 import typing
+import warnings
 from pathlib import Path
 
 from pydantic_core import PydanticUndefined
@@ -170,11 +171,16 @@ def run_command(command: str, argv: list[str]) -> int:
     if "--quiet" in argv: quiet_libraries()
     args = command_parser(command).parse_args(argv)
     if command == "view": return view_command(args)
-    stages = [command] if command in STAGE_SECTIONS else [s.strip() for s in args.only.split(",")] if args.only else list(STAGES)
+    if command in STAGE_SECTIONS: stages = [command]
+    elif args.only: stages = [s.strip() for s in args.only.split(",")]
+    else: stages = list(STAGES)
     preset = "demo" if command == "demo" else getattr(args, "preset", None)
     run_pipeline(args.run_dir, stages=stages, given=given_settings(args, args.set), preset=preset, redo=args.redo,
                  progress=not args.quiet, lock=False)
     if command in ("run", "demo"): print(status(args.run_dir))
+    if command == "eval":   # the numbers, not only a file that holds them
+        from dreamframe.evaluate import read_metrics, summary_table
+        print(summary_table(read_metrics(args.run_dir)))
     if command == "demo":
         print("\nLook at:\n" + "\n".join(f"  {name:<16} {path}" for name, path in demo_outputs(args.run_dir).items()))
         print("The pictures come from an untrained stand-in model (random weights, 64 px), so they are noise-like; the story,\n"
@@ -290,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     import os
     from dreamframe.run_folder import run_lock
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # transformers' notes about torchvision are noise here
+    for library in ("diffusers", "transformers", "huggingface_hub"):   # their deprecation notes are for their callers
+        warnings.filterwarnings("ignore", category=FutureWarning, module=library)
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"): print(_top_help()); return 0
     command, rest = argv[0], argv[1:]

@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
+from .lazy import lazy_module
 from .characters import CharacterConfig, character_ids, frame_characters, sheet_path, sheet_prompt, style_word
 from .run_folder import file_digest
 from .schema import Movie
@@ -25,6 +24,10 @@ from .schema import Movie
 __all__ = ['IdentityCondition', 'style_scales', 'ip_adapter_loaded', 'IPAdapterIdentity', 'AnchorGroup', 'shared_attention',
            'SharedAttention', 'sharing_layers', 'install_shared_attention', 'clear_identity', 'encode_sheet',
            'anchor_noise', 'SharedAttentionIdentity', 'identity_condition', 'random_ip_adapter']
+
+# %% ../nbs/05c_identity.ipynb #fd4621aa
+torch = lazy_module("torch")   # imported on first use: `dreamframe --help` and `status` need no torch
+F = lazy_module("torch.nn.functional")
 
 # %% ../nbs/05c_identity.ipynb #2d8a0018
 class IdentityCondition:

@@ -12,14 +12,16 @@ import dataclasses
 import warnings
 from typing import Literal
 
-import torch
-
 from .config import settings
 from .keyframes import KeyframeConfig, decode_latents, denoise_group, generate_keyframes
+from .lazy import lazy_module
 from .schema import Movie
 
 # %% auto #0
 __all__ = ['KeyframeSpeed', 'speed_up', 'attention', 'fast_render', 'generate_keyframes_fast']
+
+# %% ../nbs/05a_keyframes_fast.ipynb #76094e90
+torch = lazy_module("torch")   # imported on first use: `dreamframe --help` and `status` need no torch
 
 # %% ../nbs/05a_keyframes_fast.ipynb #32dd7c77
 @settings
