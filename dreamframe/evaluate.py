@@ -98,6 +98,7 @@ def _tiny_clip_dino(seed: int):
     dino = Dinov2Model(Dinov2Config(image_size=32, patch_size=8, **small))
     return clip, tok, dino
 
+# %% ../nbs/09_evaluate.ipynb #9e7a0c02
 _DTYPES = ("float32", "float16", "bfloat16")
 
 def device_and_dtype(device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32") -> tuple[torch.device, torch.dtype]:

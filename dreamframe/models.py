@@ -92,6 +92,7 @@ def _quiet_loading():
         warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
         yield
 
+# %% ../nbs/03_models.ipynb #1a2b3c03
 def _looks_local(model: str | Path) -> bool:
     "A Path, or a string that can only be a path (absolute, ./ ../ ~, or more than one `/`), never a hub id."
     if isinstance(model, Path): return True

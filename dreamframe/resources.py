@@ -130,6 +130,7 @@ def model_sources(settings: dict, stages: list[str]) -> list[tuple[str, str, str
         sources.append(("--characters-ip-adapter", characters.ip_adapter, weights))
     return [source for source in sources if source[1] != "tiny"]
 
+# %% ../nbs/03b_resources.ipynb #5e1f0a06
 def _made_for_a_gpu(settings: dict, stages: list[str], device) -> tuple[list[str], list[str]]:
     "The settings that plan a GPU on a run that is on the CPU, and the flags that undo them."
     cfg = settings["models"]
@@ -164,6 +165,7 @@ def _check_style_token(settings: dict, stages: list[str], run_dir: Path) -> None
                                   "so the embedding would change every prompt with that word; choose a new token like "
                                   "'<my-style>' (or leave it out: '<keyword-style>' from the story). Nothing was saved")
 
+# %% ../nbs/03b_resources.ipynb #5e1f0a07
 def preflight(run_dir: Path, settings: dict, stages: list[str], llm=None) -> None:
     "Check the folder, the models, the device and the LLM that `stages` will use; raise at the first problem."
     probe = run_dir / f".write-check-{os.getpid()}.tmp"
