@@ -152,7 +152,8 @@ def command_parser(command: str) -> Parser:
         if command != "demo": parser.add_argument("--preset", choices=list(PRESETS), help="named settings applied under the flags")
         sections = _sections(STAGES)
     _common(parser)
-    add_settings(parser, sections, PRESETS["demo"] if command == "demo" else None)   # the demo's help shows its own values
+    shown = PRESETS["demo"] if command == "demo" else None   # the demo's help shows the values it runs with
+    add_settings(parser, sections, shown)
     return parser
 
 def quiet_libraries() -> None:

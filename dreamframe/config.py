@@ -36,7 +36,7 @@ _SETTINGS = ConfigDict(
     extra="forbid",            # a name no field has is an error, not a silent extra
     validate_assignment=True,  # `cfg.steps = 0` is checked like `Config(steps=0)`
     validate_default=True,
-    strict=True,               # true is not 1 and "30" is not 30: a value has its field's own JSON type (an int is a float)
+    strict=True,               # a value has its field's JSON type: true is not 1, "30" is not 30 (an int is a float)
     allow_inf_nan=False,       # NaN and ±Infinity are no numbers a setting can have (and JSON cannot hold them)
 )
 
@@ -127,7 +127,8 @@ def save_run_config(run_dir: str | Path, sections: dict[str, Any]) -> Path:
     merged = load_run_config(run_dir)
     for name, value in sections.items():
         try: values = _json_values(dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value)
-        except ValueError as error: raise ConfigError(f"section {name!r}: {error}; a setting must be a finite number") from None
+        except ValueError as error:
+            raise ConfigError(f"section {name!r}: {error}; a setting must be a finite number") from None
         leaked = [k for k in values if _SECRET_FIELD.search(k)]
         if leaked: raise ConfigError(f"section {name!r} has secret-looking settings {leaked}; keep secrets in the environment")
         merged[name] = values

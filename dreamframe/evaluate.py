@@ -159,7 +159,8 @@ def clip_text_features(models: EvalModels, texts: list[str], batch_size: int = 8
     "Unit-length CLIP text embeddings (N, D); prompts longer than 77 tokens are cut, as in SDXL."
     feats = []
     for batch in _batches(texts, batch_size):
-        tokens = models.tokenizer(batch, padding=True, truncation=True, max_length=77, return_tensors="pt").to(models.device)
+        tokens = models.tokenizer(batch, padding=True, truncation=True, max_length=77, return_tensors="pt")
+        tokens = tokens.to(models.device)
         out = models.clip.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
         feats.append(_pooled(out))
     return F.normalize(torch.cat(feats).float(), dim=-1)
@@ -228,7 +229,8 @@ def _pair_score(gram: torch.Tensor, same: torch.Tensor, other: torch.Tensor) -> 
     same_mean = gram[same].mean().item() if same.any() else None
     other_mean = gram[other].mean().item() if other.any() else None
     score = None if None in (same_mean, other_mean) else same_mean - other_mean
-    return {"score": score, "same": same_mean, "other": other_mean, "pairs_same": int(same.sum()), "pairs_other": int(other.sum())}
+    return {"score": score, "same": same_mean, "other": other_mean,
+            "pairs_same": int(same.sum()), "pairs_other": int(other.sum())}
 
 def identity_consistency(features: torch.Tensor, shown: list[list[str]]) -> dict:
     "Mean cosine of unit-length `features` over frame pairs sharing a character minus pairs sharing none, overall and per character."
@@ -320,8 +322,8 @@ def measure_run(cfg: EvalConfig, models: EvalModels, run_dir: str | Path, *, pro
              "dino_set": _number(pairwise_mean_cosine(feats["dino"])),
              "clip_text_raw": _mean(v for v in clip_text if v is not None),
              "identity": _number(identity["overall"]["score"])}
-    return {"run": run_dir.resolve().name, "run_dir": str(run_dir), "models": models.names, "movie": movie, "shots": shots,
-            "frames": per_frame, "identity": identity}
+    return {"run": run_dir.resolve().name, "run_dir": str(run_dir), "models": models.names, "movie": movie,
+            "shots": shots, "frames": per_frame, "identity": identity}
 
 # %% ../nbs/09_evaluate.ipynb #35fcf278
 METRICS = {"clip_adjacent": ("CLIP image–image, adjacent frames", "higher"),
@@ -350,7 +352,7 @@ def summary_table(metrics: dict) -> str:
             if None in (a, b) or a == b: row += " – |"
             else: row += f" `{runs[0 if (a > b) == (direction == 'higher') else 1]['run']}` |"
         rows.append(row)
-    for c in dict.fromkeys(c for m in runs for c in _per_character(m)):   # a row per character (one character's score is no verdict)
+    for c in dict.fromkeys(c for m in runs for c in _per_character(m)):   # a row per character: no verdict from one
         scores = [_shown(_per_character(m).get(c, {}).get("score")) for m in runs]
         rows.append(f"| identity of {c} | " + " | ".join(scores) + " |" + (" – |" if pair else ""))
     models = ", ".join(f"{k} = {v}" for k, v in runs[0]["models"].items())

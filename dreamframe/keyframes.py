@@ -298,7 +298,8 @@ def generate_keyframes(cfg: KeyframeConfig, pipe, movie: Movie, run_dir, *,
                             **({"extra": condition.kwargs(group)} if condition is not None else {}))
             seconds = round((time.perf_counter() - start) / len(group), 3)
             for write in writing: write.result(); bar.update(1)   # the previous group is on disk before more is queued
-            writing = [writer.submit(save_frame, run_dir, manifest, i, image, {**now[i], "seconds": seconds, "machine": machine})
+            made = {"seconds": seconds, "machine": machine}
+            writing = [writer.submit(save_frame, run_dir, manifest, i, image, {**now[i], **made})
                        for i, image in zip(group, images) if i in todo]
         for write in writing: write.result(); bar.update(1)
     state.wait_for_everyone()

@@ -1,4 +1,4 @@
-"""torch, diffusers, transformers and matplotlib are imported when a function first needs them, so `dreamframe --help` and `dreamframe status` answer in about a second.
+"""torch, diffusers and matplotlib are imported when first needed: `dreamframe --help` and `status` answer at once.
 
 Docs: https://dreamframe.github.io/dreamframe/lazy.html.md"""
 

@@ -37,8 +37,9 @@ SDXL_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_
                       interpolation_type="linear", use_karras_sigmas=False)  # SDXL's published Euler setting
 
 def as_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    "A torch dtype from itself or its name (`\"float16\"`)."
-    return getattr(torch, dtype) if isinstance(dtype, str) and isinstance(getattr(torch, dtype, None), torch.dtype) else dtype
+    "A torch dtype from itself or its name (`\"float16\"`); anything else is returned as it is, for the caller to refuse."
+    named = getattr(torch, dtype, None) if isinstance(dtype, str) else None
+    return named if isinstance(named, torch.dtype) else dtype
 
 @settings
 class ModelConfig:
@@ -51,7 +52,7 @@ class ModelConfig:
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # weights: "auto" = float16 on CUDA, float32 on CPU
     low_memory: bool = False  # for 12-16 GB cards: keep on the GPU what fits the budget, move the rest (see `low_memory`)
     gpu_memory: float | None = Field(None, gt=0)  # the low-memory budget in GiB (None: the card's free memory)
-    cpu_threads: int = Field(1, ge=1)  # torch's CPU threads while a stage runs: CPU sums depend on the count, so it is a setting, not the machine's (more: faster on a CPU, other bytes)
+    cpu_threads: int = Field(1, ge=1)  # torch's CPU threads during a stage: CPU sums depend on the count (more: faster, other bytes)
 
     def torch_device(self) -> torch.device:
         "The device to run on (`auto`: the first CUDA GPU when there is one, else the CPU)."
@@ -142,7 +143,7 @@ def _check_device(device: str | torch.device, dtype: str | torch.dtype) -> tuple
     return device, checked
 
 def machine_record(device: str | torch.device, dtype: str | torch.dtype) -> dict:
-    "What besides the settings decides a picture's bytes: the device type, the dtype, the libraries and torch's CPU threads."
+    "What besides the settings decides a picture's bytes: device type, dtype, library versions, torch's CPU threads."
     return {"device": torch.device(device).type, "dtype": str(as_dtype(dtype)).removeprefix("torch."),
             "cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "diffusers": diffusers.__version__}
 

@@ -26,7 +26,9 @@ def read_themes(path: str | Path) -> list[str]:
     "Themes from a text file: one per line, blank lines and `#` comments skipped."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"themes file {path} does not exist")
-    themes = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and not line.strip().startswith("#")]
+    themes = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.strip().startswith("#"): themes.append(line.strip())
     if not themes: raise ValueError(f"{path} has no themes (one per line; # starts a comment)")
     return themes
 
