@@ -30,7 +30,8 @@ Hub unreachable (point 11)
   that run it on the CPU; the command with those flags runs to the end.
 Repository hygiene (point 13)
 - CONTRIBUTING.md links only files inside the repository, and they exist.
-- README.md says how to install Chromium as root (no sudo in a container) and with sudo; no "not yet … yet".
+- README.md says how to install Chromium as root (no sudo in a container) and with sudo; no "not yet … yet"; every
+  file of the repository it names (`bench/…`, `nbs/…`, `tests/…`) exists.
 """
 import json
 import math
@@ -275,3 +276,6 @@ def test_readme_installs_chromium_as_root_or_with_sudo():
     words = " ".join(readme.split())
     assert not re.search(r"\bnot yet\b[^.]*\byet\b", words, re.I), "a 'not yet … yet' sentence"
     assert not re.search(r"\b(\w+) \1\b", words), re.search(r"\b(\w+) \1\b", words)
+    named = re.findall(r"`(?:python )?((?:bench|nbs|tests|dreamframe|\.ci)/[^`\s]+)", readme)
+    missing = [path for path in named if not list(ROOT.glob(path))]
+    assert named and not missing, f"README.md names files that are not in the repository: {missing}"
