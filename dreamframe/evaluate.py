@@ -80,7 +80,7 @@ class EvalModels:
     clip: torch.nn.Module
     tokenizer: object
     dino: torch.nn.Module
-    lpips: LPIPS
+    lpips: object   # the LPIPS network (`dreamframe.lpips.LPIPS`)
     names: dict = field(default_factory=dict)
     device: torch.device = field(default_factory=_cpu)
     dtype: torch.dtype = field(default_factory=_float32)

@@ -22,7 +22,6 @@ from tqdm.auto import tqdm
 
 from .config import changed_settings, describe_changes, save_stage_config, settings
 from .lazy import lazy_module
-from .models import machine_record
 from .run_folder import (
     MANIFEST, StagePlan, append_manifest_line, clean_partial_files, file_digest, read_manifest, write_manifest)
 from .schema import FormatError, FrameId, Movie, atomic_write_bytes
@@ -288,6 +287,7 @@ def generate_keyframes(cfg: KeyframeConfig, pipe, movie: Movie, run_dir, *,
     mine = [group for group in groups if todo.intersection(group)][state.process_index::state.num_processes]
     manifest = run_dir / "frames" / (MANIFEST if state.num_processes == 1 else f"manifest.rank{state.process_index}.jsonl")
     initial = len(done) if state.num_processes == 1 else 0
+    from dreamframe.models import machine_record
     machine = machine_record(pipe._execution_device, pipe.unet.dtype)   # what besides the settings decides the bytes
     with tqdm(total=initial + sum(len(todo.intersection(g)) for g in mine), initial=initial, unit="frame",
               desc="keyframes", disable=not progress) as bar, ThreadPoolExecutor(max_workers=1) as writer:
