@@ -17,6 +17,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 
 from .lazy import lazy_function, lazy_module
+from .schema import honour_umask
 
 # %% auto #0
 __all__ = ['MAX_STYLE_VECTORS', 'save_style_embedding', 'vocabulary_word', 'style_token_sources', 'read_style_embedding',
@@ -58,6 +59,7 @@ def save_style_embedding(path: str | Path,  # file to write, e.g. RUN/style/embe
     metadata = {"token": token, **({"settings": json.dumps(settings, sort_keys=True)} if settings is not None else {})}
     save_file({"clip_l": clip_l.detach().float().cpu().contiguous(), "clip_g": clip_g.detach().float().cpu().contiguous()},
               str(partial), metadata=metadata)
+    honour_umask(partial)   # save_file makes it -rw-------
     os.replace(partial, path)
     return path
 

@@ -17,7 +17,8 @@ from PIL import Image
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from .schema import FormatError, Movie, atomic_write_bytes, atomic_write_json, name_pattern, read_json, slugify
+from .schema import (FormatError, Movie, atomic_write_bytes, atomic_write_json, character_ids, name_pattern,
+                               read_json)
 from .config import save_stage_config, settings
 from .lazy import lazy_module, no_grad
 from .run_folder import read_manifest
@@ -217,11 +218,12 @@ def clip_scorer(cfg: EvalConfig, device: str | torch.device = "cpu", dtype: str 
 
 # %% ../nbs/09_evaluate.ipynb #b3dbb596
 def frame_cast(movie: Movie, frame) -> list[str]:
-    "Ids (name slugs) of the characters `frame` shows: its list and whole-word mentions in its prompt."
+    "Ids (`schema.character_ids`) of the characters `frame` shows: its list and whole-word mentions in its prompt."
+    ids = character_ids(movie)
     cast = []
     for character in movie.characters:
         if character.name in frame.characters or name_pattern(character.name).search(frame.prompt):
-            cast.append(slugify(character.name))
+            cast.append(ids[character.name])
     return cast
 
 def _pair_score(gram: torch.Tensor, same: torch.Tensor, other: torch.Tensor) -> dict:
