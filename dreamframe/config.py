@@ -100,8 +100,8 @@ def make_config(cls, stored: dict | None = None, given: dict | None = None, sour
         raise ConfigError(f"{cls.__name__} has no setting(s) {unknown}; its settings are: {', '.join(names)}", unknown)
     unknown = sorted(set(stored) - set(names))
     if unknown:   # a typo ("stpes") would otherwise be dropped and the run made with the default
-        raise FormatError(f"{source}: {cls.__name__} has no setting(s) {unknown}; its settings are: {', '.join(names)}. "
-                          "Correct or remove them in that file")
+        raise FormatError(f"{source}: {cls.__name__} has no setting(s) {unknown}; its settings are: "
+                          f"{', '.join(names)}. Correct or remove them in that file")
     try: return cls(**{**stored, **given})
     except ValueError as error:   # a ConfigError, with the fields at fault
         saved = [name for name in getattr(error, "fields", ()) if name in stored and name not in given]
@@ -119,7 +119,8 @@ def load_run_config(run_dir: str | Path) -> dict[str, dict]:
     if not path.exists(): return {}
     data = read_json(path)
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise FormatError(f"{path}: must be an object of sections, each an object of settings (e.g. {{\"keyframes\": {{\"steps\": 30}}}})")
+        example = '{"keyframes": {"steps": 30}}'
+        raise FormatError(f"{path}: must be an object of sections, each an object of settings (e.g. {example})")
     return data
 
 def save_run_config(run_dir: str | Path, sections: dict[str, Any]) -> Path:
@@ -130,7 +131,8 @@ def save_run_config(run_dir: str | Path, sections: dict[str, Any]) -> Path:
         except ValueError as error:
             raise ConfigError(f"section {name!r}: {error}; a setting must be a finite number") from None
         leaked = [k for k in values if _SECRET_FIELD.search(k)]
-        if leaked: raise ConfigError(f"section {name!r} has secret-looking settings {leaked}; keep secrets in the environment")
+        if leaked:
+            raise ConfigError(f"section {name!r} has secret-looking settings {leaked}; keep secrets in the environment")
         merged[name] = values
     return atomic_write_json(Path(run_dir) / CONFIG_FILE, merged)
 
@@ -145,7 +147,10 @@ def load_stage_config(run_dir: str | Path, stage: str) -> dict | None:
 # %% ../nbs/00a_config.ipynb #abbf10d9
 def changed_settings(old: dict, new: dict) -> dict[str, tuple]:
     "The settings whose values differ between `old` and `new`, as `name: (old, new)`."
-    return {name: (old.get(name), new.get(name)) for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name)}
+    changes = {}
+    for name in sorted(set(old) | set(new)):
+        if old.get(name) != new.get(name): changes[name] = (old.get(name), new.get(name))
+    return changes
 
 def fingerprint(values: Any) -> str:
     "A short stable hash of JSON-able `values` (key order does not matter)."

@@ -39,23 +39,23 @@ plt = lazy_module("matplotlib.pyplot")
 @settings
 class EvalConfig:
     "Settings of the metrics (`dreamframe eval`): saved in `RUN/config.json` under `eval`; flags `--eval-<field>`."
-    clip_model: str = Field("openai/clip-vit-large-patch14", min_length=1)  # hub id or local folder of a transformers CLIPModel
-    dino_model: str = Field("facebook/dino-vitb8", min_length=1)  # hub id or folder of a ViTModel / Dinov2Model (CLS features)
-    lpips_backbone: str = Field("alex", min_length=1)  # "alex" or "vgg" (torchvision layout), or a hub id/folder of a conv net
-    lpips_backbone_weights: str | None = None  # alex/vgg: torchvision state-dict file; None: torchvision's, downloaded once
-    lpips_weights: str | None = None  # LPIPS lin-layer file (lpips' weights/v0.1/alex.pth); None: downloaded for alex/vgg; "uniform": all ones
-    lpips_size: int | None = Field(256, ge=16)  # frames are resized to this square side for LPIPS; None keeps their size
+    clip_model: str = Field("openai/clip-vit-large-patch14", min_length=1)  # hub id or folder of a CLIPModel
+    dino_model: str = Field("facebook/dino-vitb8", min_length=1)  # hub id or folder of a ViTModel / Dinov2Model (CLS)
+    lpips_backbone: str = Field("alex", min_length=1)  # "alex", "vgg" (torchvision's), or a conv net's hub id/folder
+    lpips_backbone_weights: str | None = None  # alex/vgg: a torchvision state dict; None: downloaded once
+    lpips_weights: str | None = None  # LPIPS lin layers (v0.1/alex.pth); None: downloaded; "uniform": ones
+    lpips_size: int | None = Field(256, ge=16)  # square side frames are resized to for LPIPS; None keeps their size
     batch_size: int = Field(8, ge=1)  # images per forward pass
-    tiny: bool = False  # tiny random-weight models instead of the three above (offline tests and demos; the numbers mean nothing)
+    tiny: bool = False  # tiny random-weight models instead (offline tests and demos; the numbers mean nothing)
     seed: int = 0  # seed of the tiny models
-    against: str | None = None  # a second run folder measured the same way and shown beside this one (e.g. rendered without the style embedding)
+    against: str | None = None  # a second run folder measured alike and shown beside this one (e.g. without the style)
 
 # %% ../nbs/09_evaluate.ipynb #f87ce988
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 def to_pixels(images: list[Image.Image], size: int, mean=None, std=None, crop: bool = True) -> torch.Tensor:
-    "A batch (N,3,size,size): shortest side resized and centre-cropped (or resized to a square), normalised by `mean`/`std`, else scaled to [-1, 1]."
+    "A batch (N,3,size,size), centre-cropped (or squashed), normalised by `mean`/`std` or to [-1, 1]."
     out = []
     for img in images:
         img = img.convert("RGB")
@@ -102,14 +102,17 @@ def _tiny_clip_dino(seed: int):
 # %% ../nbs/09_evaluate.ipynb #9e7a0c02
 _DTYPES = ("float32", "float16", "bfloat16")
 
-def device_and_dtype(device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32") -> tuple[torch.device, torch.dtype]:
+def device_and_dtype(device: str | torch.device = "cpu",
+                     dtype: str | torch.dtype = "float32") -> tuple[torch.device, torch.dtype]:
     "The checked `device` and `dtype` of an evaluation (`ValueError` naming the bad one)."
     try: device = torch.device(device)
-    except RuntimeError: raise ValueError(f"device={device!r} is not a torch device; use 'cpu', 'cuda' or 'cuda:1'") from None
+    except RuntimeError:
+        raise ValueError(f"device={device!r} is not a torch device; use 'cpu', 'cuda' or 'cuda:1'") from None
     name = dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
     if name not in _DTYPES: raise ValueError(f"dtype={dtype!r}: use one of {', '.join(_DTYPES)}")
     dtype = getattr(torch, name)
-    if dtype != torch.float32 and device.type == "cpu": raise ValueError(f"dtype={dtype} needs a GPU; use dtype='float32' on the CPU")
+    if dtype != torch.float32 and device.type == "cpu":
+        raise ValueError(f"dtype={dtype} needs a GPU; use dtype='float32' on the CPU")
     return device, dtype
 
 def _pretrained_clip(name: str):
@@ -120,8 +123,9 @@ def _pretrained_clip(name: str):
     return (CLIPModel.from_pretrained(name, local_files_only=cache_only),
             AutoTokenizer.from_pretrained(name, local_files_only=cache_only))
 
-def load_eval_models(cfg: EvalConfig, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32") -> EvalModels:
-    "Load (or, with `cfg.tiny`, build) the CLIP, DINO and LPIPS networks `cfg` names, on `device` in `dtype` (LPIPS: float32)."
+def load_eval_models(cfg: EvalConfig, device: str | torch.device = "cpu",
+                     dtype: str | torch.dtype = "float32") -> EvalModels:
+    "Load (or, with `cfg.tiny`, build) the CLIP, DINO and LPIPS networks `cfg` names, on `device` in `dtype`."
     from dreamframe.lpips import load_lpips
     device, dtype = device_and_dtype(device, dtype)
     if cfg.tiny:
@@ -133,7 +137,8 @@ def load_eval_models(cfg: EvalConfig, device: str | torch.device = "cpu", dtype:
         clip, tok = _pretrained_clip(cfg.clip_model)
         dino = AutoModel.from_pretrained(cfg.dino_model, local_files_only=_cache_only(cfg.dino_model))
         names = {"clip": cfg.clip_model, "dino": cfg.dino_model}
-    lpips = load_lpips("tiny" if cfg.tiny else cfg.lpips_backbone, cfg.lpips_backbone_weights, cfg.lpips_weights, cfg.seed)
+    backbone = "tiny" if cfg.tiny else cfg.lpips_backbone
+    lpips = load_lpips(backbone, cfg.lpips_backbone_weights, cfg.lpips_weights, cfg.seed)
     names["lpips"] = lpips.name + (" (LPIPS v0.1)" if lpips.calibrated else " (LPIPS-style, uniform weights)")
     clip = clip.to(device, dtype).eval()
     dino = dino.to(device, dtype).eval()
@@ -205,7 +210,7 @@ def pairwise_mean_cosine(features: torch.Tensor) -> float | None:
 
 # %% ../nbs/09_evaluate.ipynb #c9f70456
 def clip_scorer(cfg: EvalConfig, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32"):
-    "CLIP's cosine of each picture with a text, as `(pictures, text) -> scores` named `.name` (loads only `cfg`'s CLIP): the character sheets' picker."
+    "CLIP's cosine of pictures with a text, `(pictures, text) -> scores` named `.name`: the sheets' picker."
     device, dtype = device_and_dtype(device, dtype)
     if cfg.tiny: clip, tok, _ = _tiny_clip_dino(cfg.seed)
     else: clip, tok = _pretrained_clip(cfg.clip_model)
@@ -235,7 +240,7 @@ def _pair_score(gram: torch.Tensor, same: torch.Tensor, other: torch.Tensor) -> 
             "pairs_same": int(same.sum()), "pairs_other": int(other.sum())}
 
 def identity_consistency(features: torch.Tensor, shown: list[list[str]]) -> dict:
-    "Mean cosine of unit-length `features` over frame pairs sharing a character minus pairs sharing none, overall and per character."
+    "Mean cosine of `features` over frame pairs sharing a character minus pairs sharing none, overall and each."
     cast = list(dict.fromkeys(c for s in shown for c in s))
     member = torch.tensor([[c in s for c in cast] for s in shown], dtype=torch.bool).reshape(len(shown), len(cast))
     gram = features @ features.T
@@ -252,7 +257,7 @@ def identity_consistency(features: torch.Tensor, shown: list[list[str]]) -> dict
 
 # %% ../nbs/09_evaluate.ipynb #28e462ce
 def run_frames(run_dir: Path) -> list[dict]:
-    "The finished frames (manifest line and image) in story order: frame_id, shot_id, path, prompt (look-alike text, no template)."
+    "The finished frames in story order: frame_id, shot_id, path, prompt (look-alike text, no template), characters."
     finished = read_manifest(run_dir / "frames")
     movie = Movie.load(run_dir)
     frames = []
@@ -260,12 +265,14 @@ def run_frames(run_dir: Path) -> list[dict]:
         if frame.id not in finished: continue
         path = run_dir / finished[frame.id]["path"]
         if not path.is_file(): continue
-        if not path.resolve().is_relative_to(run_dir.resolve()): raise FormatError(f"{path} leads outside the run folder {run_dir}")
+        if not path.resolve().is_relative_to(run_dir.resolve()):
+            raise FormatError(f"{path} leads outside the run folder {run_dir}")
         frames.append({"frame_id": frame.id, "shot_id": frame.id.rsplit(".", 1)[0], "path": path,
                        "prompt": movie.render_prompt(frame), "characters": frame_cast(movie, frame)})
     return frames
 
-def _features(cfg: EvalConfig, models: EvalModels, frames: list[dict], desc: str, progress: bool) -> dict[str, torch.Tensor]:
+def _features(cfg: EvalConfig, models: EvalModels, frames: list[dict], desc: str,
+              progress: bool) -> dict[str, torch.Tensor]:
     "CLIP image and text, DINO features of every frame, and LPIPS of each frame with the next (batch edges included)."
     clip, dino, lpips_next, previous = [], [], [], None
     with tqdm(total=len(frames), desc=desc, unit="frame", disable=not progress) as bar:
@@ -411,7 +418,8 @@ def plot_metrics(metrics: dict | str | Path):
 def _check_runs(cfg: EvalConfig, run_dir: Path) -> None:
     folders = [(run_dir, "the run folder")] + ([(Path(cfg.against), "against")] if cfg.against else [])
     for folder, what in folders:
-        if not (folder / "movie.json").exists(): raise FileNotFoundError(f"{what} {folder} has no movie.json; is it a run folder?")
+        if not (folder / "movie.json").exists():
+            raise FileNotFoundError(f"{what} {folder} has no movie.json; is it a run folder?")
 
 def evaluate_with(cfg: EvalConfig, models: EvalModels, run_dir: str | Path, *, progress: bool = True) -> EvalResult:
     "Measure a run (and `cfg.against`) with loaded `models`; write RUN/eval/metrics.json and metrics.png."
@@ -428,9 +436,9 @@ def evaluate_with(cfg: EvalConfig, models: EvalModels, run_dir: str | Path, *, p
     save_stage_config(run_dir, "eval", cfg)
     return result
 
-def evaluate_run(cfg: EvalConfig, run_dir: str | Path, *, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32",
-                 progress: bool = True) -> EvalResult:
-    "The metrics stage: load the networks `cfg` names on `device`/`dtype`, measure the run (and `cfg.against`), write RUN/eval/."
+def evaluate_run(cfg: EvalConfig, run_dir: str | Path, *, device: str | torch.device = "cpu",
+                 dtype: str | torch.dtype = "float32", progress: bool = True) -> EvalResult:
+    "The metrics stage: load the networks `cfg` names on `device`/`dtype`, measure the run (and `cfg.against`)."
     _check_runs(cfg, Path(run_dir))
     device_and_dtype(device, dtype)
     return evaluate_with(cfg, load_eval_models(cfg, device, dtype), run_dir, progress=progress)

@@ -27,7 +27,7 @@ __all__ = ['SDXL_SCHEDULER', 'HUB_PROBE_S', 'as_dtype', 'ModelConfig', 'hub_unre
            'load_sdxl', 'load_refiner', 'byte_tokenizer', 'sdxl_from_configs']
 
 # %% ../nbs/03_models.ipynb #1a2b3c02
-torch = lazy_module("torch")   # each imported on first use: reading `ModelConfig` (the CLI, `status`) needs none of them
+torch = lazy_module("torch")   # each imported on first use: `ModelConfig` (the CLI, `status`) needs none of them
 transformers = lazy_module("transformers")
 diffusers = lazy_module("diffusers")
 
@@ -37,22 +37,22 @@ SDXL_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_
                       interpolation_type="linear", use_karras_sigmas=False)  # SDXL's published Euler setting
 
 def as_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    "A torch dtype from itself or its name (`\"float16\"`); anything else is returned as it is, for the caller to refuse."
+    "A torch dtype from itself or its name (`\"float16\"`); anything else as it is, for the caller to refuse."
     named = getattr(torch, dtype, None) if isinstance(dtype, str) else None
     return named if isinstance(named, torch.dtype) else dtype
 
 @settings
 class ModelConfig:
     "Which SDXL the style and keyframe stages load, and where it runs."
-    model: str = Field("stabilityai/stable-diffusion-xl-base-1.0", min_length=1)  # SDXL base: hub id, local diffusers folder, or "tiny" (the untrained stand-in)
+    model: str = Field("stabilityai/stable-diffusion-xl-base-1.0", min_length=1)  # SDXL base: hub id, folder or "tiny"
     refiner: str | None = None  # SDXL refiner for keyframes' refiner_steps: hub id, local folder, or "tiny"
     vae: str | None = None  # replacement VAE, e.g. madebyollin/sdxl-vae-fp16-fix (float16 without overflow)
     variant: str | None = None  # weight files to read, e.g. "fp16" (half the download)
-    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")  # "auto" (cuda when available), "cpu", "cuda", "cuda:1", …
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # weights: "auto" = float16 on CUDA, float32 on CPU
-    low_memory: bool = False  # for 12-16 GB cards: keep on the GPU what fits the budget, move the rest (see `low_memory`)
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")  # "auto" (cuda when there), "cpu", "cuda:1", …
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # weights ("auto": float16 on CUDA, else float32)
+    low_memory: bool = False  # for 12-16 GB cards: keep on the GPU what fits the budget, move the rest
     gpu_memory: float | None = Field(None, gt=0)  # the low-memory budget in GiB (None: the card's free memory)
-    cpu_threads: int = Field(1, ge=1)  # torch's CPU threads during a stage: CPU sums depend on the count (more: faster, other bytes)
+    cpu_threads: int = Field(1, ge=1)  # torch's CPU threads in a stage: sums depend on it (more: faster, other bytes)
 
     def torch_device(self) -> torch.device:
         "The device to run on (`auto`: the first CUDA GPU when there is one, else the CPU)."
@@ -149,7 +149,7 @@ def machine_record(device: str | torch.device, dtype: str | torch.dtype) -> dict
 
 # %% ../nbs/03_models.ipynb #ede65107
 def _place(pipe, device: torch.device, low_memory: bool, gpu_memory: float | None = None, base=None):
-    "Move `pipe` to `device` (in low-memory mode: what fits, see `low_memory`), with SDPA attention and, on CUDA, channels-last."
+    "Move `pipe` to `device` (low memory: what fits), with SDPA attention and, on CUDA, channels-last."
     from diffusers.models.attention_processor import AttnProcessor2_0
     for model in (pipe.unet, pipe.vae): model.set_attn_processor(AttnProcessor2_0())
     if device.type == "cuda":
@@ -183,7 +183,7 @@ def load_sdxl(model: str | Path,  # hub id, or local folder in diffusers layout 
     return _place(pipe, device, low_memory, gpu_memory)
 
 def load_refiner(model: str | Path,  # hub id or local folder of an SDXL refiner (img2img) pipeline
-                 base: diffusers.StableDiffusionXLPipeline,  # loaded base pipeline: its text_encoder_2, tokenizer_2, vae are shared
+                 base: diffusers.StableDiffusionXLPipeline,  # the base: its text_encoder_2, tokenizer_2, vae are shared
                  *, dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu",
                  low_memory: bool = False, gpu_memory: float | None = None, variant: str | None = None,
                 ) -> diffusers.StableDiffusionXLImg2ImgPipeline:
@@ -213,7 +213,8 @@ def byte_tokenizer(merges: list[tuple[str, str]] = (), max_length: int = 77) -> 
     for special in ("<|startoftext|>", "<|endoftext|>"): vocab[special] = len(vocab)
     with tempfile.TemporaryDirectory() as folder:
         Path(folder, "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-        Path(folder, "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+        merge_lines = "".join(f"{a} {b}\n" for a, b in merges)
+        Path(folder, "merges.txt").write_text("#version: 0.2\n" + merge_lines, encoding="utf-8")
         return transformers.CLIPTokenizer.from_pretrained(folder, model_max_length=max_length)
 
 # %% ../nbs/03_models.ipynb #6ae69596
@@ -232,15 +233,15 @@ def _clip_from_config(config: dict, tokenizer, projection: bool) -> torch.nn.Mod
     model = transformers.CLIPTextModelWithProjection if projection else transformers.CLIPTextModel
     return model(config).eval()
 
-def sdxl_from_configs(config_dir: str | Path = "bench/sdxl-configs",  # folder with unet_base.json, vae.json, text_encoder*.json
+def sdxl_from_configs(config_dir: str | Path = "bench/sdxl-configs",  # unet_base.json, vae.json, text_encoder*.json
                       *, dtype: str | torch.dtype = "float16", device: str | torch.device = "cuda",
                       refiner: bool = False,  # also build the refiner (unet_refiner.json); returns (base, refiner)
                       seed: int = 0):
     "Full-size SDXL base (and refiner) with random weights from the published configs, built on `device` in `dtype`."
     config_dir = Path(config_dir)
     device, dtype = _check_device(device, dtype)
-    configs = {name: _config(config_dir, f"{name}.json")
-               for name in ("unet_base", "vae", "text_encoder", "text_encoder_2") + (("unet_refiner",) if refiner else ())}
+    names = ["unet_base", "vae", "text_encoder", "text_encoder_2"] + (["unet_refiner"] if refiner else [])
+    configs = {name: _config(config_dir, f"{name}.json") for name in names}
     tokenizer, tokenizer_2 = byte_tokenizer(), byte_tokenizer()   # benchmarks need the shapes, not the words
     previous_dtype = torch.get_default_dtype()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.device(device):
@@ -251,15 +252,18 @@ def sdxl_from_configs(config_dir: str | Path = "bench/sdxl-configs",  # folder w
                          vae=diffusers.AutoencoderKL.from_config(configs["vae"]).eval(),
                          text_encoder=_clip_from_config(configs["text_encoder"], tokenizer, projection=False),
                          text_encoder_2=_clip_from_config(configs["text_encoder_2"], tokenizer_2, projection=True))
-            refiner_unet = diffusers.UNet2DConditionModel.from_config(configs["unet_refiner"]).eval() if refiner else None
+            refiner_unet = None
+            if refiner: refiner_unet = diffusers.UNet2DConditionModel.from_config(configs["unet_refiner"]).eval()
         finally:
             torch.set_default_dtype(previous_dtype)
-    def settle(module):  # already built in place; only cast what the default dtype missed (avoids diffusers' cast warning)
+    def settle(module):  # built in place; cast only what the default dtype missed (no diffusers' cast warning)
         first = next(module.parameters())
-        return module if (first.dtype, first.device.type) == (dtype, device.type) else module.to(device=device, dtype=dtype)
+        if (first.dtype, first.device.type) == (dtype, device.type): return module
+        return module.to(device=device, dtype=dtype)
     parts = {name: settle(module) for name, module in parts.items()}
     base = diffusers.StableDiffusionXLPipeline(**parts, tokenizer=tokenizer, tokenizer_2=tokenizer_2,
-                                     scheduler=diffusers.EulerDiscreteScheduler(**SDXL_SCHEDULER), add_watermarker=False)
+                                               scheduler=diffusers.EulerDiscreteScheduler(**SDXL_SCHEDULER),
+                                               add_watermarker=False)
     base = _place(base, device, low_memory=False)
     if not refiner: return base
     refiner_pipe = diffusers.StableDiffusionXLImg2ImgPipeline(

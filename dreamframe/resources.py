@@ -65,14 +65,14 @@ class Models:
         return device
 
     def base(self, half: str = "float16", training: bool = False):
-        "The base pipeline; `half` is the precision an 'auto' dtype means on a GPU; `training`: every model on the device, low memory or not."
+        "The base pipeline; `half`: what an 'auto' dtype means on a GPU; `training`: every model on the device."
         if self.pipe is not None and self.half == (half, training): return self.pipe
         self.release()
         models = importlib.import_module("dreamframe.models")
+        low_memory = self.cfg.low_memory and not training   # the style's backward pass runs through the encoders
         self.pipe = models.load_sdxl(model_source(self.cfg.model, self.run_dir), dtype=self.cfg.torch_dtype(half),
                                      device=self.device(), vae=self.cfg.vae, variant=self.cfg.variant,
-                                     gpu_memory=self.cfg.gpu_memory,
-                                     low_memory=self.cfg.low_memory and not training)   # the style's backward pass runs through the encoders
+                                     gpu_memory=self.cfg.gpu_memory, low_memory=low_memory)
         self.half = (half, training)
         return self.pipe
 
@@ -81,7 +81,8 @@ class Models:
         if not self.cfg.refiner: return None
         return importlib.import_module("dreamframe.models").load_refiner(
             model_source(self.cfg.refiner, self.run_dir, "refiner"), self.base(), dtype=self.cfg.torch_dtype("float16"),
-            device=self.device(), variant=self.cfg.variant, low_memory=self.cfg.low_memory, gpu_memory=self.cfg.gpu_memory)
+            device=self.device(), variant=self.cfg.variant, low_memory=self.cfg.low_memory,
+            gpu_memory=self.cfg.gpu_memory)
 
     def release(self):
         "Drop the loaded pipeline and free its memory."
@@ -121,7 +122,8 @@ def model_sources(settings: dict, stages: list[str]) -> list[tuple[str, str, str
         if cfg.vae: sources.append(("--vae", cfg.vae, "config.json"))
     scoring = settings.get("eval")
     identity = settings["keyframes"].identity if "keyframes" in settings else "none"
-    if scoring is not None and not scoring.tiny and ("eval" in stages or ("characters" in stages and identity != "none")):
+    scored = "eval" in stages or ("characters" in stages and identity != "none")   # the sheets are picked by CLIP
+    if scoring is not None and not scoring.tiny and scored:
         sources.append(("--eval-clip-model", scoring.clip_model, "config.json"))
         if "eval" in stages: sources.append(("--eval-dino-model", scoring.dino_model, "config.json"))
     characters = settings.get("characters")
@@ -158,10 +160,12 @@ def _check_style_token(settings: dict, stages: list[str], run_dir: Path) -> None
     words = _resolve("dreamframe.style:style_tokens")(style.token, style.num_vectors)
     for folder in ("tokenizer", "tokenizer_2"):
         with models._quiet_loading():
-            tokenizer = CLIPTokenizer.from_pretrained(source, subfolder=folder, local_files_only=models._cache_only(source))
+            cache_only = models._cache_only(source)
+            tokenizer = CLIPTokenizer.from_pretrained(source, subfolder=folder, local_files_only=cache_only)
         for word in words:
             if _resolve("dreamframe.embedding:vocabulary_word")(tokenizer, word):
-                raise ConfigError(f"--style-token {style.token!r}: {word!r} is a word of the model's {folder} vocabulary, "
+                raise ConfigError(f"--style-token {style.token!r}: {word!r} is a word of the model's {folder} "
+                                  "vocabulary, "
                                   "so the embedding would change every prompt with that word; choose a new token like "
                                   "'<my-style>' (or leave it out: '<keyword-style>' from the story). Nothing was saved")
 
@@ -169,8 +173,11 @@ def _check_style_token(settings: dict, stages: list[str], run_dir: Path) -> None
 def preflight(run_dir: Path, settings: dict, stages: list[str], llm=None) -> None:
     "Check the folder, the models, the device and the LLM that `stages` will use; raise at the first problem."
     probe = run_dir / f".write-check-{os.getpid()}.tmp"
-    try: probe.write_bytes(b"ok"); probe.unlink()
-    except OSError as error: raise OSError(error.errno, f"the run folder {run_dir} is not writable ({error.strerror})") from None
+    try:
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as error:
+        raise OSError(error.errno, f"the run folder {run_dir} is not writable ({error.strerror})") from None
     sources = model_sources(settings, stages)
     if sources:
         models = importlib.import_module("dreamframe.models")
@@ -180,11 +187,13 @@ def preflight(run_dir: Path, settings: dict, stages: list[str], llm=None) -> Non
         cfg = settings["models"]
         device = cfg.torch_device()
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"--device {cfg.device}: CUDA is not available on this machine; use --device cpu (or auto)")
+            raise ConfigError(f"--device {cfg.device}: CUDA is not available on this machine; "
+                              "use --device cpu (or auto)")
         found, undo = _made_for_a_gpu(settings, stages, device)
         if found:
             why = "CUDA is not available on this machine" if cfg.device == "auto" else f"--device {cfg.device}"
-            raise ConfigError(f"{', '.join(found)} {'is' if len(found) == 1 else 'are'} planned for a GPU, but this run "
+            verb = "is" if len(found) == 1 else "are"
+            raise ConfigError(f"{', '.join(found)} {verb} planned for a GPU, but this run "
                               f"would be on the CPU ({why}): run it on a machine with a CUDA GPU, or add "
                               f"{' '.join(undo)} to run it on the CPU (slowly)")
         torch.zeros(1, device=device, dtype=cfg.torch_dtype())
