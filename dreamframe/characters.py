@@ -14,13 +14,12 @@ import warnings
 from pathlib import Path
 from typing import Callable, Literal
 
-import torch
-from PIL import Image
 from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
 from .config import changed_settings, describe_changes, save_stage_config, settings
 from .embedding import STYLE_FILE, load_style, run_style
+from .lazy import lazy_module
 from .run_folder import StagePlan, clean_partial_files, file_digest, finish_stage, open_image, pipeline_model
 from .schema import (FormatError, Movie, atomic_write_bytes, atomic_write_json, character_ids, name_pattern,
                                read_json, slugify)
@@ -30,6 +29,9 @@ __all__ = ['DEFAULT_SHEET_TEMPLATE', 'DEFAULT_SHEET_NEGATIVE', 'SHEETS_DIR', 'SH
            'frame_characters', 'sheet_path', 'open_sheet', 'style_word', 'load_style_word', 'sheet_prompt',
            'sheet_seed', 'sheet_settings', 'read_sheets', 'sheet_states', 'plan_sheets', 'draw_candidates', 'png_bytes',
            'make_sheets']
+
+# %% ../nbs/05b_characters.ipynb #0ab75834
+torch = lazy_module("torch")   # imported on first use: `dreamframe --help` and `status` need no torch
 
 # %% ../nbs/05b_characters.ipynb #6dab3993
 DEFAULT_SHEET_TEMPLATE = "a character portrait in {style} style: {look}, full body, facing the viewer, plain light background"
@@ -77,8 +79,8 @@ def sheet_path(run_dir, character_id: str) -> Path:
         raise ValueError(f"character_id={character_id!r} is not a character id; take it from character_ids(movie)")
     return Path(run_dir) / SHEETS_DIR / f"{character_id}.png"
 
-def open_sheet(path) -> Image.Image:
-    "A sheet as an RGB picture; a file that is no picture, or too large to decode safely, is refused with its name."
+def open_sheet(path):
+    "A sheet as an RGB PIL picture; a file that is no picture, or too large to decode safely, is refused by name."
     return open_image(path, "character sheet").convert("RGB")
 
 # %% ../nbs/05b_characters.ipynb #7de11b95

@@ -11,18 +11,22 @@ import hashlib
 import json
 from pathlib import Path
 
-import torch
+import numpy as np
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save
 
 from .config import load_run_config
+from .lazy import lazy_function, lazy_module
 from .run_folder import STYLE_FILE
 from .schema import atomic_write_bytes
 
 # %% auto #0
 __all__ = ['MAX_STYLE_VECTORS', 'safetensors_bytes', 'save_style_embedding', 'vocabulary_word', 'style_token_sources',
-           'read_style_embedding', 'check_style_token', 'add_style_rows', 'pipeline_source', 'load_style',
-           'MissingStyleError', 'run_style']
+           'read_style_embedding', 'style_digest', 'check_style_token', 'add_style_rows', 'pipeline_source',
+           'load_style', 'MissingStyleError', 'run_style']
+
+# %% ../nbs/03c_embedding.ipynb #35b36010
+torch = lazy_module("torch")   # imported on first use: `dreamframe --help` and `status` need no torch
+save = lazy_function("safetensors.torch", "save")
 
 # %% ../nbs/03c_embedding.ipynb #968b5d77
 MAX_STYLE_VECTORS = 75  # a prompt window holds 77 tokens: start, end, and at most 75 others
@@ -162,6 +166,32 @@ def _check_pipeline(source: str, path: Path, pipe, token: str, clip_l: torch.Ten
                              f"{tokenizer.model_max_length}-token window")
         _check_token(source, path, tokenizer, name, token, rows.shape[0])
 
+# %% ../nbs/03c_embedding.ipynb #e5b0d002
+def style_digest(path: str | Path) -> tuple[str, str]:
+    "The token of a style embedding file and `token@digest` of its rows (clip_g, then clip_l), read without torch."
+    path = Path(path)
+    source, fix = f"style embedding {str(path)!r}", _fix(path)
+    if not path.is_file():
+        command = _remake(path)
+        make = f"make it with {command}" if command else "train one with the style stage"
+        raise FileNotFoundError(f"{source} does not exist; {make}")
+    try:
+        with safe_open(str(path), framework="numpy") as file:
+            metadata = file.metadata() or {}
+            rows = {key: file.get_tensor(key) for key in file.keys()}
+    except (OSError, SafetensorError, TypeError, ValueError) as error:
+        raise ValueError(f"{source} is not a readable safetensors file of float rows ({error}); {fix}") from None
+    if set(rows) != {"clip_l", "clip_g"} or "token" not in metadata:
+        raise ValueError(f"{source} must hold the keys clip_l and clip_g and a token in its metadata "
+                         f"(save_style_embedding writes them); {fix}")
+    for key, values in sorted(rows.items()):
+        if not np.isfinite(values).all():
+            raise ValueError(f"{source}: {key} holds NaN/inf values, so every prompt using it would render flat "
+                             f"frames; {fix}")
+    token = metadata["token"]
+    digest = hashlib.sha256(rows["clip_g"].tobytes() + rows["clip_l"].tobytes()).hexdigest()[:16]
+    return token, f"{token}@{digest}"
+
 # %% ../nbs/03c_embedding.ipynb #1ced70ce
 def check_style_token(pipe, token: str, n_vectors: int, path: str | Path):
     "Refuse, before anything changes, a token that `add_style_rows` would refuse for the embedding file `path`."
@@ -212,10 +242,8 @@ def run_style(run_dir: str | Path,  # the run folder
     run_dir = Path(run_dir)
     path = run_dir / STYLE_FILE
     if not path.exists() and "style" not in load_run_config(run_dir): return keyword, keyword
-    try: token, clip_l, clip_g = read_style_embedding(path)
+    try: return style_digest(path)   # read without torch: `dreamframe status` asks this too
     except (FileNotFoundError, ValueError) as error:
         config = run_dir / "config.json"
         raise MissingStyleError(f"{error}; this run's settings include the style stage (a style section in {config}), "
                                 "so nothing is drawn with the plain keyword instead") from None
-    digest = hashlib.sha256(clip_g.numpy().tobytes() + clip_l.numpy().tobytes()).hexdigest()[:16]
-    return token, f"{token}@{digest}"

@@ -17,12 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
 
-import torch
 from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
 from .config import changed_settings, describe_changes, save_stage_config, settings
 from .embedding import STYLE_FILE, run_style
+from .lazy import lazy_module
 from .run_folder import (MANIFEST, StagePlan, append_manifest_line, clean_partial_files, file_digest, finish_stage,
                                    pipeline_model, read_manifest, write_manifest)
 from .schema import FrameId, Movie, atomic_write_bytes
@@ -32,6 +32,9 @@ __all__ = ['DEFAULT_TEMPLATE', 'DEFAULT_NEGATIVE_PROMPT', 'IDENTITY_NONE', 'Keyf
            'style_of', 'frame_settings', 'warn_truncated', 'png_ok', 'frame_states', 'removed_frames', 'select_frames',
            'plan_keyframes', 'denoise_group', 'decode_latents', 'render_group', 'merge_manifest', 'set_aside',
            'save_frame', 'generate_keyframes']
+
+# %% ../nbs/05_keyframes.ipynb #f9538c75
+torch = lazy_module("torch")   # imported on first use: `dreamframe --help` and `status` need no torch
 
 # %% ../nbs/05_keyframes.ipynb #9287268d
 DEFAULT_TEMPLATE = "generate an image in {style} style: {prompt}"
@@ -278,6 +281,8 @@ def generate_keyframes(cfg: KeyframeConfig, pipe, movie: Movie, run_dir, *,
     mine = [group for group in groups if todo.intersection(group)][state.process_index::state.num_processes]
     manifest = run_dir / "frames" / (MANIFEST if state.num_processes == 1 else f"manifest.rank{state.process_index}.jsonl")
     initial = len(done) if state.num_processes == 1 else 0
+    from dreamframe.models import machine_record
+    machine = machine_record(pipe._execution_device, pipe.unet.dtype)   # what besides the settings decides the bytes
     with tqdm(total=initial + sum(len(todo.intersection(g)) for g in mine), initial=initial, unit="frame",
               desc="keyframes", disable=not progress) as bar, ThreadPoolExecutor(max_workers=1) as writer:
         writing = []
@@ -287,7 +292,8 @@ def generate_keyframes(cfg: KeyframeConfig, pipe, movie: Movie, run_dir, *,
                             **({"extra": condition.kwargs(group)} if condition is not None else {}))
             seconds = round((time.perf_counter() - start) / len(group), 3)
             for write in writing: write.result(); bar.update(1)   # the previous group is on disk before more is queued
-            writing = [writer.submit(save_frame, run_dir, manifest, i, image, {**now[i], "seconds": seconds})
+            made = {"seconds": seconds, "machine": machine}
+            writing = [writer.submit(save_frame, run_dir, manifest, i, image, {**now[i], **made})
                        for i, image in zip(group, images) if i in todo]
         for write in writing: write.result(); bar.update(1)
     state.wait_for_everyone()

@@ -22,7 +22,7 @@ from .config import (ConfigError, changed_settings, config_values, describe_chan
                                save_run_config)
 from .run_folder import (DERIVED, STYLE_FILE, StagePlan, busy_with, clean_partial_files, model_label, read_manifest,
                                    record_stage, stage_inputs, stage_records)
-from .resources import Models, make_llm, preflight
+from .resources import Models, make_llm, preflight, stage_threads
 from .schema import Movie
 
 # %% ../nbs/10_pipeline.ipynb #c414c1d8
@@ -88,8 +88,11 @@ def run_settings(run_dir: str | Path, sections, given: dict[str, dict] | None = 
     saved, given = load_run_config(run_dir), given or {}
     unknown = sorted(set(given) - set(SECTIONS))
     if unknown: raise ConfigError(f"unknown settings section(s) {unknown}; sections: {', '.join(SECTIONS)}")
+    source = Path(run_dir) / "config.json"
+    strays = sorted(set(saved) - set(SECTIONS))
+    if strays: raise FormatError(f"{source}: no settings section(s) {strays}; sections: {', '.join(SECTIONS)}. Correct or remove them")
     layered = {s: {**PRESETS.get(preset, {}).get(s, {}), **given.get(s, {})} for s in sections}
-    return {s: make_config(section_class(s), saved.get(s), layered[s]) for s in sections}
+    return {s: make_config(section_class(s), saved.get(s), layered[s], f"{source} [{s}]") for s in sections}
 
 # %% ../nbs/10_pipeline.ipynb #46d14d87
 STAGE_OUTPUTS = {"story": ("movie.json",), "style": ("style/embedding.safetensors",), "qa": ("qa.json",),
@@ -135,8 +138,8 @@ def style_progress(run_dir: Path, total: int | None) -> StagePlan:
     return plan
 
 def _style_problem(run_dir: Path) -> str | None:
-    "Why the run's style embedding cannot be drawn with (None: it reads back whole)."
-    try: resolve("dreamframe.embedding:read_style_embedding")(run_dir / STYLE_FILE)
+    "Why the run's style embedding cannot be drawn with (None: it reads back whole); read without torch."
+    try: resolve("dreamframe.embedding:style_digest")(run_dir / STYLE_FILE)
     except (FileNotFoundError, ValueError) as error: return " ".join(str(error).split())
     return None
 
@@ -333,7 +336,8 @@ def run_pipeline(run_dir: str | Path, *,
         if plan.done and plan.unit != "files": log(f"resuming:{plan.line()}")   # "keyframes left 10/24 frames, about …"
         started = time.perf_counter()
         record_stage(run_dir, stage, {"state": "running"})
-        run_stage(stage, run_dir, settings, resources, redo, progress)   # it records itself done (`finish_stage`)
+        with stage_threads(stage, settings):   # torch's CPU threads as the settings say, whatever runs this
+            run_stage(stage, run_dir, settings, resources, redo, progress)   # it records itself done (`finish_stage`)
         settings = run_settings(run_dir, list(settings))   # as the stage saved them (e.g. a token it chose)
         after = plan_stage(stage, run_dir, settings, alone)
         if not after.finished:

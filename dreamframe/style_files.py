@@ -10,18 +10,22 @@ from __future__ import annotations
 import hashlib, io
 from pathlib import Path
 
-import numpy as np, torch
+import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
 from .config import fingerprint
 from .embedding import save_style_embedding
+from .lazy import lazy_module
 from .run_folder import MAX_IMAGE_SIDE, open_image
 from .schema import FormatError, Movie, atomic_write_bytes, atomic_write_json, read_json, slugify
 
 # %% auto #0
 __all__ = ['BACKGROUND', 'IMAGE_SUFFIXES', 'to_rgb', 'open_style_image', 'fit_square', 'load_style_images', 'images_digest',
            'style_prompt', 'image_settings', 'image_record', 'make_style_images', 'convert_embedding']
+
+# %% ../nbs/04b_style_files.ipynb #88599656
+torch = lazy_module("torch")   # imported on first use: `dreamframe --help` and `status` need no torch
 
 # %% ../nbs/04b_style_files.ipynb #80320e0c
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white
