@@ -166,7 +166,7 @@ def _window(text: str, start: int, stop: int, width: int = 40, context: int = 10
     return quoted[0] + ("…" if first else "") + quoted[1:-1] + ("…" if last < len(text) else "") + quoted[-1]
 
 def _shown(old, new, width: int = 40) -> tuple[str, str]:
-    "Both values in at most about `width` characters; two long texts show the part where they differ, not their common start."
+    "Both values in about `width` characters; two long texts show the part where they differ, not their common start."
     if not (isinstance(old, str) and isinstance(new, str)) or max(len(repr(old)), len(repr(new))) <= width:
         def short(value): return repr(value) if len(repr(value)) <= width else repr(value)[: width - 3] + "…"
         return short(old), short(new)

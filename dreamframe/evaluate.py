@@ -376,7 +376,8 @@ def read_metrics(path: str | Path) -> EvalResult:
     "The metrics the eval stage saved: a run folder's `eval/metrics.json`, or that file itself."
     path = Path(path)
     if path.is_dir(): path = path / "eval" / "metrics.json"
-    if not path.exists(): raise FileNotFoundError(f"no metrics at {path}; run `dreamframe eval {path.parent.parent}` first")
+    if not path.exists():
+        raise FileNotFoundError(f"no metrics at {path}; run `dreamframe eval {path.parent.parent}` first")
     return EvalResult(read_json(path))
 
 # %% ../nbs/09_evaluate.ipynb #849c806e

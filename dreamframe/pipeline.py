@@ -23,7 +23,7 @@ from .config import (ConfigError, changed_settings, config_values, describe_chan
 from .run_folder import (DERIVED, STYLE_FILE, StagePlan, busy_with, clean_partial_files, model_label, read_manifest,
                                    record_stage, stage_inputs, stage_records)
 from .resources import Models, make_llm, preflight, stage_threads
-from .schema import Movie
+from .schema import FormatError, Movie
 
 # %% ../nbs/10_pipeline.ipynb #c414c1d8
 STAGES = ("story", "style", "characters", "keyframes", "qa", "export", "view", "eval")
@@ -90,7 +90,9 @@ def run_settings(run_dir: str | Path, sections, given: dict[str, dict] | None = 
     if unknown: raise ConfigError(f"unknown settings section(s) {unknown}; sections: {', '.join(SECTIONS)}")
     source = Path(run_dir) / "config.json"
     strays = sorted(set(saved) - set(SECTIONS))
-    if strays: raise FormatError(f"{source}: no settings section(s) {strays}; sections: {', '.join(SECTIONS)}. Correct or remove them")
+    if strays:
+        raise FormatError(f"{source}: no settings section(s) {strays}; sections: {', '.join(SECTIONS)}. "
+                          "Correct or remove them")
     layered = {s: {**PRESETS.get(preset, {}).get(s, {}), **given.get(s, {})} for s in sections}
     return {s: make_config(section_class(s), saved.get(s), layered[s], f"{source} [{s}]") for s in sections}
 

@@ -73,7 +73,7 @@ class Models:
         self.pipe = models.load_sdxl(model_source(self.cfg.model, self.run_dir), dtype=self.cfg.torch_dtype(half),
                                      device=self.device(), vae=self.cfg.vae, variant=self.cfg.variant,
                                      gpu_memory=self.cfg.gpu_memory, low_memory=low_memory)
-        models.remember_models(self.pipe, model=self.cfg.model, vae=self.cfg.vae, variant=self.cfg.variant)   # "tiny" stays
+        models.remember_models(self.pipe, model=self.cfg.model, vae=self.cfg.vae, variant=self.cfg.variant)   # "tiny"
         self.half = (half, training)
         return self.pipe
 

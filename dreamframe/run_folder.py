@@ -129,8 +129,10 @@ def append_manifest_line(path: str | Path, record: dict) -> None:
 def write_manifest(frames_dir: str | Path, records: list[dict]) -> Path:
     "Replace the manifest with `records` (one line each, in order) atomically; remove the shards. Same text: kept."
     frames_dir = Path(frames_dir)
-    lines = [json.dumps(ManifestLine.model_validate(r).model_dump(), ensure_ascii=False, allow_nan=False) for r in records]
-    text = "".join(line + "\n" for line in lines)
+    text = ""
+    for record in records:
+        line = ManifestLine.model_validate(record).model_dump()
+        text += json.dumps(line, ensure_ascii=False, allow_nan=False) + "\n"
     path, shards = frames_dir / MANIFEST, list(frames_dir.glob("manifest.rank*.jsonl"))
     unchanged = not shards and path.exists() and path.read_text(encoding="utf-8", errors="replace") == text
     if not unchanged: atomic_write_text(path, text)
