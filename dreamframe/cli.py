@@ -7,7 +7,8 @@ Docs: https://dreamframe.github.io/dreamframe/cli.html.md"""
 # %% auto #0
 __all__ = ['ALIASES', 'BATCH_SECTIONS', 'STAGE_HELP', 'COMMANDS', 'FUNCTIONS', 'WRITERS', 'CREATORS', 'flag_name', 'add_settings',
            'given_settings', 'UsageError', 'Parser', 'command_parser', 'quiet_libraries', 'run_command', 'view_command',
-           'status_command', 'function_command', 'run_many_command', 'one_line', 'main']
+           'status_command', 'function_command', 'run_many_command', 'export_many_command', 'long_video_command',
+           'one_line', 'main']
 
 # %% ../nbs/10a_cli.ipynb #3f7e44a1
 import argparse
@@ -47,7 +48,11 @@ def _converter(annotation):
         except ValueError: return text
     return convert
 
-BATCH_SECTIONS = {"run_many": ("dreamframe.run_many:RunManyConfig", "")}  # settings of a batch of movies: in no run folder
+BATCH_SECTIONS = {  # settings of commands beside a run's stages: kept in no RUN/config.json
+    "run_many": ("dreamframe.run_many:RunManyConfig", ""),
+    "export_many": ("dreamframe.export_many:ExportManyConfig", "merge-"),
+    "long_video": ("dreamframe.long_video:LongVideoConfig", "long-video-"),
+}
 
 def _section(section: str) -> tuple[type, str]:
     "The settings class and flag prefix of `section` (a run folder's, or a batch's)."
@@ -100,7 +105,7 @@ STAGE_HELP = {
     "characters": "draw one reference sheet per character (for keyframes' --identity)",
     "keyframes": "stage 3: render every frame prompt with SDXL",
     "qa": "stage 4: build QA and dialogue items about the movie",
-    "export": "write LLaVA / LLaMA-VID JSON, JSONL and an mp4",
+    "export": "write the training files (LLaVA, LLaMA-Factory, VideoChat2, datasets) and the mp4",
     "view": "write a standalone HTML frame player (RUN/view.html)",
     "eval": "measure style consistency of a run's keyframes",
 }
@@ -223,18 +228,57 @@ def run_many_command(argv: list[str]) -> int:
     print("\n" + summary(results, args.out_dir))
     return 1 if any(not r.startswith("complete") for r in results.values()) else 0
 
+def _batch_settings(args: argparse.Namespace, section: str):
+    "The settings object of `section` from the command line (a command beside the stages: nothing saved)."
+    given = given_settings(args, args.set)
+    others = sorted(set(given) - {section})
+    if others: raise UsageError(f"this command has no {', '.join(others)} settings; its settings are {section}'s")
+    return make_config(_section(section)[0], None, given.get(section, {}))
+
+def export_many_command(argv: list[str]) -> int:
+    "`dreamframe export-many ROOT [options]`: the finished movies under ROOT as one training set in ROOT/export/."
+    from dreamframe.export_many import merge_exports, summary_table
+    parser = Parser(prog="dreamframe export-many", description="Merge the finished movies under ROOT (run-many's OUT) "
+                    "into one training set in ROOT/export/ (reads JSON only).")
+    parser.add_argument("root", type=Path, metavar="ROOT", help="the folder that holds the run folders")
+    _common(parser, redo=False)
+    add_settings(parser, ["export_many"])
+    args = parser.parse_args(argv)
+    cfg = _batch_settings(args, "export_many")
+    if not args.root.is_dir(): raise FileNotFoundError(f"no such folder: {args.root}")
+    print(summary_table(merge_exports(cfg, args.root, progress=not args.quiet)))
+    print(f"wrote {args.root / cfg.out}/: point every trainer at {args.root} as at a run folder")
+    return 0
+
+def long_video_command(argv: list[str]) -> int:
+    "`dreamframe long-video RUN --long-video-tower NAME [options]`."
+    from dreamframe.long_video import write_long_video
+    if "--quiet" in argv: quiet_libraries()
+    parser = Parser(prog="dreamframe long-video", description="Make LLaMA-VID's long-video features of RUN's keyframes "
+                    "with a vision tower (RUN/export/long_video.pkl) and the records that use them.")
+    parser.add_argument("run_dir", type=Path, metavar="RUN", help="the run folder")
+    _common(parser, redo=False)
+    add_settings(parser, ["long_video"])
+    args = parser.parse_args(argv)
+    written = write_long_video(_batch_settings(args, "long_video"), args.run_dir, progress=not args.quiet)
+    print("\n".join(f"wrote {path}" for path in written.values()))
+    return 0
+
+
 # %% ../nbs/10a_cli.ipynb #d3305bd5
 COMMANDS = {  # subcommand: one-line help
     "demo": "run the whole pipeline offline on a tiny stand-in model (the `demo` preset)",
     "run": "run every unfinished stage of one movie",
     "run-many": "run one movie per theme line of a text file",
     "status": "show what is done, stale and left in run folders",
+    "export-many": "merge the finished movies under a folder into one training set",
     **STAGE_HELP,
     "import-reference": "read a DreamFrame reference story into RUN/movie.json",
     "convert-embedding": "convert a reference {emb, emb2} .pt file to safetensors",
+    "long-video": "make LLaMA-VID's long-video features of a run with a vision tower",
 }
 FUNCTIONS = {"import-reference": "dreamframe.reference:import_reference", "convert-embedding": "dreamframe.style:convert_embedding"}
-WRITERS = {"demo", "run", "import-reference", *STAGE_HELP} - {"view"}  # commands that take the run folder's lock
+WRITERS = {"demo", "run", "import-reference", "long-video", *STAGE_HELP} - {"view"}  # commands that take the run folder's lock
 CREATORS = {"demo", "run", "story", "import-reference"}               # commands that may create the run folder
 
 # %% ../nbs/10a_cli.ipynb #df0100a0
@@ -249,6 +293,8 @@ def _run_folder(command: str, argv: list[str]) -> Path | None:
 def _dispatch(command: str, argv: list[str]) -> int:
     if command == "status": return status_command(argv)
     if command == "run-many": return run_many_command(argv)
+    if command == "export-many": return export_many_command(argv)
+    if command == "long-video": return long_video_command(argv)
     if command in FUNCTIONS: return function_command(FUNCTIONS[command], f"dreamframe {command}", argv)
     return run_command(command, argv)
 
@@ -283,14 +329,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     interrupted = []   # Ctrl-C inside torch's C code can surface as another exception: remember that it came
     def on_interrupt(signum, frame): interrupted.append(signum); raise KeyboardInterrupt
+    def swallowed(unraisable):   # raised where Python can only print and ignore it (a finalizer): remembered, not printed
+        if issubclass(unraisable.exc_type, KeyboardInterrupt): interrupted.append(signal.SIGINT)
+        else: previous_hook(unraisable)
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, on_interrupt) if main_thread else None
+    previous_hook, sys.unraisablehook = sys.unraisablehook, swallowed
     try:
         run_dir = _run_folder(command, rest)
         if run_dir is not None and not run_dir.is_dir() and command not in CREATORS:
             raise FileNotFoundError(f"no such run folder: {run_dir}")
         with run_lock(run_dir, " ".join(["dreamframe", *argv])[:200]) if run_dir is not None else contextlib.nullcontext():
-            return _dispatch(command, rest)
+            code = _dispatch(command, rest)
+        return _interrupted(prog) if interrupted else code   # a Ctrl-C that was swallowed still ends in status 130
     except KeyboardInterrupt: return _interrupted(prog)
     except UsageError as error:
         print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
@@ -304,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         if main_thread: signal.signal(signal.SIGINT, previous)
+        if sys.unraisablehook is swallowed: sys.unraisablehook = previous_hook
 
 # %% ../nbs/10a_cli.ipynb #723bd138
 if __name__ == "__main__": sys.exit(main())
