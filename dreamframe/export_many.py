@@ -60,7 +60,7 @@ def read_export(run_dir: Path) -> dict[str, Any]:
     out = run_dir / "export"
     missing = [name for name in REQUIRED if not (out / name).is_file()]
     if missing:
-        raise SkippedMovie(f"export/{missing[0]} is missing (an older export?); `dreamframe export {run_dir} --redo`")
+        raise SkippedMovie(f"export/{missing[0]} is missing (an older export?); `dreamframe export {run_dir}` makes it")
     files = {}
     for name in (*REQUIRED, "long_video.json"):
         if name == "qa.jsonl":
@@ -97,7 +97,8 @@ def read_movie(run_dir: Path, root: Path) -> dict:
     try:
         check_files(files, root=run_dir, videos=videos)
     except ValueError as error:
-        raise SkippedMovie(f"broken: {error}") from None
+        raise SkippedMovie(f"broken: {error}; rebuild its export: `rm {run_dir}/export/llava.json && dreamframe export "
+                           f"{run_dir}`") from None
     prefix = f"{run_dir.relative_to(root).as_posix()}/"
     merged = {}
     for name in MERGED:

@@ -331,22 +331,33 @@ def test_merged_paths_resolve_from_the_root(merged, movies):
     assert "not started" in (export / "README.md").read_text()
 
 
-def test_broken_and_unfinished_movies_are_left_out_and_named(tmp_path, movies, capsys):
+def test_broken_and_unfinished_movies_are_left_out_named_and_mended_as_advised(tmp_path, movies, capsys):
+    "Each movie left out is named with the reason and a command; running that command brings it into the next merge."
     root = tmp_path / "root"
     _, runs = movies
     for run in runs:
         shutil.copytree(run, root / run.name)
-    broken, unfinished = runs[0].name, runs[2].name
-    next((root / broken / "export" / "clips").glob("*.mp4")).unlink()
-    record = json.loads((root / unfinished / "pipeline.json").read_text())
-    record["stages"]["export"]["state"] = "running"
-    (root / unfinished / "pipeline.json").write_text(json.dumps(record))
+    shutil.copytree(runs[2], root / "good")
+    unfinished, broken, older = (root / run.name for run in runs)
+    record = json.loads((unfinished / "pipeline.json").read_text())
+    record["stages"]["export"]["state"] = "running"      # stopped during its export
+    (unfinished / "pipeline.json").write_text(json.dumps(record))
+    next((broken / "export" / "clips").glob("*.mp4")).unlink()
+    (older / "export" / "videochat2.json").unlink()       # exported by an older dreamframe
     assert main(["export-many", str(root), "--merge-seed", "3", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert f"left out: {broken} | broken: llava.json:" in out and "does not exist under" in out
-    assert f"left out: {unfinished} | unfinished" in out
+    assert f"left out: {unfinished.name} | unfinished: its export has not run; `dreamframe run {unfinished}`" in out
+    assert f"left out: {broken.name} | broken: llava.json:" in out and "does not exist under" in out
+    assert f"`rm {broken}/export/llava.json && dreamframe export {broken}`" in out
+    assert f"left out: {older.name} | export/videochat2.json is missing" in out and f"`dreamframe export {older}`" in out
+    assert load(root / "export" / "summary.json")["movies"] == 1
+    assert main(["run", str(unfinished), "--quiet"]) == 0
+    (broken / "export" / "llava.json").unlink()
+    assert main(["export", str(broken), "--quiet"]) == 0
+    assert main(["export", str(older), "--quiet"]) == 0
+    assert main(["export-many", str(root), "--merge-seed", "3", "--quiet"]) == 0
     summary = load(root / "export" / "summary.json")
-    assert summary["movies"] == 1 and summary["seed"] == 3
+    assert summary["movies"] == 4 and summary["skipped"] == {} and summary["seed"] == 3
 
 
 # ------------------------------------------------------------------ refused settings
