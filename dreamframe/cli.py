@@ -48,11 +48,9 @@ def _converter(annotation):
         except ValueError: return text
     return convert
 
-BATCH_SECTIONS = {  # settings of commands beside a run's stages: kept in no RUN/config.json
-    "run_many": ("dreamframe.run_many:RunManyConfig", ""),
-    "export_many": ("dreamframe.export_many:ExportManyConfig", "merge-"),
-    "long_video": ("dreamframe.long_video:LongVideoConfig", "long-video-"),
-}
+BATCH_SECTIONS = {"run_many": ("dreamframe.run_many:RunManyConfig", ""),   # settings beside a run's stages: not saved
+                  "export_many": ("dreamframe.export_many:ExportManyConfig", "merge-"),
+                  "long_video": ("dreamframe.long_video:LongVideoConfig", "long-video-")}
 
 def _section(section: str) -> tuple[type, str]:
     "The settings class and flag prefix of `section` (a run folder's, or a batch's)."
@@ -228,40 +226,31 @@ def run_many_command(argv: list[str]) -> int:
     print("\n" + summary(results, args.out_dir))
     return 1 if any(not r.startswith("complete") for r in results.values()) else 0
 
-def _batch_settings(args: argparse.Namespace, section: str):
-    "The settings object of `section` from the command line (a command beside the stages: nothing saved)."
+def _beside(command: str, section: str, argv: list[str], name: str, metavar: str, help_text: str):
+    "Parse a command beside the stages: one folder and `section`'s settings (none saved); returns (folder, settings, args)."
+    parser = Parser(prog=f"dreamframe {command}", description=COMMANDS[command].capitalize() + ".")
+    parser.add_argument(name, type=Path, metavar=metavar, help=help_text)
+    _common(parser, redo=False)
+    add_settings(parser, [section])
+    args = parser.parse_args(argv)
     given = given_settings(args, args.set)
-    others = sorted(set(given) - {section})
-    if others: raise UsageError(f"this command has no {', '.join(others)} settings; its settings are {section}'s")
-    return make_config(_section(section)[0], None, given.get(section, {}))
+    if set(given) - {section}: raise UsageError(f"this command takes {section} settings only, not {sorted(set(given) - {section})}")
+    if args.quiet: quiet_libraries()
+    return getattr(args, name), make_config(_section(section)[0], None, given.get(section, {})), args
 
 def export_many_command(argv: list[str]) -> int:
     "`dreamframe export-many ROOT [options]`: the finished movies under ROOT as one training set in ROOT/export/."
     from dreamframe.export_many import merge_exports, summary_table
-    parser = Parser(prog="dreamframe export-many", description="Merge the finished movies under ROOT (run-many's OUT) "
-                    "into one training set in ROOT/export/ (reads JSON only).")
-    parser.add_argument("root", type=Path, metavar="ROOT", help="the folder that holds the run folders")
-    _common(parser, redo=False)
-    add_settings(parser, ["export_many"])
-    args = parser.parse_args(argv)
-    cfg = _batch_settings(args, "export_many")
-    if not args.root.is_dir(): raise FileNotFoundError(f"no such folder: {args.root}")
-    print(summary_table(merge_exports(cfg, args.root, progress=not args.quiet)))
-    print(f"wrote {args.root / cfg.out}/: point every trainer at {args.root} as at a run folder")
+    root, cfg, args = _beside("export-many", "export_many", argv, "root", "ROOT", "the folder of run-many's movies")
+    summary = merge_exports(cfg, root, progress=not args.quiet)
+    print(summary_table(summary) + f"\nwrote {root / cfg.out}/: point every trainer at {root} as at a run folder")
     return 0
 
 def long_video_command(argv: list[str]) -> int:
     "`dreamframe long-video RUN --long-video-tower NAME [options]`."
     from dreamframe.long_video import write_long_video
-    if "--quiet" in argv: quiet_libraries()
-    parser = Parser(prog="dreamframe long-video", description="Make LLaMA-VID's long-video features of RUN's keyframes "
-                    "with a vision tower (RUN/export/long_video.pkl) and the records that use them.")
-    parser.add_argument("run_dir", type=Path, metavar="RUN", help="the run folder")
-    _common(parser, redo=False)
-    add_settings(parser, ["long_video"])
-    args = parser.parse_args(argv)
-    written = write_long_video(_batch_settings(args, "long_video"), args.run_dir, progress=not args.quiet)
-    print("\n".join(f"wrote {path}" for path in written.values()))
+    run_dir, cfg, args = _beside("long-video", "long_video", argv, "run_dir", "RUN", "the run folder")
+    print("\n".join(f"wrote {path}" for path in write_long_video(cfg, run_dir, progress=not args.quiet).values()))
     return 0
 
 
@@ -329,9 +318,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     interrupted = []   # Ctrl-C inside torch's C code can surface as another exception: remember that it came
     def on_interrupt(signum, frame): interrupted.append(signum); raise KeyboardInterrupt
-    def swallowed(unraisable):   # raised where Python can only print and ignore it (a finalizer): remembered, not printed
-        if issubclass(unraisable.exc_type, KeyboardInterrupt): interrupted.append(signal.SIGINT)
-        else: previous_hook(unraisable)
+    def swallowed(hit):   # raised where Python can only print and ignore it (a finalizer): remembered, not printed
+        if not issubclass(hit.exc_type, KeyboardInterrupt): return previous_hook(hit)
+        interrupted.append(signal.SIGINT)
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, on_interrupt) if main_thread else None
     previous_hook, sys.unraisablehook = sys.unraisablehook, swallowed

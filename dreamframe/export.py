@@ -61,7 +61,7 @@ class ExportConfig:
         "Video frames per keyframe."
         return round(self.seconds_per_frame * self.video_fps)
 
-# %% ../nbs/07_export.ipynb #79645061
+# %% ../nbs/07_export.ipynb #4783b14d
 _QA_LIST = TypeAdapter(list[QA])
 
 def load_qa(run_dir: str | Path, movie: Movie | None = None) -> list[QA]:
@@ -88,7 +88,7 @@ def load_qa(run_dir: str | Path, movie: Movie | None = None) -> list[QA]:
             raise FormatError(f"{where}: points at frames {unknown} that are not in the movie; {fix}")
     return items
 
-# %% ../nbs/07_export.ipynb #b5c82ecd
+# %% ../nbs/07_export.ipynb #8c2841a8
 def frame_path(run_dir: str | Path, frame_id: str) -> Path:
     "Where the keyframe of `frame_id` is."
     return Path(run_dir) / "frames" / f"{frame_id}.png"
@@ -110,7 +110,7 @@ def check_frames(movie: Movie, run_dir: str | Path) -> list[Path]:
             raise FormatError(f"{path} leads outside the run folder {run_dir}")
     return [run_dir / finished[frame.id]["path"] for frame in movie.frames]
 
-# %% ../nbs/07_export.ipynb #024e5c49
+# %% ../nbs/07_export.ipynb #6647468f
 def clip_path(cfg: ExportConfig, substory_id: str) -> str:
     "The clip of one part, from the root."
     return f"{cfg.path_prefix}export/clips/{substory_id}.mp4"
@@ -131,7 +131,7 @@ def ordered(movie: Movie, items: list[QA], cfg: ExportConfig) -> list[QA]:
         random.Random(f"{cfg.shuffle_seed}:{movie.id}").shuffle(order)
     return order
 
-# %% ../nbs/07_export.ipynb #2d6e30f9
+# %% ../nbs/07_export.ipynb #fc529be7
 def media_groups(movie: Movie, items: list[QA], cfg: ExportConfig) -> dict[Media, list[QA]]:
     "The items by what they are shown with (LLaVA, LLaMA-Factory): their part's clip, the movie, or a keyframe."
     everything = {frame.id for frame in movie.frames}
@@ -166,7 +166,7 @@ def span_groups(movie: Movie, items: list[QA], cfg: ExportConfig) -> dict[Media,
         groups.setdefault(media, []).append(item)
     return groups
 
-# %% ../nbs/07_export.ipynb #0137282e
+# %% ../nbs/07_export.ipynb #34eb5abd
 FEATURES_FILE = "long_video.pkl"   # in RUN/export/, with FEATURES_FILE + ".json" beside it (what it was made from)
 
 def long_video_inputs(movie: Movie, speaker_names: bool = True) -> str:
@@ -192,7 +192,7 @@ def features_current(movie: Movie, run_dir: str | Path, cfg: ExportConfig) -> bo
         return False
     return read_json(record).get("key") == features_key(movie, run_dir, cfg.speaker_names)
 
-# %% ../nbs/07_export.ipynb #966d5112
+# %% ../nbs/07_export.ipynb #a8fa5b4d
 QA_JSONL_KEYS = ("movie_id", "id", "type", "question", "answer", "choices", "frame_ids", "frame_paths", "turns")
 
 def qa_jsonl_records(movie: Movie, items: list[QA], cfg: ExportConfig) -> list[dict]:
@@ -231,7 +231,7 @@ def validate_qa_jsonl(records: list[dict], movie: Movie | None = None) -> int:
             raise ValueError(f"{where}: unknown frame ids {unknown}")
     return len(records)
 
-# %% ../nbs/07_export.ipynb #ab96b84f
+# %% ../nbs/07_export.ipynb #4c821fb1
 def export_files(movie: Movie, items: list[QA], cfg: ExportConfig, long_video: bool = False) -> dict[str, Any]:
     "Every JSON file of the export by name, built and checked (nothing is written); `long_video`: features exist."
     groups = media_groups(movie, items, cfg)
@@ -265,7 +265,7 @@ def check_files(files: dict[str, Any], root: str | Path | None = None,
             raise ValueError(f"{name}: {error}") from None
     return counts
 
-# %% ../nbs/07_export.ipynb #dddc9831
+# %% ../nbs/07_export.ipynb #c8d343b0
 def write_files(out: Path, files: dict[str, Any], title: str, body: str = "") -> dict[str, Path]:
     "Write export `files` (JSON, `.jsonl` one record a line) and the dataset card into `out`, each atomically."
     written = {}
@@ -288,7 +288,7 @@ def _videos(movie: Movie, frames: list[Path], cfg: ExportConfig, shown: set[str]
             videos[f"export/clips/{sub.id}.mp4"] = [frames[index[frame_id]] for frame_id in ids]
     return videos
 
-# %% ../nbs/07_export.ipynb #27667444
+# %% ../nbs/07_export.ipynb #33d57816
 def export_run(cfg: ExportConfig, run_dir: str | Path, *, progress: bool = True,
                log: Callable[[str], None] | None = None) -> dict[str, Path]:
     "Stage 5: write every file of `RUN/export/` (the table above); returns their paths by name."

@@ -57,7 +57,7 @@ def pack_rounds(rounds_per_item: list[list[tuple[str, str]]], size: int) -> list
         conversations.append(current)
     return conversations
 
-# %% ../nbs/07a_trainers.ipynb #e1555f39
+# %% ../nbs/07a_trainers.ipynb #a7f475d5
 @dataclass(frozen=True)
 class Media:
     "What a record shows: a video (or the seconds `start`–`end` of it) or an image, by path from the dataset's root."
@@ -70,7 +70,7 @@ def _exists(root: str | Path | None, path: str) -> bool:
     "Does `path` name a file under `root` (always true without a root)?"
     return root is None or os.path.isfile(os.path.join(root, path))
 
-# %% ../nbs/07a_trainers.ipynb #294d9936
+# %% ../nbs/07a_trainers.ipynb #eb5f2022
 def conversation(rounds: list[tuple[str, str]]) -> list[dict]:
     "LLaVA-style turns: human/gpt pairs, `<image>` and a newline opening the first human turn."
     turns = []
@@ -90,7 +90,7 @@ def llava_records(movie_id: str, groups: dict[Media, list[QA]], rounds_per_recor
             records.append(record)
     return records
 
-# %% ../nbs/07a_trainers.ipynb #77afb5d1
+# %% ../nbs/07a_trainers.ipynb #8daa2b4e
 def _check_turns(where: str, turns) -> None:
     "LLaVA's rules for `conversations`: human/gpt pairs, text in each, `<image>` once, opening the first human turn."
     if not isinstance(turns, list) or len(turns) < 2 or len(turns) % 2:
@@ -131,7 +131,7 @@ def validate_llava(records: list, root: str | Path | None = None) -> int:
         _check_turns(where, record.get("conversations"))
     return len(records)
 
-# %% ../nbs/07a_trainers.ipynb #765c1648
+# %% ../nbs/07a_trainers.ipynb #2523146c
 LLAMAFACTORY_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}
 
 def llamafactory_records(groups: dict[Media, list[QA]], rounds_per_record: int, system_prompt: str = "") -> list[dict]:
@@ -158,7 +158,7 @@ def llamafactory_info(records: list[dict], file_name: str = "llamafactory.json",
             columns[column] = column
     return {name: {"file_name": file_name, "formatting": "sharegpt", "columns": columns, "tags": dict(LLAMAFACTORY_TAGS)}}
 
-# %% ../nbs/07a_trainers.ipynb #88f157b0
+# %% ../nbs/07a_trainers.ipynb #dcf40aa7
 def _check_info(info: dict) -> dict:
     "The one dataset `dataset_info.json` declares, checked as LLaMA-Factory's parser reads it."
     if not isinstance(info, dict) or len(info) != 1:
@@ -199,7 +199,7 @@ def validate_llamafactory(records: list, info: dict, root: str | Path | None = N
             raise ValueError(f"record {k}: has 'system', which dataset_info.json does not declare")
     return len(records)
 
-# %% ../nbs/07a_trainers.ipynb #6f8ab532
+# %% ../nbs/07a_trainers.ipynb #93ffe660
 def videochat2_records(groups: dict[Media, list[QA]], rounds_per_record: int, instruction: str = "") -> list[dict]:
     "VideoChat2 records `{video, QA: [{i, q, a}], start, end}`: each QA stands alone (the loader shuffles them)."
     records = []
@@ -216,7 +216,7 @@ def videochat2_records(groups: dict[Media, list[QA]], rounds_per_record: int, in
             records.append(record)
     return records
 
-# %% ../nbs/07a_trainers.ipynb #e4e04b79
+# %% ../nbs/07a_trainers.ipynb #9d5e7c3e
 def _check_span(where: str, record: dict, videos: dict[str, tuple[int, float]] | None) -> None:
     "`start`/`end` as decord reads them: at least one frame, all inside the video (`videos`: path -> (frames, fps))."
     if ("start" in record) != ("end" in record):
@@ -258,7 +258,7 @@ def validate_videochat2(records: list, root: str | Path | None = None,
         _check_span(where, record, videos)
     return len(records)
 
-# %% ../nbs/07a_trainers.ipynb #52e5f5da
+# %% ../nbs/07a_trainers.ipynb #6563b863
 def long_video_records(movie_id: str, items: list[QA], features_path: str) -> list[dict]:
     "LLaMA-VID long-video records: one standalone round each, all pointing at the features pickle `features_path`."
     records = []
@@ -279,7 +279,7 @@ def validate_long_video(records: list, root: str | Path | None = None) -> int:
             raise ValueError(f"record {k}: has {rounds} rounds; a long-video record holds one (later turns get extra <image>)")
     return count
 
-# %% ../nbs/07a_trainers.ipynb #a840ca07
+# %% ../nbs/07a_trainers.ipynb #3473038e
 def _strings(*names: str) -> list[dict]:
     return [{"name": name, "dtype": "string"} for name in names]
 

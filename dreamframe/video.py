@@ -27,7 +27,7 @@ def video_frames(keyframes: int, repeat: int) -> int:
     "Video frames in a video of `keyframes` keyframes shown `repeat` times each: never fewer than 2 (see above)."
     return max(2, keyframes * repeat)
 
-# %% ../nbs/07b_video.ipynb #9f3265af
+# %% ../nbs/07b_video.ipynb #c5051aad
 def even_size(path: str | Path, max_side: int | None = None) -> tuple[int, int]:
     "The video size for keyframe `path`: shrunk so the longer side is at most `max_side`, both sides even."
     width, height = Image.open(path).size
@@ -52,7 +52,7 @@ def _pixels(path: Path, size: tuple[int, int]) -> bytes:
         image = image.resize(size, Image.LANCZOS)
     return np.ascontiguousarray(np.asarray(image)).tobytes()
 
-# %% ../nbs/07b_video.ipynb #46032482
+# %% ../nbs/07b_video.ipynb #c3dc0417
 def write_video(paths: list[Path], out: str | Path, *,
                 fps: float,                    # video frames per second
                 repeat: int = 1,               # video frames per keyframe
@@ -92,7 +92,7 @@ def video_frame_count(path: str | Path) -> int:
     "The number of video frames in `path`, decoded by ffmpeg."
     return imageio_ffmpeg.count_frames_and_secs(str(path))[0]
 
-# %% ../nbs/07b_video.ipynb #14c8b516
+# %% ../nbs/07b_video.ipynb #17bfd098
 def _timestamp(seconds: float) -> str:
     ms = round(seconds * 1000)
     return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
