@@ -18,12 +18,12 @@ from typing import Any
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from .schema import FormatError, atomic_write_json, read_json
+from .schema import FormatError, atomic_write_json, atomic_write_text, read_json
 from .config import load_stage_config, make_config, settings
 from .run_folder import stage_records
-from .trainers import llamafactory_info
+from .trainers import dataset_card, llamafactory_info
 from .video import video_frames
-from .export import ExportConfig, check_files, movie_path, write_files
+from .export import ExportConfig, check_files, movie_path
 
 # %% ../nbs/07c_export_many.ipynb #a93762f4
 @settings
@@ -100,11 +100,17 @@ def read_movie(run_dir: Path, root: Path) -> dict:
         raise SkippedMovie(f"broken: {error}; rebuild its export: `rm {run_dir}/export/llava.json && dreamframe export "
                            f"{run_dir}`") from None
     prefix = f"{run_dir.relative_to(root).as_posix()}/"
-    merged = {}
+    merged, columns = {}, set()
     for name in MERGED:
-        merged[name] = [_prefix_record(name, record, prefix) for record in files.get(name, [])]
+        merged[name] = []
+        for record in files.get(name, []):
+            record = _prefix_record(name, record, prefix)
+            merged[name].append(json.dumps(record, ensure_ascii=False))   # kept as text: a third of the memory
+            if name == "llamafactory.json":
+                columns.update(record)
     types = Counter(record["type"] for record in files["qa.jsonl"])
-    return {"name": run_dir.name, "files": merged, "hours": frames * cfg.seconds_per_frame / 3600, "types": types}
+    hours = frames * cfg.seconds_per_frame / 3600
+    return {"name": run_dir.name, "files": merged, "hours": hours, "types": types, "columns": columns}
 
 # %% ../nbs/07c_export_many.ipynb #e64f4bc3
 def summary_table(summary: dict) -> str:
@@ -135,16 +141,20 @@ def merge_exports(cfg: ExportManyConfig, root: str | Path, *, progress: bool = T
     if not movies:
         reasons = "; ".join(f"{name}: {reason}" for name, reason in list(skipped.items())[:3])
         raise ValueError(f"{root}: no finished movie to merge ({len(skipped)} folder(s); {reasons or 'none'})")
-    files = {}
+    counts = {}
+    out = root / cfg.out
     for name, records in merged.items():
         random.Random(f"{cfg.seed}:{name}").shuffle(records)
-        if records:
-            files[name] = records
-    files["dataset_info.json"] = llamafactory_info(files["llamafactory.json"])
-    counts = check_files(files)
+        if not records:
+            continue
+        counts[name] = len(records)
+        text = "\n".join(records) + "\n" if name.endswith(".jsonl") else "[\n" + ",\n".join(records) + "\n]\n"
+        atomic_write_text(out / name, text)
+    columns = set().union(*(movie["columns"] for movie in movies))
+    atomic_write_json(out / "dataset_info.json", llamafactory_info([dict.fromkeys(columns)]))
     summary = {"root": str(root), "movies": len(movies), "records": counts, "qa_types": dict(types.most_common()),
                "hours": sum(movie["hours"] for movie in movies), "seed": cfg.seed, "skipped": skipped}
-    out = root / cfg.out
-    write_files(out, files, f"{len(movies)} movies from {root.name}", summary_table(summary))
+    card = dataset_card([*counts, "dataset_info.json"], f"{len(movies)} movies from {root.name}", summary_table(summary))
+    atomic_write_text(out / "README.md", card)
     atomic_write_json(out / "summary.json", summary)
     return summary

@@ -384,3 +384,30 @@ def test_refused_long_video_and_merge_settings(tmp_path, demo, cli):
     result = cli("export-many", tmp_path, "--merge-seed", "x")
     assert result.returncode != 0 and "seed" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "export").exists()
+
+
+@pytest.mark.skipif(os.environ.get("DREAMFRAME_FULL_TOWER") != "1",
+                    reason="LLaMA-VID's full-size tower (1B random weights, 4 GB) takes minutes on a CPU; DREAMFRAME_FULL_TOWER=1")
+def test_long_video_features_with_llama_vid_shapes(tmp_path):
+    "EVA ViT-g as BLIP-2 ships it (1,408 wide, 39 blocks, 224², patch 14), random weights: 257 tokens × 1,408 per frame."
+    import torch
+    from transformers import Blip2VisionConfig, Blip2VisionModel
+    from dreamframe.schema import sample_movie
+    config = Blip2VisionConfig()
+    assert (config.hidden_size, config.num_hidden_layers, config.image_size, config.patch_size) == (1408, 39, 224, 14)
+    torch.manual_seed(0)
+    Blip2VisionModel(config).save_pretrained(tmp_path / "eva-vit-g")
+    run = tmp_path / "run"
+    movie = sample_movie(n_substories=1, n_shots=1, n_frames=2, lines_per_shot=1)
+    movie.save(run)
+    draw_frames(run)
+    everything = [f.id for f in movie.frames]
+    (run / "qa.json").write_text(json.dumps([{"id": "q1", "question": "What is it about?", "answer": "A message.",
+                                               "frame_ids": everything}]))
+    export_run(ExportConfig(write_video=False), run, progress=False, log=quiet)
+    assert main(["long-video", str(run), "--long-video-tower", str(tmp_path / "eva-vit-g"), "--quiet"]) == 0
+    with open(run / "export" / "long_video.pkl", "rb") as file:
+        info = pickle.load(file)
+    assert info["feats"].shape == (2, 257, 1408) and info["feats"].dtype == np.float16
+    assert info["feats"][:, 1:].shape == (2, 256, 1408)     # what LLaMA-VID's loader keeps
+    assert info["inputs"].count("<image>") == 2
