@@ -36,7 +36,7 @@ class ExportConfig:
     max_side: int | None = Field(None, ge=16)  # shrink keyframes so the longer side is at most this in the mp4
     quality: int = Field(8, ge=0, le=10)  # mp4 quality, 0 (worst) to 10 (best)
     rounds_per_record: int = Field(4, ge=1)  # question/answer rounds per record (LLaMA-VID's split_chat uses 4)
-    media: Literal["clip", "video", "image"] = "clip"  # a record shows its part's clip (else the movie), the movie, or a keyframe
+    media: Literal["clip", "video", "image"] = "clip"  # a record shows its part's clip (else the movie), the movie, a frame
     path_prefix: str = ""  # prepended to every media path (paths are relative to the run folder)
     shuffle_seed: int | None = 0  # QA items are packed into records in this seeded order (None: qa.json order)
     speaker_names: bool = True  # "Mara: …" in subtitles and long-video inputs (False: the words only)
@@ -46,8 +46,9 @@ class ExportConfig:
     @model_validator(mode="after")
     def _loaders_can_sample(self):
         if round(self.video_fps) < 1:
-            raise ValueError(f"video_fps (--export-video-fps) = {self.video_fps:g}: video loaders (LLaVA-NeXT, LLaMA-VID) take "
-                             f"every round(fps / 1)-th frame and round({self.video_fps:g}) = 0, so no record could be "
+            raise ValueError(f"video_fps (--export-video-fps) = {self.video_fps:g}: video loaders (LLaVA-NeXT, "
+                             f"LLaMA-VID) take every round(fps / 1)-th frame and round({self.video_fps:g}) = 0, so no "
+                             "record could be "
                              "decoded; use video_fps >= 1 and show each keyframe longer with seconds_per_frame, "
                              "e.g. --export-video-fps 1 --export-seconds-per-frame 2")
         repeat = self.seconds_per_frame * self.video_fps
@@ -82,7 +83,8 @@ def load_qa(run_dir: str | Path, movie: Movie | None = None) -> list[QA]:
         if frame_ids is None:
             continue
         if not item.frame_ids:
-            raise FormatError(f"{where}: points at no frames (an item about the whole movie points at all of them); {fix}")
+            raise FormatError(f"{where}: points at no frames (an item about the whole movie points at all of them); "
+                              f"{fix}")
         unknown = [frame_id for frame_id in item.frame_ids if frame_id not in frame_ids]
         if unknown:
             raise FormatError(f"{where}: points at frames {unknown} that are not in the movie; {fix}")
@@ -101,11 +103,13 @@ def check_frames(movie: Movie, run_dir: str | Path) -> list[Path]:
     finished = read_manifest(run_dir / "frames")
     for frame in movie.frames:
         if frame.id not in finished:
-            raise FileNotFoundError(f"frame {frame.id} is not in {run_dir / 'frames' / 'manifest.jsonl'} (not rendered "
-                                    f"yet); render the keyframes first (`dreamframe keyframes {run_dir}`)")
+            manifest = run_dir / "frames" / "manifest.jsonl"
+            raise FileNotFoundError(f"frame {frame.id} is not in {manifest} (not rendered yet); render the keyframes "
+                                    f"first (`dreamframe keyframes {run_dir}`)")
         path = run_dir / finished[frame.id]["path"]
         if not path.is_file():
-            raise FileNotFoundError(f"frame {frame.id} has no image at {path}; render it again (`dreamframe keyframes {run_dir}`)")
+            raise FileNotFoundError(f"frame {frame.id} has no image at {path}; render it again "
+                                    f"(`dreamframe keyframes {run_dir}`)")
         if not path.resolve().is_relative_to(run_dir.resolve()):
             raise FormatError(f"{path} leads outside the run folder {run_dir}")
     return [run_dir / finished[frame.id]["path"] for frame in movie.frames]
@@ -239,7 +243,8 @@ def export_files(movie: Movie, items: list[QA], cfg: ExportConfig, long_video: b
     files = {"llava.json": llava_records(movie.id, groups, cfg.rounds_per_record),
              "llamafactory.json": factory,
              "dataset_info.json": llamafactory_info(factory),
-             "videochat2.json": videochat2_records(span_groups(movie, items, cfg), cfg.rounds_per_record, cfg.system_prompt),
+             "videochat2.json": videochat2_records(span_groups(movie, items, cfg), cfg.rounds_per_record,
+                                                   cfg.system_prompt),
              "qa.jsonl": qa_jsonl_records(movie, items, cfg)}
     if long_video:
         features = f"{cfg.path_prefix}export/{FEATURES_FILE}"
@@ -304,11 +309,11 @@ def export_run(cfg: ExportConfig, run_dir: str | Path, *, progress: bool = True,
     if cfg.write_video:
         shown = {media.path for media in media_groups(movie, items, cfg)}
         for name, paths in _videos(movie, frames, cfg, shown).items():
-            written[name] = write_video(paths, run_dir / name, fps=cfg.video_fps, repeat=cfg.repeat, quality=cfg.quality,
-                                        max_side=cfg.max_side, progress=progress)
-            expected = video_frames(len(paths), cfg.repeat)
-            if video_frame_count(written[name]) != expected:
-                raise RuntimeError(f"{written[name]}: ffmpeg wrote {video_frame_count(written[name])} frames, expected {expected}")
+            written[name] = write_video(paths, run_dir / name, fps=cfg.video_fps, repeat=cfg.repeat,
+                                        quality=cfg.quality, max_side=cfg.max_side, progress=progress)
+            expected, count = video_frames(len(paths), cfg.repeat), video_frame_count(written[name])
+            if count != expected:
+                raise RuntimeError(f"{written[name]}: ffmpeg wrote {count} frames, expected {expected}")
         videos = {movie_path(cfg): (video_frames(len(frames), cfg.repeat), cfg.video_fps)}
         check_files(files, run_dir if not cfg.path_prefix else None, videos)
     written.update(write_files(out, files, movie.title or movie.id))

@@ -60,7 +60,8 @@ def read_export(run_dir: Path) -> dict[str, Any]:
     out = run_dir / "export"
     missing = [name for name in REQUIRED if not (out / name).is_file()]
     if missing:
-        raise SkippedMovie(f"export/{missing[0]} is missing (an older export?); `dreamframe export {run_dir}` makes it")
+        raise SkippedMovie(f"export/{missing[0]} is missing (an older export?); `dreamframe export {run_dir}` "
+                           "makes it")
     files = {}
     for name in (*REQUIRED, "long_video.json"):
         if name == "qa.jsonl":
@@ -154,7 +155,8 @@ def merge_exports(cfg: ExportManyConfig, root: str | Path, *, progress: bool = T
     atomic_write_json(out / "dataset_info.json", llamafactory_info([dict.fromkeys(columns)]))
     summary = {"root": str(root), "movies": len(movies), "records": counts, "qa_types": dict(types.most_common()),
                "hours": sum(movie["hours"] for movie in movies), "seed": cfg.seed, "skipped": skipped}
-    card = dataset_card([*counts, "dataset_info.json"], f"{len(movies)} movies from {root.name}", summary_table(summary))
+    title = f"{len(movies)} movies from {root.name}"
+    card = dataset_card([*counts, "dataset_info.json"], title, summary_table(summary))
     atomic_write_text(out / "README.md", card)
     atomic_write_json(out / "summary.json", summary)
     return summary

@@ -24,13 +24,13 @@ from .trainers import long_video_records, validate_long_video
 from .export import (FEATURES_FILE, ExportConfig, check_frames, features_key, load_qa, long_video_inputs,
                                ordered)
 
-# %% ../nbs/07d_long_video.ipynb #226a9a22
+# %% ../nbs/07d_long_video.ipynb #45e3d2d6
 @settings
 class LongVideoConfig:
-    "The vision tower that makes LLaMA-VID's long-video features (`dreamframe long-video RUN`, flags `--long-video-<field>`)."
-    tower: str = ""  # hub id or folder of a transformers vision model, or of a model with a `vision_model` (e.g. BLIP-2)
+    "The vision tower for LLaMA-VID's long-video features (`dreamframe long-video RUN`, flags `--long-video-<field>`)."
+    tower: str = ""  # hub id or folder of a transformers vision model, or of one with a `vision_model` (BLIP-2)
     layer: int = -1  # the hidden state saved per frame (-1: the last block's output, before any final norm)
-    image_size: int | None = Field(None, ge=14)  # frames are resized and centre-cropped to this square (None: the tower's)
+    image_size: int | None = Field(None, ge=14)  # frames resized and centre-cropped to this square (None: the tower's)
     batch_size: int = Field(16, ge=1)  # frames per forward pass
     device: str = "cpu"  # where the tower runs, e.g. "cuda"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # the tower's dtype (features are saved as float16)
@@ -38,8 +38,8 @@ class LongVideoConfig:
     @model_validator(mode="after")
     def _named(self):
         if not self.tower.strip():
-            raise ValueError("tower (--long-video-tower) is required: the vision tower of the model you train, as a hub "
-                             "id or a folder (LLaMA-VID: EVA ViT-g, as in Salesforce/blip2-opt-2.7b)")
+            raise ValueError("tower (--long-video-tower) is required: the vision tower of the model you train, as "
+                             "a hub id or a folder (LLaMA-VID: EVA ViT-g, as in Salesforce/blip2-opt-2.7b)")
         return self
 
 # %% ../nbs/07d_long_video.ipynb #884b85ad
@@ -87,14 +87,16 @@ def write_long_video(cfg: LongVideoConfig, run_dir: str | Path, *, progress: boo
     items = load_qa(run_dir, movie)
     export_cfg = make_config(ExportConfig, load_stage_config(run_dir, "export"))
     inputs = long_video_inputs(movie, export_cfg.speaker_names)
-    records = long_video_records(movie.id, ordered(movie, items, export_cfg), f"{export_cfg.path_prefix}export/{FEATURES_FILE}")
+    features_path = f"{export_cfg.path_prefix}export/{FEATURES_FILE}"
+    records = long_video_records(movie.id, ordered(movie, items, export_cfg), features_path)
     validate_long_video(records)
     tower, size = load_tower(cfg)
     feats = frame_features(tower, frame_pixels(frames, size), cfg.layer, cfg.batch_size, progress)
     if feats.ndim != 3 or len(feats) != inputs.count("<image>"):
         raise RuntimeError(f"the tower gave features of shape {feats.shape} for {inputs.count('<image>')} frames")
     out = run_dir / "export"
-    written = {FEATURES_FILE: atomic_write_bytes(out / FEATURES_FILE, pickle.dumps({"feats": feats, "inputs": inputs}))}
+    features = pickle.dumps({"feats": feats, "inputs": inputs})
+    written = {FEATURES_FILE: atomic_write_bytes(out / FEATURES_FILE, features)}
     made = {"key": features_key(movie, run_dir, export_cfg.speaker_names), "tower": cfg.tower, "layer": cfg.layer,
             "image_size": size, "shape": list(feats.shape), "dtype": "float16"}
     written[f"{FEATURES_FILE}.json"] = atomic_write_json(out / f"{FEATURES_FILE}.json", made)

@@ -106,7 +106,9 @@ def _check_turns(where: str, turns) -> None:
             raise ValueError(f"{where}: turn {t} has an empty value")
         count = turn["value"].count("<image>")
         if count != (1 if t == 0 else 0):
-            rule = "the first human turn must hold <image> exactly once" if t == 0 else "<image> belongs to the first turn only"
+            rule = "<image> belongs to the first turn only"
+            if t == 0:
+                rule = "the first human turn must hold <image> exactly once"
             raise ValueError(f"{where}: turn {t} has <image> {count} time(s); {rule}")
 
 def validate_llava(records: list, root: str | Path | None = None) -> int:
@@ -135,7 +137,7 @@ def validate_llava(records: list, root: str | Path | None = None) -> int:
 LLAMAFACTORY_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}
 
 def llamafactory_records(groups: dict[Media, list[QA]], rounds_per_record: int, system_prompt: str = "") -> list[dict]:
-    "LLaMA-Factory sharegpt records: user/assistant `messages`, one `<video>` (`<image>`) tag per path in `videos` (`images`)."
+    "LLaMA-Factory sharegpt records: user/assistant `messages`, one `<video>` tag per path in `videos` (or images)."
     records = []
     for media, items in groups.items():
         for rounds in pack_rounds([qa_rounds(item) for item in items], rounds_per_record):
@@ -156,13 +158,15 @@ def llamafactory_info(records: list[dict], file_name: str = "llamafactory.json",
     for column in ("videos", "images", "system"):
         if any(column in record for record in records):
             columns[column] = column
-    return {name: {"file_name": file_name, "formatting": "sharegpt", "columns": columns, "tags": dict(LLAMAFACTORY_TAGS)}}
+    entry = {"file_name": file_name, "formatting": "sharegpt", "columns": columns, "tags": dict(LLAMAFACTORY_TAGS)}
+    return {name: entry}
 
 # %% ../nbs/07a_trainers.ipynb #dcf40aa7
 def _check_info(info: dict) -> dict:
     "The one dataset `dataset_info.json` declares, checked as LLaMA-Factory's parser reads it."
     if not isinstance(info, dict) or len(info) != 1:
-        raise ValueError(f"dataset_info.json must declare one dataset, got {list(info) if isinstance(info, dict) else info!r}")
+        declared = list(info) if isinstance(info, dict) else info
+        raise ValueError(f"dataset_info.json must declare one dataset, got {declared!r}")
     entry = next(iter(info.values()))
     if entry.get("formatting") != "sharegpt" or not entry.get("file_name"):
         raise ValueError("dataset_info.json: the dataset needs 'file_name' and 'formatting': 'sharegpt'")
@@ -191,7 +195,8 @@ def validate_llamafactory(records: list, info: dict, root: str | Path | None = N
             if paths and columns.get(column) != column:
                 raise ValueError(f"record {k}: has {column!r}, which dataset_info.json does not declare")
             if text.count(tag) != len(paths):
-                raise ValueError(f"record {k}: {text.count(tag)} {tag} tag(s) for {len(paths)} {column}; they must match")
+                count = text.count(tag)
+                raise ValueError(f"record {k}: {count} {tag} tag(s) for {len(paths)} {column}; they must match")
             for path in paths:
                 if not _exists(root, path):
                     raise ValueError(f"record {k}: {column[:-1]} {path!r} does not exist under {root}")
@@ -208,7 +213,8 @@ def videochat2_records(groups: dict[Media, list[QA]], rounds_per_record: int, in
         for item in items:
             rounds += standalone_rounds(item)
         for first in range(0, len(rounds), rounds_per_record):
-            qa = [{"i": instruction, "q": question, "a": answer} for question, answer in rounds[first:first + rounds_per_record]]
+            chunk = rounds[first:first + rounds_per_record]
+            qa = [{"i": instruction, "q": question, "a": answer} for question, answer in chunk]
             record = {media.kind: media.path, "QA": qa}
             if media.start is not None:
                 record["start"] = media.start
@@ -249,12 +255,13 @@ def validate_videochat2(records: list, root: str | Path | None = None,
         if not isinstance(qa, list) or not qa:
             raise ValueError(f"{where}: 'QA' must be a non-empty list")
         for entry in qa:
-            if not isinstance(entry, dict) or set(entry) != {"i", "q", "a"} or not all(isinstance(v, str) for v in entry.values()):
+            shaped = isinstance(entry, dict) and set(entry) == {"i", "q", "a"}
+            if not shaped or not all(isinstance(value, str) for value in entry.values()):
                 raise ValueError(f"{where}: each QA must be {{'i', 'q', 'a'}} strings, got {entry!r:.80}")
             if not entry["q"].strip() or not entry["a"].strip():
                 raise ValueError(f"{where}: a QA has an empty question or answer")
         if len({entry["i"] for entry in qa}) != 1:
-            raise ValueError(f"{where}: its QAs have different instructions 'i' (the loader uses the first after shuffling)")
+            raise ValueError(f"{where}: its QAs have different instructions 'i' (the loader takes the first's)")
         _check_span(where, record, videos)
     return len(records)
 
@@ -276,7 +283,8 @@ def validate_long_video(records: list, root: str | Path | None = None) -> int:
             raise ValueError(f"record {k}: 'video' must be the features pickle (.pkl), got {record.get('video')!r}")
         if len(record["conversations"]) != 2:
             rounds = len(record["conversations"]) // 2
-            raise ValueError(f"record {k}: has {rounds} rounds; a long-video record holds one (later turns get extra <image>)")
+            raise ValueError(f"record {k}: has {rounds} rounds; a long-video record holds one (its loader gives "
+                             "later turns an <image> of their own)")
     return count
 
 # %% ../nbs/07a_trainers.ipynb #3473038e
