@@ -20,13 +20,14 @@ from tqdm.auto import tqdm
 
 from .config import changed_settings, describe_changes, save_stage_config, settings
 from .run_folder import StagePlan, clean_partial_files, file_digest
-from .schema import FormatError, Movie, atomic_write_bytes, atomic_write_json, name_pattern, read_json, slugify
+from .schema import (FormatError, Movie, atomic_write_bytes, atomic_write_json, character_ids, name_pattern,
+                               read_json, slugify)
 
 # %% auto #0
 __all__ = ['DEFAULT_SHEET_TEMPLATE', 'DEFAULT_SHEET_NEGATIVE', 'SHEETS_DIR', 'SHEETS_FILE', 'STYLE_FILE', 'RECORDED_ONLY',
-           'CharacterConfig', 'character_ids', 'frame_characters', 'sheet_path', 'style_word', 'load_style_word',
-           'sheet_prompt', 'sheet_seed', 'sheet_settings', 'read_sheets', 'sheet_states', 'plan_sheets',
-           'draw_candidates', 'png_bytes', 'make_sheets']
+           'CharacterConfig', 'frame_characters', 'sheet_path', 'style_word', 'load_style_word', 'sheet_prompt',
+           'sheet_seed', 'sheet_settings', 'read_sheets', 'sheet_states', 'plan_sheets', 'draw_candidates', 'png_bytes',
+           'make_sheets']
 
 # %% ../nbs/05b_characters.ipynb #6dab3993
 DEFAULT_SHEET_TEMPLATE = "a character portrait in {style} style: {look}, full body, facing the viewer, plain light background"
@@ -62,15 +63,6 @@ class CharacterConfig:
 SHEETS_DIR = "characters"
 SHEETS_FILE = "characters/characters.json"
 
-def character_ids(movie: Movie) -> dict[str, str]:
-    "Each character's id (the slug of its name), by name; two names with one slug are refused."
-    ids = {}
-    for character in movie.characters:
-        same = [name for name, i in ids.items() if i == slugify(character.name)]
-        if same: raise ValueError(f"characters {same[0]!r} and {character.name!r} would share the sheet id {slugify(character.name)!r}; rename one in movie.json")
-        ids[character.name] = slugify(character.name)
-    return ids
-
 def frame_characters(movie: Movie, frame) -> list[str]:
     "Ids of the characters `frame` (a Frame or its id) shows: its list and whole-word mentions in its prompt, in cast order."
     frame = movie.frame(frame) if isinstance(frame, str) else frame
@@ -78,7 +70,9 @@ def frame_characters(movie: Movie, frame) -> list[str]:
     return [ids[c.name] for c in movie.characters if c.name in frame.characters or name_pattern(c.name).search(frame.prompt)]
 
 def sheet_path(run_dir, character_id: str) -> Path:
-    "Where the sheet of `character_id` lives: `RUN/characters/<character_id>.png`."
+    "Where the sheet of `character_id` (from `schema.character_ids`) lives: `RUN/characters/<character_id>.png`."
+    if slugify(character_id) != character_id:   # ids are slugs: no separators, dots or anything a file system refuses
+        raise ValueError(f"character_id={character_id!r} is not a character id; take it from character_ids(movie)")
     return Path(run_dir) / SHEETS_DIR / f"{character_id}.png"
 
 # %% ../nbs/05b_characters.ipynb #7de11b95

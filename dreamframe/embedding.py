@@ -15,6 +15,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .schema import honour_umask
+
 # %% auto #0
 __all__ = ['MAX_STYLE_VECTORS', 'save_style_embedding', 'vocabulary_word', 'style_token_sources', 'read_style_embedding',
            'check_style_token', 'add_style_rows', 'pipeline_source', 'load_style']
@@ -51,6 +53,7 @@ def save_style_embedding(path: str | Path,  # file to write, e.g. RUN/style/embe
     metadata = {"token": token, **({"settings": json.dumps(settings, sort_keys=True)} if settings is not None else {})}
     save_file({"clip_l": clip_l.detach().float().cpu().contiguous(), "clip_g": clip_g.detach().float().cpu().contiguous()},
               str(partial), metadata=metadata)
+    honour_umask(partial)   # save_file makes it -rw-------
     os.replace(partial, path)
     return path
 

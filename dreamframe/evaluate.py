@@ -24,7 +24,8 @@ from PIL import Image
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from .schema import FormatError, Movie, atomic_write_bytes, atomic_write_json, name_pattern, read_json, slugify
+from .schema import (FormatError, Movie, atomic_write_bytes, atomic_write_json, character_ids, name_pattern,
+                               read_json)
 from .config import save_stage_config, settings
 from .run_folder import read_manifest
 from .lpips import LPIPS, load_lpips
@@ -185,8 +186,9 @@ def clip_scorer(cfg: EvalConfig, device: str | torch.device = "cpu", dtype: str 
 
 # %% ../nbs/09_evaluate.ipynb #b3dbb596
 def frame_cast(movie: Movie, frame) -> list[str]:
-    "Ids (name slugs) of the characters `frame` shows: its list and whole-word mentions in its prompt."
-    return [slugify(c.name) for c in movie.characters if c.name in frame.characters or name_pattern(c.name).search(frame.prompt)]
+    "Ids (`schema.character_ids`) of the characters `frame` shows: its list and whole-word mentions in its prompt."
+    ids = character_ids(movie)
+    return [ids[c.name] for c in movie.characters if c.name in frame.characters or name_pattern(c.name).search(frame.prompt)]
 
 def identity_consistency(features: torch.Tensor, shown: list[list[str]]) -> dict:
     "Mean cosine of unit-length `features` over frame pairs sharing a character minus pairs sharing none, overall and per character."

@@ -7,6 +7,7 @@ Docs: https://dreamframe.github.io/dreamframe/identity.html.md"""
 # %% ../nbs/05c_identity.ipynb #6ae064a5
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from dataclasses import dataclass, field
@@ -23,8 +24,8 @@ from .schema import Movie
 
 # %% auto #0
 __all__ = ['IdentityCondition', 'style_scales', 'ip_adapter_loaded', 'IPAdapterIdentity', 'AnchorGroup', 'shared_attention',
-           'SharedAttention', 'sharing_layers', 'install_shared_attention', 'clear_identity', 'encode_sheet',
-           'anchor_noise', 'SharedAttentionIdentity', 'identity_condition', 'random_ip_adapter']
+           'SharedAttention', 'sharing_layers', 'anchor_exit', 'install_shared_attention', 'clear_identity',
+           'encode_sheet', 'anchor_noise', 'SharedAttentionIdentity', 'identity_condition', 'random_ip_adapter']
 
 # %% ../nbs/05c_identity.ipynb #2d8a0018
 class IdentityCondition:
@@ -100,8 +101,6 @@ class IPAdapterIdentity(IdentityCondition):
         return {"ip_adapter_image_embeds": [torch.cat([negative, positive]) if self.guided else positive]}
 
 # %% ../nbs/05c_identity.ipynb #e8938909
-class _AnchorsRecorded(Exception): "The anchors' pass has kept every sharing layer's tokens."
-
 @dataclass
 class AnchorGroup:
     "The anchors of one group of frames (one per character shown in it) and which anchors each frame attends to."
@@ -112,51 +111,108 @@ class AnchorGroup:
     rows: list[tuple[int, ...]]  # per frame of the group: the anchors it attends to
     scheduler: object            # the pipeline's scheduler, at the current step
     strength: float = 1.0        # weight of anchor tokens beside own tokens
-    layers: int = 0              # how many layers share (the anchors' pass stops after the last)
-    recording: bool = False
-    hidden: dict = field(default_factory=dict)  # layer name -> (A, L, C) anchor tokens at the current step
+    frames: int = 0              # rows of frames in the current UNet call (the anchors' rows follow them)
+    patterns: list = field(default_factory=list)  # per set of anchors seen: (anchors, index of the frames' rows that see them)
 
-    def keep(self, name: str, tokens: torch.Tensor) -> None:
-        self.hidden[name] = tokens
-        if len(self.hidden) == self.layers: raise _AnchorsRecorded
+    def set_frames(self, frames: int) -> None:
+        "Size the group for a call with `frames` rows of frames: the group's rows repeated (both halves of guidance)."
+        if frames % len(self.rows):
+            raise ValueError(f"a batch of {frames} rows cannot hold a group of {len(self.rows)} frames")
+        if frames == self.frames: return
+        rows = list(self.rows) * (frames // len(self.rows))
+        self.patterns = []
+        for chosen in dict.fromkeys(rows):
+            index = [row for row, seen in enumerate(rows) if seen == chosen]
+            self.patterns.append((chosen, torch.tensor(index).to(self.latents.device)))   # once per group, never per layer
+        self.frames = frames
 
-    def record(self, unet, timestep) -> None:
-        "Run the anchors through `unet` at `timestep` (noised to it) and keep their tokens at every sharing layer."
+    def anchor_sample(self, timestep) -> torch.Tensor:
+        "The anchors' UNet input at `timestep`: their latents noised to it with their own noise, scaled by the scheduler."
         steps = torch.as_tensor(timestep, device=self.latents.device).reshape(-1)[:1].repeat(len(self.latents))
-        sample = self.scheduler.scale_model_input(self.scheduler.add_noise(self.latents, self.noise, steps), timestep)
-        self.hidden, self.recording = {}, True
-        try: unet(sample, timestep, encoder_hidden_states=self.prompt_embeds, added_cond_kwargs=self.added_cond,
-                  cross_attention_kwargs={"identity": self}, return_dict=False)
-        except _AnchorsRecorded: pass
-        finally: self.recording = False
+        noised = self.scheduler.add_noise(self.latents, self.noise, steps)
+        return self.scheduler.scale_model_input(noised, timestep)
 
-def _before_unet(unet, args, kwargs):
-    "Forward pre-hook of the UNet: before the frames' call, the anchors' pass."
+    def graph_key(self) -> tuple:
+        "What a CUDA graph of a UNet call with this group depends on beyond its tensors' shapes (see `keyframes_fast`)."
+        rows = tuple(list(self.rows) * (self.frames // len(self.rows)))
+        return ("anchors", self.frames, len(self.latents), self.strength, rows)
+
+    def graph_tensors(self) -> list[torch.Tensor]:
+        "The tensors of this group that the UNet reads inside its call (a CUDA graph keeps them)."
+        return [index for _, index in self.patterns]
+
+def _join_anchors(unet, args, kwargs):
+    "Forward pre-hook of the UNet: the group's anchors become rows after the frames' (own inputs, the same timestep)."
     group = (kwargs.get("cross_attention_kwargs") or {}).get("identity")
-    if isinstance(group, AnchorGroup) and not group.recording: group.record(unet, args[1] if len(args) > 1 else kwargs["timestep"])
+    if not isinstance(group, AnchorGroup): return None
+    sample = args[0]
+    timestep = args[1] if len(args) > 1 else kwargs["timestep"]
+    group.set_frames(len(sample))
+    anchors = group.anchor_sample(timestep).to(sample.dtype)
+    kwargs = dict(kwargs)
+    kwargs["encoder_hidden_states"] = torch.cat([kwargs["encoder_hidden_states"], group.prompt_embeds])
+    conditions = dict(kwargs["added_cond_kwargs"])
+    for name, extra in group.added_cond.items():
+        conditions[name] = torch.cat([conditions[name], extra])
+    kwargs["added_cond_kwargs"] = conditions
+    unet._dreamframe_group = group
+    return (torch.cat([sample, anchors]), *args[1:]), kwargs
+
+def _frames_only(group: AnchorGroup, value):
+    "`value` with its anchors' rows left out (a tensor with the frames' and anchors' rows, or a tuple of such)."
+    if isinstance(value, tuple): return tuple(_frames_only(group, v) for v in value)
+    if torch.is_tensor(value) and value.ndim and len(value) == group.frames + len(group.latents):
+        return value[: group.frames]
+    return value
+
+def _leave_anchors(unet, block, args, kwargs):
+    "Forward pre-hook of an up block after the last sharing layer: its inputs keep the frames' rows only."
+    group = getattr(unet, "_dreamframe_group", None)
+    if group is None: return None
+    return _frames_only(group, args), {name: _frames_only(group, value) for name, value in kwargs.items()}
+
+def _drop_anchors(unet, args, kwargs, output):
+    "Forward hook of the UNet: its output holds the frames' rows only."
+    group = getattr(unet, "_dreamframe_group", None)
+    if group is None: return None
+    unet._dreamframe_group = None
+    if isinstance(output, tuple): return (output[0][: group.frames], *output[1:])
+    output.sample = output.sample[: group.frames]
+    return output
 
 # %% ../nbs/05c_identity.ipynb #23206f5b
-def shared_attention(attn, hidden_states: torch.Tensor, anchors: torch.Tensor, rows: list[tuple[int, ...]], strength: float = 1.0) -> torch.Tensor:
-    "Self-attention in which row i also attends to the tokens of anchors `rows[i]` (both halves of guidance alike)."
+def shared_attention(attn, hidden_states: torch.Tensor, frames: int, patterns: list, strength: float = 1.0) -> torch.Tensor:
+    "Self-attention over `frames` frames' rows, then anchors' rows: a frame sees its own and its anchors' tokens, an anchor its own."
     count, length, _ = hidden_states.shape
-    if count % len(rows): raise ValueError(f"a batch of {count} rows cannot hold a group of {len(rows)} frames")
-    rows, heads = list(rows) * (count // len(rows)), attn.heads
-    split = lambda x: x.view(x.shape[0], -1, heads, x.shape[-1] // heads).transpose(1, 2)
-    query, key, value = split(attn.to_q(hidden_states)), split(attn.to_k(hidden_states)), split(attn.to_v(hidden_states))
-    anchor_key, anchor_value = split(attn.to_k(anchors)), split(attn.to_v(anchors))
+    heads = attn.heads
+
+    def split(tokens):   # (rows, L, H·d) -> (rows, H, L, d)
+        return tokens.view(tokens.shape[0], -1, heads, tokens.shape[-1] // heads).transpose(1, 2)
+
+    query = split(attn.to_q(hidden_states))
+    key = split(attn.to_k(hidden_states))
+    value = split(attn.to_v(hidden_states))
     if attn.norm_q is not None: query = attn.norm_q(query)
-    if attn.norm_k is not None: key, anchor_key = attn.norm_k(key), attn.norm_k(anchor_key)
+    if attn.norm_k is not None: key = attn.norm_k(key)
+    anchor_key, anchor_value = key[frames:], value[frames:]
     out = torch.empty_like(query)
-    for chosen in dict.fromkeys(rows):
-        index = torch.tensor([i for i, r in enumerate(rows) if r == chosen], device=query.device)
-        keys, values, bias = key[index], value[index], None
+    out[frames:] = F.scaled_dot_product_attention(query[frames:], anchor_key, anchor_value)   # each anchor: itself
+    for chosen, index in patterns:   # the frames' rows that see the same anchors: one attention call
+        every = len(patterns) == 1
+        rows = slice(0, frames) if every else index
+        keys, values, bias = key[rows], value[rows], None
         if chosen:
-            join = lambda own, extra: torch.cat([own, extra[list(chosen)].transpose(0, 1).reshape(heads, -1, own.shape[-1]).expand(len(index), -1, -1, -1)], 2)
+            def join(own, extra):   # own tokens, then the chosen anchors' tokens: (n, H, L + a·L, d)
+                extra = torch.cat([extra[a: a + 1] for a in chosen])   # slices: no index tensor to copy to the GPU
+                extra = extra.transpose(0, 1).reshape(1, heads, -1, own.shape[-1])
+                return torch.cat([own, extra.expand(len(own), -1, -1, -1)], dim=2)
             keys, values = join(keys, anchor_key), join(values, anchor_value)
             if strength != 1:
                 bias = torch.zeros(1, 1, 1, keys.shape[2], dtype=query.dtype, device=query.device)
                 bias[..., length:] = math.log(strength) if strength > 0 else -math.inf
-        out[index] = F.scaled_dot_product_attention(query[index], keys, values, attn_mask=bias)
+        mixed = F.scaled_dot_product_attention(query[rows], keys, values, attn_mask=bias)
+        if every: out[:frames] = mixed
+        else: out.index_copy_(0, index, mixed)
     out = attn.to_out[1](attn.to_out[0](out.transpose(1, 2).reshape(count, length, -1)))
     if attn.residual_connection: out = out + hidden_states
     return out / attn.rescale_output_factor
@@ -168,13 +224,11 @@ class SharedAttention:
         self.name, self.shared, self.plain = name, shared, AttnProcessor2_0()
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, identity=None):
-        if (identity is None or not self.shared or encoder_hidden_states is not None or attention_mask is not None
-                or hidden_states.ndim != 3 or (not identity.recording and self.name not in identity.hidden)):
-            return self.plain(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
-        if identity.recording:
-            identity.keep(self.name, hidden_states)
-            return self.plain(attn, hidden_states, None, None, temb)
-        return shared_attention(attn, hidden_states, identity.hidden[self.name], identity.rows, identity.strength)
+        plain = (identity is None or not self.shared or encoder_hidden_states is not None
+                 or attention_mask is not None or hidden_states.ndim != 3
+                 or len(hidden_states) != identity.frames + len(identity.latents))
+        if plain: return self.plain(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        return shared_attention(attn, hidden_states, identity.frames, identity.patterns, identity.strength)
 
 # %% ../nbs/05c_identity.ipynb #37c5e8c2
 def sharing_layers(unet, layers: str = "lowest") -> list[str]:
@@ -186,20 +240,37 @@ def sharing_layers(unet, layers: str = "lowest") -> list[str]:
         return depth if kind == "mid_block" else int(number) if kind == "down_blocks" else depth - int(number)
     return names if layers == "all" else [n for n in names if level(n) == max(map(level, names))]
 
+def anchor_exit(unet, shared: list[str]) -> int:
+    "Index of the first up block after the last sharing layer (where the anchors' rows leave the batch)."
+    up = [int(name.split(".")[1]) for name in shared if name.startswith("up_blocks.")]
+    return max(up) + 1 if up else 0
+
 def install_shared_attention(unet, layers: str = "lowest") -> list[str]:
-    "Put `SharedAttention` processors and the anchors' pre-hook on `unet`; return the sharing layers."
-    shared = set(sharing_layers(unet, layers))
-    unet.set_attn_processor({n: SharedAttention(n.removesuffix(".processor"), n.removesuffix(".processor") in shared) for n in unet.attn_processors})
-    if getattr(unet, "_dreamframe_anchor_hook", None) is None:
-        unet._dreamframe_anchor_hook = unet.register_forward_pre_hook(_before_unet, with_kwargs=True)
+    "Put `SharedAttention` processors and the anchors' hooks on `unet`; return the sharing layers."
+    shared = sharing_layers(unet, layers)
+    processors = {}
+    for name in unet.attn_processors:
+        layer = name.removesuffix(".processor")
+        processors[name] = SharedAttention(layer, layer in shared)
+    unet.set_attn_processor(processors)
+    for hook in getattr(unet, "_dreamframe_anchor_hooks", None) or []: hook.remove()
+    hooks = [unet.register_forward_pre_hook(_join_anchors, with_kwargs=True),
+             unet.register_forward_hook(_drop_anchors, with_kwargs=True)]
+    for block in unet.up_blocks[anchor_exit(unet, shared):]:
+        leave = functools.partial(_leave_anchors, unet)
+        hooks.append(block.register_forward_pre_hook(leave, with_kwargs=True))
+    unet._dreamframe_anchor_hooks = hooks
     return sorted(shared)
 
 def clear_identity(pipe) -> None:
-    "Take identity conditioning out of `pipe`: an IP-Adapter, or the shared-attention processors and hook."
-    if ip_adapter_loaded(pipe) or getattr(pipe.unet.config, "encoder_hid_dim_type", None) == "ip_image_proj": pipe.unload_ip_adapter()
-    if (hook := getattr(pipe.unet, "_dreamframe_anchor_hook", None)) is not None:
-        from diffusers.models.attention_processor import AttnProcessor2_0, FusedAttnProcessor2_0
-        hook.remove(); pipe.unet._dreamframe_anchor_hook = None
+    "Take identity conditioning out of `pipe`: an IP-Adapter, or the shared-attention processors and hooks."
+    from diffusers.models.attention_processor import AttnProcessor2_0, FusedAttnProcessor2_0
+    if ip_adapter_loaded(pipe) or getattr(pipe.unet.config, "encoder_hid_dim_type", None) == "ip_image_proj":
+        pipe.unload_ip_adapter()
+    hooks = getattr(pipe.unet, "_dreamframe_anchor_hooks", None)
+    if hooks:
+        for hook in hooks: hook.remove()
+        pipe.unet._dreamframe_anchor_hooks = None
         fused = any(getattr(module, "fused_projections", False) for module in pipe.unet.modules())   # keyframes_fast's fuse_qkv
         pipe.unet.set_attn_processor(FusedAttnProcessor2_0() if fused else AttnProcessor2_0())
     pipe._dreamframe_identity = pipe._dreamframe_release = None
@@ -231,22 +302,29 @@ class SharedAttentionIdentity(IdentityCondition):
         return dict(strength=self.cfg.shared_strength, layers=self.cfg.shared_layers, seed=self.cfg.seed, template=self.cfg.template)
 
     def prepare(self, pipe) -> None:
-        "Install the processors (once) and make every character's anchor."
+        "Install the processors and hooks (once) and make every character's anchor."
         pictures, ids = self.pictures(), list(self.sheets)
-        if getattr(pipe, "_dreamframe_identity", None) != self.mode or not isinstance(next(iter(pipe.unet.attn_processors.values())), SharedAttention):
+        installed = isinstance(next(iter(pipe.unet.attn_processors.values())), SharedAttention)
+        if getattr(pipe, "_dreamframe_identity", None) != self.mode or not installed:
             clear_identity(pipe)
-        self.layers = len(install_shared_attention(pipe.unet, self.cfg.shared_layers))
-        pipe._dreamframe_identity, pipe._dreamframe_release, self.pipe, device = self.mode, clear_identity, pipe, pipe._execution_device
-        if not ids: self.anchors = None; return   # a story without characters: nothing to anchor
+        install_shared_attention(pipe.unet, self.cfg.shared_layers)
+        pipe._dreamframe_identity, pipe._dreamframe_release = self.mode, clear_identity
+        self.pipe, device = pipe, pipe._execution_device
+        if not ids:   # a story without characters: nothing to anchor
+            self.anchors = None
+            return
         word = style_word(self.movie, self.run_dir)[0]
+        prompts = [sheet_prompt(self.cfg, c, word) for c in self.movie.characters]
         with torch.no_grad():
-            embeds, _, pooled, _ = pipe.encode_prompt([sheet_prompt(self.cfg, c, word) for c in self.movie.characters], device=device,
-                                                      num_images_per_prompt=1, do_classifier_free_guidance=False)
+            embeds, _, pooled, _ = pipe.encode_prompt(prompts, device=device, num_images_per_prompt=1,
+                                                      do_classifier_free_guidance=False)
             latents = torch.cat([encode_sheet(pipe, pictures[i], self.resolution) for i in ids])
         noise = torch.cat([anchor_noise(self.movie.id, i, self.cfg.seed, tuple(latents.shape[1:])) for i in ids]).to(latents)
         size = (self.resolution, self.resolution)
-        time_ids = pipe._get_add_time_ids(size, (0, 0), size, dtype=embeds.dtype, text_encoder_projection_dim=int(pooled.shape[-1])).to(device)
-        self.anchors = dict(ids=ids, latents=latents, noise=noise, embeds=embeds, pooled=pooled, time_ids=time_ids.repeat(len(ids), 1))
+        time_ids = pipe._get_add_time_ids(size, (0, 0), size, dtype=embeds.dtype,
+                                          text_encoder_projection_dim=int(pooled.shape[-1])).to(device)
+        self.anchors = dict(ids=ids, latents=latents, noise=noise, embeds=embeds, pooled=pooled,
+                            time_ids=time_ids.repeat(len(ids), 1))
 
     def kwargs(self, frame_ids: list[str]) -> dict:
         "The group's `AnchorGroup` under `cross_attention_kwargs` (nothing when the group shows no one)."
@@ -254,8 +332,10 @@ class SharedAttentionIdentity(IdentityCondition):
         used = list(dict.fromkeys(c for s in shown for c in s))
         if not used: return {}
         a, pick = self.anchors, [self.anchors["ids"].index(c) for c in used]
-        group = AnchorGroup(a["latents"][pick], a["noise"][pick], a["embeds"][pick], {"text_embeds": a["pooled"][pick], "time_ids": a["time_ids"][pick]},
-                            [tuple(used.index(c) for c in s) for s in shown], self.pipe.scheduler, self.cfg.shared_strength, self.layers)
+        group = AnchorGroup(latents=a["latents"][pick], noise=a["noise"][pick], prompt_embeds=a["embeds"][pick],
+                            added_cond={"text_embeds": a["pooled"][pick], "time_ids": a["time_ids"][pick]},
+                            rows=[tuple(used.index(c) for c in s) for s in shown], scheduler=self.pipe.scheduler,
+                            strength=self.cfg.shared_strength)
         return {"cross_attention_kwargs": {"identity": group}}
 
 # %% ../nbs/05c_identity.ipynb #7c82b9e1

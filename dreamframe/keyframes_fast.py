@@ -19,7 +19,8 @@ from .keyframes import KeyframeConfig, decode_latents, denoise_group, generate_k
 from .schema import Movie
 
 # %% auto #0
-__all__ = ['KeyframeSpeed', 'speed_up', 'attention', 'fast_render', 'generate_keyframes_fast']
+__all__ = ['KeyframeSpeed', 'NotGraphable', 'call_key', 'record_cuda_graph', 'GraphedForward', 'graph_forward', 'ungraph_forward',
+           'reset_graphs', 'speed_up', 'attention', 'fast_render', 'generate_keyframes_fast']
 
 # %% ../nbs/05a_keyframes_fast.ipynb #32dd7c77
 @settings
@@ -28,6 +29,7 @@ class KeyframeSpeed:
     compile: bool = False  # torch.compile the UNet(s) on a GPU (the first group pays ~2 min per SDXL UNet; pays off over a movie)
     compile_mode: Literal["default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune"] = "default"  # torch.compile mode
     compile_vae: bool = True  # with compile: also compile the VAE decoder (~30 s more compile, faster decode at 1024²)
+    cuda_graph: bool = True  # without compile: replay each UNet call as a CUDA graph (no host time per step; for batch 1)
     attention_backend: Literal["default", "cudnn"] = "default"  # SDPA kernels of the UNet calls: PyTorch's choice, or cuDNN attention first
     fuse_qkv: bool = True  # fuse each attention's query/key/value projections into one matmul
     cudnn_benchmark: bool = False  # let cuDNN time its convolution algorithms (faster; two processes may then differ in the last bits)
@@ -36,8 +38,131 @@ class KeyframeSpeed:
     @classmethod
     def off(cls) -> KeyframeSpeed:
         "Every switch off: the plain loop."
-        return cls(compile=False, compile_vae=False, attention_backend="default", fuse_qkv=False, cudnn_benchmark=False,
-                   channels_last=False)
+        return cls(compile=False, compile_vae=False, cuda_graph=False, attention_backend="default", fuse_qkv=False,
+                   cudnn_benchmark=False, channels_last=False)
+
+# %% ../nbs/05a_keyframes_fast.ipynb #866a055f
+class NotGraphable(Exception):
+    "A call argument a CUDA graph cannot stand for (an object that does not say how it is copied)."
+
+def call_key(value, tensors: list, held: list):
+    "A hashable picture of `value` (tensors by shape, dtype and device); its tensors appended to `tensors`, an object's to `held`."
+    if torch.is_tensor(value):
+        tensors.append(value)
+        return ("tensor", tuple(value.shape), str(value.dtype), str(value.device))
+    if isinstance(value, dict):
+        return ("dict", tuple((name, call_key(item, tensors, held)) for name, item in value.items()))
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, tuple(call_key(item, tensors, held) for item in value))
+    if hasattr(value, "graph_key") and hasattr(value, "graph_tensors"):
+        own = list(value.graph_tensors())
+        held.extend(own)
+        return ("object", value.graph_key(), tuple(call_key(t, [], []) for t in own))
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise NotGraphable(f"a {type(value).__name__} argument")
+
+def _with_tensors(value, fresh):
+    "`value` with its tensors (outside objects) taken from the iterator `fresh`, in `call_key`'s order."
+    if torch.is_tensor(value): return next(fresh)
+    if isinstance(value, dict): return {name: _with_tensors(item, fresh) for name, item in value.items()}
+    if isinstance(value, (list, tuple)): return type(value)(_with_tensors(item, fresh) for item in value)
+    return value
+
+def _copy_out(value):
+    "A copy of a call's output (tensors cloned): the graph rewrites its own at the next replay."
+    if torch.is_tensor(value): return value.clone()
+    if isinstance(value, (list, tuple)): return type(value)(_copy_out(item) for item in value)
+    return value
+
+# %% ../nbs/05a_keyframes_fast.ipynb #74e188a3
+def record_cuda_graph(run, graphed) -> tuple:
+    "Record `run()` as a CUDA graph on `graphed`'s stream and memory pool: (replay, the outputs each replay rewrites)."
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=graphed.pool, stream=graphed.stream):
+        outputs = run()
+    return graph.replay, outputs
+
+class GraphedForward:
+    "A module's `forward` replayed as CUDA graphs, one per kind of call: warm-up, record, then replay."
+    def __init__(self, module, record=record_cuda_graph, limit: int = 8):
+        self.module, self.record, self.limit = module, record, limit
+        self.own = module.__dict__.get("forward")   # an instance-level forward to restore (None: the class's)
+        self.forward = module.forward
+        self.cuda = record is record_cuda_graph
+        self.stream = torch.cuda.Stream() if self.cuda else None
+        self.pool = torch.cuda.graph_pool_handle() if self.cuda else None
+        self.graphs, self.failed = {}, False
+
+    def reset(self) -> None:
+        "Forget every recorded graph (the module's computation changed)."
+        self.graphs = {}
+
+    def _eager_on_stream(self, args, kwargs):
+        if not self.cuda: return self.forward(*args, **kwargs)
+        self.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.stream):
+            outputs = self.forward(*args, **kwargs)
+        torch.cuda.current_stream().wait_stream(self.stream)
+        return outputs
+
+    def _capture(self, args, kwargs, tensors: list, held: list) -> dict | None:
+        static = [tensor.clone() for tensor in tensors]
+        static_args, static_kwargs = _with_tensors((args, kwargs), iter(static))
+        try:
+            replay, outputs = self.record(lambda: self.forward(*static_args, **static_kwargs), self)
+        except Exception as error:   # a host copy or sync inside the call, or no memory left: eager from now on
+            if self.cuda: torch.cuda.synchronize()
+            self.failed = True
+            warnings.warn(f"CUDA graph recording of {type(self.module).__name__} failed "
+                          f"({type(error).__name__}: {str(error)[:200]}); running it eagerly", stacklevel=3)
+            return None
+        return dict(replay=replay, static=static, held=list(held), outputs=outputs)
+
+    def __call__(self, *args, **kwargs):
+        training = torch.is_grad_enabled()   # graphs replay inference only (style training calls the same UNet)
+        offloaded = hasattr(self.module, "_hf_hook")   # accelerate moves the weights around this module's calls
+        capturing = self.cuda and torch.cuda.is_current_stream_capturing()   # inside another recording
+        if self.failed or training or offloaded or capturing:
+            return self.forward(*args, **kwargs)
+        tensors, held = [], []
+        try: key = call_key((args, kwargs), tensors, held)
+        except NotGraphable: return self.forward(*args, **kwargs)
+        key = (key, next(self.module.parameters()).data_ptr())   # weights moved since: a new recording
+        entry = self.graphs.get(key)
+        if entry is None:   # first call of its kind: the warm-up
+            if len(self.graphs) >= self.limit: self.graphs.pop(next(iter(self.graphs)))
+            self.graphs[key] = "warm"
+            return self._eager_on_stream(args, kwargs)
+        if entry == "warm":
+            entry = self.graphs[key] = self._capture(args, kwargs, tensors, held)
+            if entry is None: return self.forward(*args, **kwargs)
+        else:
+            for buffer, fresh in zip(entry["static"], tensors): buffer.copy_(fresh)
+            for buffer, fresh in zip(entry["held"], held):
+                if buffer is not fresh: buffer.copy_(fresh)
+        entry["replay"]()
+        return _copy_out(entry["outputs"])
+
+def graph_forward(module, record=record_cuda_graph) -> GraphedForward:
+    "Replay `module`'s calls as CUDA graphs from now on (once: a second call returns the same `GraphedForward`)."
+    graphed = module.__dict__.get("forward")
+    if isinstance(graphed, GraphedForward): return graphed
+    module.forward = GraphedForward(module, record)
+    return module.forward
+
+def ungraph_forward(module) -> None:
+    "Take `graph_forward` off `module`."
+    graphed = module.__dict__.get("forward")
+    if not isinstance(graphed, GraphedForward): return
+    if graphed.own is None: del module.forward
+    else: module.forward = graphed.own
+
+def reset_graphs(*modules) -> None:
+    "Drop the recorded graphs of `modules` (those graphed)."
+    for module in modules:
+        graphed = module.__dict__.get("forward") if module is not None else None
+        if isinstance(graphed, GraphedForward): graphed.reset()
 
 # %% ../nbs/05a_keyframes_fast.ipynb #9f353490
 def _plain(module):
@@ -64,14 +189,19 @@ def speed_up(pipe, speed: KeyframeSpeed, refiner=None):
         import torch._inductor.config as inductor
         inductor.conv_1x1_as_mm = True  # 1x1 convolutions as matmuls: faster on tensor cores
     for p in (pipe, refiner):
-        if p is None or getattr(p, "_dreamframe_speed", None) == speed: continue
+        if p is None: continue
         unet, fast = _plain(p.unet), not _offloaded(p.unet)
+        state = (speed, fast, getattr(p, "memory_tier", None))   # switches and placement: a model moved later is redone
+        if getattr(p, "_dreamframe_speed", None) == state: continue
         fuse = speed.fuse_qkv and fast and getattr(p, "memory_tier", None) is None   # low memory: fusing keeps both copies (+1.2 GiB)
         if fast: unet.to(memory_format=_layout(speed))
         if _fused(unet) and not fuse: unet.unfuse_qkv_projections()
         elif fuse and not _fused(unet): unet.fuse_qkv_projections()
+        graphed = speed.cuda_graph and not speed.compile and fast and p._execution_device.type == "cuda"
+        if graphed: graph_forward(unet)
+        else: ungraph_forward(unet)
         p.unet = torch.compile(unet, mode=mode, dynamic=False) if speed.compile and fast else unet
-        p._dreamframe_speed = speed
+        p._dreamframe_speed = state
     vae = pipe.vae  # the base's VAE decodes every frame (the refiner shares it)
     decoder, fast = _plain(vae.decoder), not _offloaded(vae)
     if fast: vae.to(memory_format=_layout(speed))
@@ -107,10 +237,12 @@ def generate_keyframes_fast(cfg: KeyframeConfig, speed: KeyframeSpeed, pipe, mov
                            ) -> list[dict]:
     "`generate_keyframes` with `speed`'s switches on a CUDA GPU; elsewhere every switch is off (the plain loop)."
     if pipe._execution_device.type != "cuda": speed = KeyframeSpeed.off()
-    if speed.compile and getattr(condition, "mode", "none") == "shared-attention":   # its anchors' pass runs inside the UNet's call
-        warnings.warn("compile is off with identity shared-attention: each group's anchors would make the compiled UNet "
-                      "trace again", stacklevel=2)
+    if speed.compile and getattr(condition, "mode", "none") == "shared-attention":
+        warnings.warn("compile is off with identity shared-attention (its anchors join each UNet call through hooks that "
+                      "would make the compiled UNet trace again); the UNet calls are replayed as CUDA graphs instead",
+                      stacklevel=2)
         speed = dataclasses.replace(speed, compile=False)
     speed_up(pipe, speed, refiner if cfg.refiner_steps else None)
+    reset_graphs(_plain(pipe.unet), _plain(refiner.unet) if refiner is not None else None)   # identity modes change the UNet
     return generate_keyframes(cfg, pipe, movie, run_dir, model_name=model_name, refiner=refiner, redo=redo,
                               progress=progress, render=fast_render(speed), condition=condition)

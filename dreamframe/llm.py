@@ -9,44 +9,72 @@ __all__ = ['LLMConfig', 'strict_schema', 'LLMError', 'LLMAnswerError', 'LLMTrans
            'run_sync']
 
 # %% ../nbs/01_llm.ipynb #c40c70ca
-import asyncio, concurrent.futures, contextlib, copy, functools, hashlib, json, os, random, re, weakref
+import asyncio
+import concurrent.futures
+import contextlib
+import copy
+import functools
+import hashlib
+import json
+import os
+import random
+import re
+import urllib.parse
+import weakref
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
 import openai
 from fastcore.basics import patch
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, Field, ValidationError
 try: import httpx2 as httpx    # the SDK's HTTP library from openai 3 on
 except ImportError: import httpx   # openai 1.x and 2.x
 
 from .config import settings
-from .schema import atomic_write_bytes
+from .schema import atomic_write_bytes, redact_secrets
 
 # %% ../nbs/01_llm.ipynb #2ab104e0
+def _server_url(url: str) -> str:
+    "A base URL as a setting: the server's address and path, no credentials (they would be saved and shown)."
+    parts = urllib.parse.urlsplit(url)
+    if "@" in url or parts.query or parts.fragment:
+        raise ValueError("a base URL that carries credentials (user:password@) or a query would be saved in "
+                         "RUN/config.json and shown in messages: give the server alone (e.g. http://host:8000/v1) and "
+                         "the key in OPENAI_API_KEY, or the whole URL in OPENAI_BASE_URL (used, never saved)")
+    return url
+
+_ServerURL = Annotated[str, Field(pattern=r"^https?://[^\s/]+\S*$"), AfterValidator(_server_url)]
+
 @settings
 class LLMConfig:
     "Which LLM to ask and how hard to try; saved with the run, so it never holds the API key."
-    model: str = Field("gpt-4o-mini", min_length=1)  # model name as the server lists it; "scripted" = the offline stand-in
-    base_url: str | None = Field(None, pattern=r"^https?://[^\s/]+\S*$")  # None = OpenAI; e.g. http://localhost:8000/v1 (vLLM)
+    model: str = Field("gpt-4o-mini", min_length=1)  # the model's name on the server; "scripted" = the offline stand-in
+    base_url: _ServerURL | None = None  # None = $OPENAI_BASE_URL, else OpenAI; e.g. http://localhost:8000/v1 (vLLM)
     concurrency: int = Field(16, ge=1, le=4096)  # requests in flight at once: 16 suits OpenAI, 128 or more a local vLLM
     temperature: float = Field(0.7, ge=0, le=2)  # sampling temperature
-    max_tokens: int | None = Field(4096, ge=1)  # cap on an answer's tokens (a level-1 answer needs ~3000); None = the server's
+    # cap on an answer's tokens (a level-1 answer needs ~3000); None = the server's
+    max_tokens: int | None = Field(4096, ge=1)
     timeout_s: float = Field(180.0, gt=0)  # seconds one request may take in all: every attempt, read and backoff
-    stall_s: float | None = Field(None, gt=0)  # seconds an attempt may go without a byte before it is retried; None = only timeout_s
-    max_retries: int = Field(6, ge=0, le=100)  # retries after 429, 5xx, stalls, resets, cut or non-JSON answers (refused: 1)
-    repair_attempts: int = Field(2, ge=0, le=100)  # times an answer breaking the schema or the caller's check is sent back
+    # seconds an attempt may go without a byte before it is retried; None = only timeout_s
+    stall_s: float | None = Field(None, gt=0)
+    # retries after 429, 5xx, stalls, resets, cut or non-JSON answers (refused: 1)
+    max_retries: int = Field(6, ge=0, le=100)
+    # times an answer breaking the schema or the caller's check is sent back
+    repair_attempts: int = Field(2, ge=0, le=100)
     seed: int | None = None  # sampling seed for servers that honour it (part of the cache key)
     retry_base_s: float = Field(1.0, ge=0)  # backoff ceiling of the first retry; doubles each retry (full jitter)
     retry_max_s: float = Field(60.0, ge=0)  # cap on any backoff and on a server's Retry-After
     max_answer_bytes: int = Field(8_000_000, ge=1024)  # a larger answer is refused (read in pieces, never held whole)
 
 # %% ../nbs/01_llm.ipynb #61a41844
-_STRICT_REFUSED = {"minLength": "at least {} characters", "maxLength": "at most {} characters",  # told in the description
-                   "uniqueItems": "items must be distinct", "minProperties": "at least {} properties", "maxProperties": "at most {} properties"}
-_STRICT_DROPPED = {"default", "discriminator", "examples", "patternProperties", "propertyNames", "unevaluatedProperties",
-                   "unevaluatedItems", "contains", "minContains", "maxContains"}
+_STRICT_REFUSED = {   # keywords strict mode refuses: told in the description instead
+    "minLength": "at least {} characters", "maxLength": "at most {} characters",
+    "uniqueItems": "items must be distinct",
+    "minProperties": "at least {} properties", "maxProperties": "at most {} properties"}
+_STRICT_DROPPED = {"default", "discriminator", "examples", "patternProperties", "propertyNames",
+                   "unevaluatedProperties", "unevaluatedItems", "contains", "minContains", "maxContains"}
 
 def strict_schema(response_model: type[BaseModel]) -> dict:
     "JSON schema of `response_model` rewritten for OpenAI strict structured outputs."
@@ -58,8 +86,11 @@ def _strict(node: Any, defs: dict, owner: str, seen: tuple = ()) -> Any:
     if not isinstance(node, dict): return node
     if "$ref" in node:
         name = node["$ref"].rsplit("/", 1)[-1]
-        if name in seen: raise ValueError(f"{owner}: {name} contains itself; strict structured outputs here take no recursive models")
-        return _strict({**defs[name], **{k: v for k, v in node.items() if k != "$ref"}}, defs, owner, seen + (name,))
+        if name in seen:
+            raise ValueError(f"{owner}: {name} contains itself; "
+                             "strict structured outputs here take no recursive models")
+        siblings = {k: v for k, v in node.items() if k != "$ref"}
+        return _strict({**defs[name], **siblings}, defs, owner, seen + (name,))
     out, notes = {}, []
     for key, value in node.items():
         if key in _STRICT_REFUSED: notes.append(_STRICT_REFUSED[key].format(value))
@@ -78,95 +109,160 @@ def _strict(node: Any, defs: dict, owner: str, seen: tuple = ()) -> Any:
 @functools.lru_cache(maxsize=1024)
 def _strict_schema(response_model: type[BaseModel]) -> dict:   # shared: never mutate the result
     if not (isinstance(response_model, type) and issubclass(response_model, BaseModel)):
-        raise TypeError(f"response_model={response_model!r} must be a pydantic BaseModel subclass, e.g. class Answer(BaseModel): ...")
+        raise TypeError(f"response_model={response_model!r} must be a pydantic BaseModel subclass, "
+                        "e.g. class Answer(BaseModel): ...")
     schema = response_model.model_json_schema()
     return _strict(schema, schema.pop("$defs", {}), response_model.__name__)
 
 # %% ../nbs/01_llm.ipynb #6d5c9b19
 def _one_line(text: Any, limit: int = 300) -> str:
-    "`text` on one line, at most `limit` characters."
-    return line if len(line := " ".join(str(text).split())) <= limit else line[:limit - 1] + "…"
+    "`text` on one line, at most `limit` characters, with the credentials of any URL in it masked."
+    line = redact_secrets(" ".join(str(text).split()))
+    return line if len(line) <= limit else line[:limit - 1] + "…"
+
 class LLMError(RuntimeError): "Base class of the errors `LLM.ask` raises."
 
 class LLMAnswerError(LLMError):
     "The answer still broke the schema or `check` after every repair round."
     def __init__(self, name: str, errors: list[str], answer: str | None, rounds: int, where: str = ""):
-        self.name, self.errors, self.answer, self.rounds = name, list(errors), answer, rounds
-        shown = "; ".join(_one_line(e, 160) for e in errors[:3]) + (f" (+{len(errors) - 3} more)" if len(errors) > 3 else "")
-        super().__init__(f"LLM call {name!r}: the answer still breaks {len(errors)} rule(s) after {rounds} repair round(s)"
-                         f"{where}: {shown}; raise --llm-repair-attempts or use a stronger --llm-model")
+        self.name = name
+        self.errors = list(errors)
+        self.answer = answer
+        self.rounds = rounds
+        shown = "; ".join(_one_line(e, 160) for e in errors[:3])
+        if len(errors) > 3: shown += f" (+{len(errors) - 3} more)"
+        super().__init__(f"LLM call {name!r}: the answer still breaks {len(errors)} rule(s) after {rounds} repair "
+                         f"round(s){_one_line(where, 900)}: {shown}; raise --llm-repair-attempts or use a stronger "
+                         "--llm-model")
 
 class LLMTransportError(LLMError):
     "No usable answer came back within the deadline and retries, or the server refused the request."
     def __init__(self, name: str, message: str, kind: str = "refused"):
         super().__init__(f"LLM call {name!r}: {_one_line(message, 900)}")
-        self.name, self.kind = name, kind
+        self.name = name
+        self.kind = kind
 
 class _Transient(Exception):
     "A fault worth retrying; `kind` names it (429, 5xx, timeout, refused, connection, truncated, not_json, refusal)."
     def __init__(self, kind: str, detail: str, retry_after: float | None = None):
-        super().__init__(detail); self.kind, self.detail, self.retry_after = kind, _one_line(detail, 200), retry_after
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = _one_line(detail, 200)
+        self.retry_after = retry_after
 
 class _Fatal(_Transient): "A fault that retrying will not fix (a refused key or model, an oversized answer)."
 class _SchemaRejected(Exception): "The server does not take this `response_format`."
 
-_FIXES = {"refused": "start the server, or point --base-url at a running one", "401": "check OPENAI_API_KEY",
-          "timeout": "raise --llm-timeout-s, or lower --llm-concurrency", "429": "lower --llm-concurrency, or raise --llm-max-retries",
-          "too_large": "raise --llm-max-answer-bytes if answers are really that big", "http": "check --llm-model and --base-url",
-          "403": "the key may lack access to this model: choose another --llm-model", "quota": "check billing, or use --base-url",
-          "tls": "trust the server's certificate authority (SSL_CERT_FILE=/path/to/ca.pem), or check --base-url"}   # else: --llm-max-retries
+_FIXES = {   # what to change, by fault kind (else: raise --llm-max-retries, or check the server)
+    "refused": "start the server, or point --base-url at a running one",
+    "401": "check OPENAI_API_KEY (or the user:password in OPENAI_BASE_URL)",
+    "403": "the key may lack access to this model: choose another --llm-model",
+    "timeout": "raise --llm-timeout-s, or lower --llm-concurrency",
+    "429": "lower --llm-concurrency, or raise --llm-max-retries",
+    "quota": "check billing, or use --base-url",
+    "too_large": "raise --llm-max-answer-bytes if answers are really that big",
+    "http": "check --llm-model and --base-url",
+    "tls": "trust the server's certificate authority (SSL_CERT_FILE=/path/to/ca.pem), or check --base-url",
+}
 
 @dataclass
 class LLMStats:
-    "Counters of one `LLM`: calls, HTTP attempts sent, cache hits, retries, repairs, response-format fallbacks, failures, faults."
-    calls: int = 0; sent: int = 0; cache_hits: int = 0; retries: int = 0; repairs: int = 0; fallbacks: int = 0; failed: int = 0
-    faults: Counter = field(default_factory=Counter)  # kind -> count: 429, 5xx, timeout, refused, connection, not_json, invalid…
+    "Counters of one `LLM`: calls, HTTP attempts, cache hits, retries, repairs, format fallbacks, failures, faults."
+    calls: int = 0
+    sent: int = 0
+    cache_hits: int = 0
+    retries: int = 0
+    repairs: int = 0
+    fallbacks: int = 0
+    failed: int = 0
+    # fault kind -> count: 429, 5xx, timeout, refused, connection, not_json, invalid…
+    faults: Counter = field(default_factory=Counter)
 
     def __str__(self):
-        return (f"{self.calls} calls: {self.sent} sent, {self.cache_hits} cached, {self.retries} retries, {self.repairs} repairs, {self.fallbacks} "
-                f"fallbacks, {self.failed} failed; faults: {', '.join(f'{k}={v}' for k, v in sorted(self.faults.items())) or 'none'}")
+        faults = ", ".join(f"{kind}={count}" for kind, count in sorted(self.faults.items())) or "none"
+        return (f"{self.calls} calls: {self.sent} sent, {self.cache_hits} cached, {self.retries} retries, "
+                f"{self.repairs} repairs, {self.fallbacks} fallbacks, {self.failed} failed; faults: {faults}")
 
 # %% ../nbs/01_llm.ipynb #9aa7736d
 @functools.lru_cache(maxsize=8)
-def _tls_context(cafile: str | None, capath: str | None): return httpx.create_ssl_context()   # for these $SSL_CERT_FILE/DIR, made once
+def _tls_context(cafile: str | None, capath: str | None):
+    "The TLS context for these $SSL_CERT_FILE / $SSL_CERT_DIR, made once."
+    return httpx.create_ssl_context()
 
-async def _refuse_declared_oversize(limit: int, response) -> None:   # an httpx response hook, before anything reads the body
-    if int(size if (size := response.headers.get("content-length", "")).isdigit() else 0) > limit:
+async def _refuse_declared_oversize(limit: int, response) -> None:
+    "An httpx response hook: refuse a declared body over `limit` bytes before anything reads it."
+    size = response.headers.get("content-length", "")
+    if size.isdigit() and int(size) > limit:
         raise _Fatal("too_large", f"the server announced a {int(size):,}-byte answer; max_answer_bytes={limit:,}")
 
+_OPENAI_URL = "https://api.openai.com/v1"
+
 class LLM:
-    "Async structured-output client for OpenAI and compatible servers: repair, retries, a deadline, concurrency, cache."
+    "Async structured-output client for OpenAI-compatible servers: repair, retries, a deadline, concurrency, cache."
     def __init__(self, cfg: LLMConfig | None = None,  # model, server, limits (default: gpt-4o-mini on OpenAI)
-                 cache_dir: str | Path | None = None,  # where good answers are kept (a run uses RUN/llm); None = no cache
+                 cache_dir: str | Path | None = None,  # where good answers are kept (a run: RUN/llm); None = none
                  api_key: str | None = None,           # default: $OPENAI_API_KEY; kept in this object only
-                 gate: Any = None):                    # an async context manager around each request (a limit shared by many runs)
-        if not isinstance(cfg := cfg or LLMConfig(), LLMConfig): raise TypeError(f"cfg must be an LLMConfig, got {type(cfg).__name__}")
-        self.cfg, self.stats, self.cache_dir = cfg, LLMStats(), Path(cache_dir) if cache_dir is not None else None
-        self.url = cfg.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
-        self.response_mode, self.gate, self._turn, self._jitter = "json_schema", gate, 0, random.Random()   # then "json_object" or "prompt", if refused
-        self._clients, self._semaphores = weakref.WeakKeyDictionary(), weakref.WeakKeyDictionary()  # per event loop
+                 gate: Any = None):   # an async context manager around each request (a limit shared by many runs)
+        cfg = cfg or LLMConfig()
+        if not isinstance(cfg, LLMConfig): raise TypeError(f"cfg must be an LLMConfig, got {type(cfg).__name__}")
+        self.cfg = cfg
+        self.stats = LLMStats()
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        # where requests go, as shown: $OPENAI_BASE_URL may carry a password, which the SDK uses and nobody sees
+        self.url = redact_secrets(cfg.base_url or os.environ.get("OPENAI_BASE_URL") or _OPENAI_URL)
+        self.response_mode = "json_schema"   # then "json_object" or "prompt", if the server refuses it
+        self.gate = gate
+        self._turn = 0
+        self._jitter = random.Random()
+        self._clients = weakref.WeakKeyDictionary()      # per event loop
+        self._semaphores = weakref.WeakKeyDictionary()   # per event loop
         self._setup_client(api_key)
+
     def _setup_client(self, api_key: str | None):
-        if self.cfg.model == "scripted": raise ValueError("model 'scripted' is the offline stand-in: use dreamframe.testing.ScriptedLLM")
-        source, key = ("api_key", api_key) if api_key is not None else ("OPENAI_API_KEY", os.environ.get("OPENAI_API_KEY"))
+        if self.cfg.model == "scripted":
+            raise ValueError("model 'scripted' is the offline stand-in: use dreamframe.testing.ScriptedLLM")
+        if api_key is not None: source, key = "api_key", api_key
+        else: source, key = "OPENAI_API_KEY", os.environ.get("OPENAI_API_KEY")
         if key and (key != key.strip() or not key.isascii() or any(c.isspace() for c in key)):
-            raise ValueError(f"{source} holds spaces, a newline or non-ASCII characters (pasted with a line end?); set it to "
-                             "the key alone, e.g. export OPENAI_API_KEY=\"$(tr -d '[:space:]' < key.txt)\"")
-        if not key and self.cfg.base_url is None:
+            raise ValueError(f"{source} holds spaces, a newline or non-ASCII characters (pasted with a line end?); "
+                             "set it to the key alone, e.g. export OPENAI_API_KEY=\"$(tr -d '[:space:]' < key.txt)\"")
+        if not key and self.cfg.base_url is None and not os.environ.get("OPENAI_BASE_URL"):
             raise ValueError("no API key for OpenAI: set OPENAI_API_KEY, or point --base-url at a local server")
         self._api_key = key or "unused"   # local servers ignore the key; the SDK wants one
+
     def __repr__(self):
-        return f"{type(self).__name__}(model={self.cfg.model!r} at {self.url}, cache_dir={self.cache_dir and str(self.cache_dir)!r}; {self.stats})"
-    def _per_loop(self, table, make): return table.get(loop := asyncio.get_running_loop()) or table.setdefault(loop, make())
-    def _openai_client(self) -> openai.AsyncOpenAI:
+        cache_dir = self.cache_dir and str(self.cache_dir)
+        return f"{type(self).__name__}(model={self.cfg.model!r} at {self.url}, cache_dir={cache_dir!r}; {self.stats})"
+
+    def _per_loop(self, table, make):
+        "The entry of `table` that belongs to the running event loop (made by `make()` on first use)."
+        loop = asyncio.get_running_loop()
+        if loop not in table: table[loop] = make()
+        return table[loop]
+
+    def _new_clients(self) -> list[openai.AsyncOpenAI]:
+        "SDK clients for one event loop: one per 32 requests in flight, each with its own connection pool."
         hooks = {"response": [functools.partial(_refuse_declared_oversize, self.cfg.max_answer_bytes)]}
         tls = _tls_context(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
-        clients = self._per_loop(self._clients, lambda: [openai.AsyncOpenAI(base_url=self.cfg.base_url, api_key=self._api_key,
-            max_retries=0, http_client=openai.DefaultAsyncHttpxClient(verify=tls, event_hooks=hooks)) for _ in range(-(-self.cfg.concurrency // 32))])
+        clients = []
+        for _ in range((self.cfg.concurrency + 31) // 32):
+            http_client = openai.DefaultAsyncHttpxClient(verify=tls, event_hooks=hooks)
+            clients.append(openai.AsyncOpenAI(base_url=self.cfg.base_url, api_key=self._api_key, max_retries=0,
+                                              http_client=http_client))
+        return clients
+
+    def _openai_client(self) -> openai.AsyncOpenAI:
+        "The next SDK client of the running event loop, in turn."
+        clients = self._per_loop(self._clients, self._new_clients)
         self._turn = (self._turn + 1) % len(clients)
         return clients[self._turn]
-    def _where(self) -> str:   # where a call went (and the run folder to resume), for error messages
-        return f" ({self.url}, model {self.cfg.model!r})" + (f"; run folder {self.cache_dir.parent} (run again to resume)" if self.cache_dir else "")
+
+    def _where(self) -> str:
+        "Where a call went (and the run folder to resume), for error messages."
+        where = f" ({self.url}, model {self.cfg.model!r})"
+        if self.cache_dir: where += f"; run folder {self.cache_dir.parent} (run again to resume)"
+        return where
+
     async def aclose(self):
         "Close the HTTP clients of the running event loop (optional; clients of finished loops are dropped)."
         for client in self._clients.pop(asyncio.get_running_loop(), []): await client.close()
@@ -174,22 +270,31 @@ class LLM:
 # %% ../nbs/01_llm.ipynb #0beef07c
 _SCHEMA_PROMPT = "Answer with one JSON object and nothing else. It must follow this JSON schema:\n"
 _MODES = ("json_schema", "json_object", "prompt")   # what to ask for, best first ("prompt": the schema in words only)
+_ROLES = ("system", "user", "assistant")
 
 def request_key(request: dict) -> str:
     "Cache key of a request: sha256 of its canonical JSON (model, messages, response_format, sampling params)."
-    return hashlib.sha256(json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()).hexdigest()
+    canonical = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+def _is_message(message: Any) -> bool:
+    return isinstance(message, dict) and message.get("role") in _ROLES and isinstance(message.get("content"), str)
 
 def _check_messages(messages: Any) -> list[dict]:
-    if not isinstance(messages, (list, tuple)) or not messages or not all(
-            isinstance(m, dict) and m.get("role") in ("system", "user", "assistant") and isinstance(m.get("content"), str) for m in messages):
-        raise ValueError(f"messages must be a non-empty list of {{'role': 'system'|'user'|'assistant', 'content': str}}, got {messages!r:.120}")
+    "`messages` as plain `{role, content}` dicts, or a ValueError that shows what came."
+    if not isinstance(messages, (list, tuple)) or not messages or not all(_is_message(m) for m in messages):
+        raise ValueError("messages must be a non-empty list of {'role': 'system'|'user'|'assistant', 'content': str}, "
+                         f"got {messages!r:.120}")
     return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 @patch
 def _build_request(self: LLM, messages: list[dict], schema: dict, name: str, mode: str) -> dict:
+    "The request of one call in response `mode`: what is sent, and what its cache key is made of."
     response_format = {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
     if mode != "json_schema":   # the schema goes into the system prompt (and no response_format at all for "prompt")
-        instruction, messages, response_format = _SCHEMA_PROMPT + json.dumps(schema, ensure_ascii=False), [dict(m) for m in messages], {"type": mode} if mode == "json_object" else None
+        instruction = _SCHEMA_PROMPT + json.dumps(schema, ensure_ascii=False)
+        messages = [dict(m) for m in messages]
+        response_format = {"type": mode} if mode == "json_object" else None
         if messages[0]["role"] == "system": messages[0]["content"] += "\n\n" + instruction
         else: messages.insert(0, {"role": "system", "content": instruction})
     request = {"model": self.cfg.model, "messages": messages, "response_format": response_format,
@@ -199,16 +304,21 @@ def _build_request(self: LLM, messages: list[dict], schema: dict, name: str, mod
 @patch
 def _cached(self: LLM, messages: list[dict], schema: dict, name: str) -> list[str]:
     "Cached answers to this call, under its key in either response mode."
-    found, keys = [], [request_key(self._build_request(messages, schema, name, mode)) for mode in _MODES]
-    for key in keys if self.cache_dir is not None and self.cache_dir.is_dir() else ():
-        try: found.append(json.loads((self.cache_dir / f"{key}.json").read_text())["response"]["content"])
-        except (OSError, ValueError, TypeError, KeyError): pass   # none, or unreadable: ask again
-    return [content for content in found if isinstance(content, str)]
+    if self.cache_dir is None or not self.cache_dir.is_dir(): return []
+    found = []
+    for mode in _MODES:
+        key = request_key(self._build_request(messages, schema, name, mode))
+        try: content = json.loads((self.cache_dir / f"{key}.json").read_text())["response"]["content"]
+        except (OSError, ValueError, TypeError, KeyError): continue   # none, or unreadable: ask again
+        if isinstance(content, str): found.append(content)
+    return found
 
 @patch
 def _cache_write(self: LLM, request: dict, name: str, content: str) -> None:
+    "Keep a good answer under the key of `request` (no key, no URL: the request is what was sent)."
     if self.cache_dir is None: return
-    entry = {"key": (key := request_key(request)), "name": name, "request": request, "response": {"content": content}}
+    key = request_key(request)
+    entry = {"key": key, "name": name, "request": request, "response": {"content": content}}
     atomic_write_bytes(self.cache_dir / f"{key}.json", json.dumps(entry, ensure_ascii=False).encode(), fsync=False)
 
 # %% ../nbs/01_llm.ipynb #e254ba79
@@ -218,15 +328,20 @@ def _retry_after(response: Any) -> float | None:
         try: return max(0.0, float(response.headers[name]) / scale)
         except (AttributeError, KeyError, TypeError, ValueError): pass
 
+_FORMAT_REFUSED = re.compile(r"response_format|json_schema|json_object", re.I)
+
 def _status_fault(error: openai.APIStatusError, request: dict) -> Exception:
     "The fault an HTTP error status stands for."
     status, message = error.status_code, _one_line(error.message, 300)
-    if status == 429 and getattr(error, "code", None) == "insufficient_quota": return _Fatal("quota", "the account has no quota left (HTTP 429)")
+    if status == 429 and getattr(error, "code", None) == "insufficient_quota":
+        return _Fatal("quota", "the account has no quota left (HTTP 429)")
     if status == 429 or status >= 500 or status in (408, 409):
         return _Transient("429" if status == 429 else "5xx", f"HTTP {status}: {message}", _retry_after(error.response))
-    if status == 400 and (request.get("response_format") or {}).get("type") in _MODES and re.search(r"response_format|json_schema|json_object", message, re.I):
+    asked_format = (request.get("response_format") or {}).get("type") in _MODES
+    if status == 400 and asked_format and _FORMAT_REFUSED.search(message):
         return _SchemaRejected()
-    return _Fatal(str(status) if status in (401, 403) else "http", f"the server refused the request with HTTP {status}: {message}")
+    kind = str(status) if status in (401, 403) else "http"
+    return _Fatal(kind, f"the server refused the request with HTTP {status}: {message}")
 
 @patch
 async def _send(self: LLM, request: dict, timeout: float) -> Any:
@@ -238,25 +353,38 @@ async def _send(self: LLM, request: dict, timeout: float) -> Any:
         try:
             async for piece in response.aiter_bytes():
                 body += piece
-                if len(body) > limit: raise _Fatal("too_large", f"the answer passed max_answer_bytes={limit:,}; reading stopped")
-        finally: await response.aclose()
-    except openai.APIStatusError as error: raise _status_fault(error, request) from None
-    except (openai.APITimeoutError, httpx.TimeoutException): raise _Transient("timeout", f"no bytes for {timeout:.3g} s") from None
+                if len(body) > limit:
+                    raise _Fatal("too_large", f"the answer passed max_answer_bytes={limit:,}; reading stopped")
+        finally:
+            await response.aclose()
+    except openai.APIStatusError as error:
+        raise _status_fault(error, request) from None
+    except (openai.APITimeoutError, httpx.TimeoutException):
+        raise _Transient("timeout", f"no bytes for {timeout:.3g} s") from None
     except openai.APIConnectionError as error:
-        if "CERTIFICATE_VERIFY_FAILED" in str(error.__cause__): raise _Fatal("tls", str(error.__cause__)) from None
-        raise _Transient("refused" if isinstance(error.__cause__, httpx.ConnectError) else "connection",   # nothing listens there
-                         f"{type(error.__cause__).__name__}: {error.__cause__}") from None
-    except httpx.HTTPError as error: raise _Transient("connection", f"{type(error).__name__}: {error}") from None  # mid-body
+        cause = error.__cause__
+        if "CERTIFICATE_VERIFY_FAILED" in str(cause): raise _Fatal("tls", str(cause)) from None
+        kind = "refused" if isinstance(cause, httpx.ConnectError) else "connection"   # refused: nothing listens there
+        raise _Transient(kind, f"{type(cause).__name__}: {cause}") from None
+    except httpx.HTTPError as error:   # mid-body
+        raise _Transient("connection", f"{type(error).__name__}: {error}") from None
     try: return json.loads(body)
-    except ValueError: raise _Transient("truncated", f"the response is not whole JSON ({len(body):,} bytes, ends {bytes(body[-40:])!r})") from None
+    except ValueError:
+        detail = f"the response is not whole JSON ({len(body):,} bytes, ends {bytes(body[-40:])!r})"
+        raise _Transient("truncated", detail) from None
 
 def _answer_text(completion: Any, request: dict) -> str:
     "The JSON text of a chat completion's answer, or the fault that makes it unusable."
-    try: choice = completion["choices"][0]; message = choice["message"]; content = message.get("content")
+    try:
+        choice = completion["choices"][0]
+        message = choice["message"]
+        content = message.get("content")
     except (TypeError, KeyError, IndexError, AttributeError):
         raise _Transient("not_json", f"the response is not a chat completion: {str(completion)[:120]!r}") from None
-    if choice.get("finish_reason") == "length": raise _Transient("truncated", f"the answer was cut at max_tokens={request.get('max_tokens')}")
-    if not isinstance(content, str): raise _Transient("refusal", f"no text content (refusal: {message.get('refusal')!r:.200})")
+    if choice.get("finish_reason") == "length":
+        raise _Transient("truncated", f"the answer was cut at max_tokens={request.get('max_tokens')}")
+    if not isinstance(content, str):
+        raise _Transient("refusal", f"no text content (refusal: {message.get('refusal')!r:.200})")
     content = re.sub(r"^\s*```(?:json)?\s*|\s*```\s*$", "", content)   # a fenced answer
     try: json.loads(content)
     except ValueError: raise _Transient("not_json", f"the answer is not JSON: {content[:80]!r}") from None
@@ -264,36 +392,51 @@ def _answer_text(completion: Any, request: dict) -> str:
 
 # %% ../nbs/01_llm.ipynb #18986cd1
 @patch
+def _backoff(self: LLM, fault: _Transient, attempt: int) -> float:
+    "Seconds to wait before retry `attempt + 1`: the server's Retry-After, else full jitter under a doubling ceiling."
+    if fault.retry_after is not None: return min(self.cfg.retry_max_s, fault.retry_after)
+    ceiling = self.cfg.retry_base_s * 2 ** attempt
+    if fault.kind == "refused": ceiling = min(ceiling, 0.5)   # nothing listens: one quick look again, then give up
+    return min(self.cfg.retry_max_s, self._jitter.uniform(0, ceiling))
+
+@patch
 async def _send_with_retries(self: LLM, request: dict, name: str, read: Callable = _answer_text) -> Any:
     "`read(completion, request)` of the first usable answer to `request`, within `timeout_s` in all."
     loop, fault, tries = asyncio.get_running_loop(), None, 0
+    slot = self._per_loop(self._semaphores, lambda: asyncio.Semaphore(self.cfg.concurrency))
     try:
-        slot = self._per_loop(self._semaphores, lambda: asyncio.Semaphore(self.cfg.concurrency))
-        async with slot, self.gate or contextlib.nullcontext(), asyncio.timeout(self.cfg.timeout_s):   # the deadline starts here
-            deadline = loop.time() + self.cfg.timeout_s
+        async with slot, self.gate or contextlib.nullcontext(), asyncio.timeout(self.cfg.timeout_s):
+            deadline = loop.time() + self.cfg.timeout_s   # the deadline starts once a slot is free
             for attempt in range(self.cfg.max_retries + 1):
-                tries, self.stats.sent = tries + 1, self.stats.sent + 1
-                try: return read(await self._send(request, max(0.01, min(deadline - loop.time(), self.cfg.stall_s or 1e9))), request)
+                tries += 1
+                self.stats.sent += 1
+                attempt_timeout = max(0.01, min(deadline - loop.time(), self.cfg.stall_s or 1e9))
+                try: return read(await self._send(request, attempt_timeout), request)
                 except _Transient as error: fault = error
                 self.stats.faults[fault.kind] += 1
-                if isinstance(fault, _Fatal) or attempt == self.cfg.max_retries or (fault.kind == "refused" and attempt): break
+                last_try = attempt == self.cfg.max_retries or (fault.kind == "refused" and attempt > 0)
+                if isinstance(fault, _Fatal) or last_try: break
                 self.stats.retries += 1
-                ceiling = min(self.cfg.retry_base_s * 2 ** attempt, 0.5 if fault.kind == "refused" else 1e9)
-                await asyncio.sleep(min(self.cfg.retry_max_s, self._jitter.uniform(0, ceiling) if fault.retry_after is None else fault.retry_after))
+                await asyncio.sleep(self._backoff(fault, attempt))
     except TimeoutError:
         self.stats.faults["timeout"] += 1
         last = f"; last fault {fault.kind}: {fault.detail}" if fault else ""
-        raise LLMTransportError(name, f"no usable answer within timeout_s={self.cfg.timeout_s:g} s ({tries} tries{last})"
-                                f"{self._where()}; {_FIXES['timeout']}", "timeout") from None
-    what = fault.detail if isinstance(fault, _Fatal) else f"no usable answer after {tries} tries; last fault {fault.kind}: {fault.detail}"
-    raise LLMTransportError(name, f"{what}{self._where()}; {_FIXES.get(fault.kind, 'raise --llm-max-retries, or check the server')}", fault.kind)
+        what = f"no usable answer within timeout_s={self.cfg.timeout_s:g} s ({tries} tries{last})"
+        raise LLMTransportError(name, f"{what}{self._where()}; {_FIXES['timeout']}", "timeout") from None
+    if isinstance(fault, _Fatal): what = fault.detail
+    else: what = f"no usable answer after {tries} tries; last fault {fault.kind}: {fault.detail}"
+    fix = _FIXES.get(fault.kind, "raise --llm-max-retries, or check the server")
+    raise LLMTransportError(name, f"{what}{self._where()}; {fix}", fault.kind)
 
 # %% ../nbs/01_llm.ipynb #4a402d14
-_REPAIR = "Your JSON answer has these problems:\n{}\nReply with the whole corrected JSON object only, keeping everything that was right."
+_REPAIR = ("Your JSON answer has these problems:\n{}\n"
+           "Reply with the whole corrected JSON object only, keeping everything that was right.")
 
 def _validate(content: str, response_model: type[BaseModel], check) -> tuple[Any, list[str]]:
+    "(the answer as `response_model`, the rules it breaks): the schema's, else those `check` returns."
     try: obj = response_model.model_validate_json(content)
-    except ValidationError as error: return None, [f"{'.'.join(map(str, e['loc'])) or '(the whole answer)'}: {e['msg']}" for e in error.errors()]
+    except ValidationError as error:
+        return None, [f"{'.'.join(map(str, e['loc'])) or '(the whole answer)'}: {e['msg']}" for e in error.errors()]
     problems = [] if check is None else (check(obj) or [])
     if isinstance(problems, str) or not all(isinstance(p, str) for p in problems):
         raise TypeError(f"check must return a list of strings (the rule violations), got {problems!r:.120}")
@@ -301,34 +444,47 @@ def _validate(content: str, response_model: type[BaseModel], check) -> tuple[Any
 
 @patch
 async def _answer(self: LLM, messages: list[dict], schema: dict, name: str) -> tuple[dict, str]:
-    "(request, JSON answer) for `messages`; a server that refuses a response format gets the next of `_MODES` from then on."
+    "(request, JSON answer) for `messages`; a server that refuses a response format gets the next of `_MODES` for good."
     for mode in _MODES[_MODES.index(self.response_mode):]:   # (the last, a plain prompt, cannot be refused)
         request = self._build_request(messages, schema, name, mode)
         try: return request, await self._send_with_retries(request, name)
-        except _SchemaRejected:   # concurrent calls may all be refused: count each switch once
-            if self.response_mode == mode: self.stats.fallbacks, self.response_mode = self.stats.fallbacks + 1, _MODES[_MODES.index(mode) + 1]
+        except _SchemaRejected:
+            if self.response_mode == mode:   # concurrent calls may all be refused: count each switch once
+                self.stats.fallbacks += 1
+                self.response_mode = _MODES[_MODES.index(mode) + 1]
+
+def _repair_messages(messages: list[dict], content: str, errors: list[str]) -> list[dict]:
+    "`messages` plus the answer and a request to fix its `errors`."
+    problems = "\n".join(f"- {e}" for e in errors)
+    return messages + [{"role": "assistant", "content": content}, {"role": "user", "content": _REPAIR.format(problems)}]
 
 @patch
 async def ask(self: LLM, messages: list[dict], response_model: type[BaseModel], *,
               check: Callable[[Any], list[str]] | None = None, name: str = "") -> BaseModel:
     "An instance of `response_model` answering `messages` that passes `check`: from the cache, else asked and repaired."
     messages, schema = _check_messages(messages), _strict_schema(response_model)
-    if check is not None and not callable(check): raise TypeError(f"check={check!r} must be a function obj -> list[str], or None")
+    if check is not None and not callable(check):
+        raise TypeError(f"check={check!r} must be a function obj -> list[str], or None")
     label = re.sub(r"[^A-Za-z0-9_-]+", "_", name or response_model.__name__).strip("_")[:64] or "answer"
     self.stats.calls += 1
     try:
         for content in self._cached(messages, schema, label):   # a cached answer counts only if it still passes
             obj, errors = _validate(content, response_model, check)
-            if not errors: self.stats.cache_hits += 1; return obj
+            if not errors:
+                self.stats.cache_hits += 1
+                return obj
         first = None
         for round_ in range(self.cfg.repair_attempts + 1):
             request, content = await self._answer(messages, schema, label)
-            first, (obj, errors) = first or request, _validate(content, response_model, check)
-            if not errors: self._cache_write(first, label, content); return obj   # under the first request's key
+            first = first or request
+            obj, errors = _validate(content, response_model, check)
+            if not errors:
+                self._cache_write(first, label, content)   # under the first request's key
+                return obj
             self.stats.faults["invalid"] += 1
             if round_ < self.cfg.repair_attempts:
                 self.stats.repairs += 1
-                messages = messages + [{"role": "assistant", "content": content}, {"role": "user", "content": _REPAIR.format("\n".join(f"- {e}" for e in errors))}]
+                messages = _repair_messages(messages, content, errors)
         raise LLMAnswerError(name or label, errors, content, self.cfg.repair_attempts, self._where())
     except Exception:   # (a cancelled call is not a failure)
         self.stats.failed += 1
@@ -338,8 +494,8 @@ async def ask(self: LLM, messages: list[dict], response_model: type[BaseModel], 
 @patch
 async def check(self: LLM) -> None:
     "Preflight: one tiny request, to learn now that the server, the model and the key work (else `LLMTransportError`)."
-    await self._send_with_retries({"model": self.cfg.model, "messages": [{"role": "user", "content": "Reply with: ok"}], "max_tokens": 1},
-                                  "preflight", read=lambda completion, request: None)   # any JSON answer will do
+    request = {"model": self.cfg.model, "messages": [{"role": "user", "content": "Reply with: ok"}], "max_tokens": 1}
+    await self._send_with_retries(request, "preflight", read=lambda completion, request: None)   # any JSON will do
 
 def run_sync(coro):
     "Run a coroutine to completion from synchronous code, inside Jupyter (a running loop) too."

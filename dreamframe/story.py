@@ -34,46 +34,66 @@ CLIP_WINDOW = 77        # tokens SDXL's text encoders read, counting the start a
 @settings
 class StoryConfig:
     "Size and limits of the three-level story (stage 1); saved as `RUN/config.json['story']`."
-    theme: text_field(MAX_THEME_CHARS)  # one line saying what the movie is about, e.g. "a lighthouse keeper adopts a stray dog"
+    # one line saying what the movie is about, e.g. "a lighthouse keeper adopts a stray dog"
+    theme: text_field(MAX_THEME_CHARS)
     substories: int = Field(11, ge=1, le=50)  # level 1: parts of the plot
     shots: int = Field(11, ge=1, le=50)  # level 2: shots per substory
     frames: int = Field(11, ge=1, le=50)  # level 3: keyframe prompts per shot
     lines: int = Field(6, ge=0, le=30)  # level 3: dialogue lines per shot
     substory_qas: int = Field(1, ge=0, le=10)  # level 1: question-answer pairs per substory
     shot_qas: int = Field(1, ge=0, le=10)  # level 2: question-answer pairs per shot (about its outline)
-    frame_qas: int = Field(2, ge=0, le=10)  # level 3: question-answer pairs per shot (about its frames, with frame evidence)
+    # level 3: question-answer pairs per shot (about its frames, with frame evidence)
+    frame_qas: int = Field(2, ge=0, le=10)
     min_characters: int = Field(1, ge=1, le=6)  # level 1: fewest main characters
     max_characters: int = Field(3, ge=1, le=6)  # level 1: most main characters
-    min_locations: int = Field(12, ge=1, le=50)  # level 1: locations to invent; capped at substories + 1 for small stories
-    max_prompt_tokens: int = Field(77, ge=32, le=CLIP_WINDOW)  # CLIP tokens of a drawn frame prompt, start/end included (SDXL reads 77)
-    tokenizer: str | None = None  # CLIP tokenizer for exact token counts: a folder, an SDXL model folder or a hub id; None = a safe estimate
+    # level 1: locations to invent; capped at substories + 1 for small stories
+    min_locations: int = Field(12, ge=1, le=50)
+    # CLIP tokens of a drawn frame prompt, start/end included (SDXL reads 77)
+    max_prompt_tokens: int = Field(77, ge=32, le=CLIP_WINDOW)
+    # CLIP tokenizer for exact token counts: a folder, an SDXL model folder or a hub id; None = a safe estimate
+    tokenizer: str | None = None
 
     @model_validator(mode="after")
     def _characters_range(self):
         if self.min_characters > self.max_characters:
-            raise ValueError(f"min_characters={self.min_characters} is more than max_characters={self.max_characters}; swap them")
+            raise ValueError(f"min_characters={self.min_characters} is more than "
+                             f"max_characters={self.max_characters}; swap them")
         return self
+
     @property
-    def n_locations(self) -> int: return min(self.min_locations, self.substories + 1)   # what level 1 invents: no more than a small story uses
+    def n_locations(self) -> int:
+        "Locations level 1 invents: no more than a small story uses."
+        return min(self.min_locations, self.substories + 1)
+
     @property
-    def n_calls(self) -> int: return 1 + self.substories + self.substories * self.shots   # LLM calls of the story (repairs, retries aside)
+    def n_calls(self) -> int:
+        "LLM calls of the story (repairs and retries aside)."
+        return 1 + self.substories + self.substories * self.shots
 
 # %% ../nbs/02_story.ipynb #9c8ff852
 _TOKEN_PIECES = re.compile(r"[^\W\d_]+|\d|[^\w\s]|_")
 _ASCII_PIECES = re.compile(r"[A-Za-z]{1,4}|\d|[^\w\s]|_")   # the same count for ASCII text, one match per token
 
+def _piece_tokens(piece: str) -> int:
+    "Most CLIP tokens one piece of text can take: a word by length (a non-ASCII word: a token per byte), else 1."
+    if not piece.isalpha(): return 1
+    return math.ceil(len(piece) / 4) if piece.isascii() else len(piece.encode())
+
 def estimate_clip_tokens(text: str) -> int:
     "Conservative CLIP token count of `text` without a tokenizer (start and end tokens included)."
     if text.isascii(): return 2 + len(_ASCII_PIECES.findall(text))
-    return 2 + sum((math.ceil(len(p) / 4) if p.isascii() else len(p.encode())) if p.isalpha() else 1 for p in _TOKEN_PIECES.findall(text))
+    return 2 + sum(_piece_tokens(piece) for piece in _TOKEN_PIECES.findall(text))
 
 def load_clip_tokenizer(source: str | Path):
     "A `transformers.CLIPTokenizer` from a folder or hub id; an SDXL pipeline folder or id works (its `tokenizer/`)."
     from transformers import CLIPTokenizer
     tokenizer, problem = None, ""
     for subfolder in ("tokenizer", ""):   # an SDXL model's tokenizer/, else the folder or id itself
-        try: tokenizer = CLIPTokenizer.from_pretrained(str(source), subfolder=subfolder); break
-        except (OSError, ValueError) as error: problem = f" ({type(error).__name__})"
+        try:
+            tokenizer = CLIPTokenizer.from_pretrained(str(source), subfolder=subfolder)
+            break
+        except (OSError, ValueError) as error:
+            problem = f" ({type(error).__name__})"
     if tokenizer is None or len(tokenizer) < 512:  # a byte-level BPE has at least 512 symbols; an empty folder gives 2
         raise ValueError(f"tokenizer={str(source)!r}: no CLIP tokenizer there{problem}; give a folder holding "
                          "vocab.json and merges.txt, an SDXL model folder, or a hub id you can download")
@@ -83,7 +103,8 @@ def count_clip_tokens(text: str, tokenizer: Callable | None = None) -> int:
     "CLIP tokens of `text` (start/end included): exact with `tokenizer`, else `estimate_clip_tokens`."
     if tokenizer is None: return estimate_clip_tokens(text)
     result = tokenizer(text)
-    return result if isinstance(result, int) else len(result["input_ids"] if hasattr(result, "keys") else result)
+    if isinstance(result, int): return result
+    return len(result["input_ids"] if hasattr(result, "keys") else result)
 
 # %% ../nbs/02_story.ipynb #12e78994
 PROMPTS = {
@@ -135,55 +156,83 @@ PROMPTS = {
 }
 
 # %% ../nbs/02_story.ipynb #6e4fdea6
-_TITLE, _PARAGRAPH = text_field(200), text_field(4000)   # as in movie.json, but never empty
+_TITLE = text_field(200)        # as in movie.json, but never empty
+_PARAGRAPH = text_field(4000)   # as in movie.json, but never empty
 
 def _items(item_type, count: int, maximum: int | None = None, **kw):
     "A list field of exactly `count` items (or `count`..`maximum`)."
     return (list[item_type], Field(min_length=count, max_length=count if maximum is None else maximum, **kw))
 
-def _text(text_type, description: str, **kw): return (text_type, Field(description=description, **kw))
+def _text(text_type, description: str, **kw):
+    "A text field with its description for the LLM."
+    return (text_type, Field(description=description, **kw))
 
-def _number(highest: int): return Annotated[int, Field(ge=1, le=highest)]   # how the LLM refers to a location or a frame
+def _number(highest: int):
+    "How the LLM refers to a location or a frame: its number, 1 to `highest`."
+    return Annotated[int, Field(ge=1, le=highest)]
 
 LOOK_PATTERN = r"^[Aa] (man|woman) who looks like [^,]+ in [A-Za-z]+ clothes$"  # the reference's look-alike phrase
-_STORY_QA = create_model("StoryQA", question=_text(Sentence, "a question about the story"), answer=_text(Sentence, "its answer"))
-_SHOT_QA = create_model("ShotQA", question=_text(Sentence, "a question about the shot"), answer=_text(Sentence, "its answer"))
+_STORY_QA = create_model("StoryQA", question=_text(Sentence, "a question about the story"),
+                         answer=_text(Sentence, "its answer"))
+_SHOT_QA = create_model("ShotQA", question=_text(Sentence, "a question about the shot"),
+                        answer=_text(Sentence, "its answer"))
 
 def level1_model(cfg: StoryConfig) -> type[BaseModel]:
     "Response model of the level-1 call (theme -> skeleton) for `cfg`."
     character = create_model(
-        "CharacterDraft", name=_text(Name, "one-word first name", pattern=r"^[A-Z][a-zA-Z]+$"),
-        look=_text(text_field(200), '"a man/woman who looks like <famous person> in <colour> clothes"', pattern=LOOK_PATTERN))
-    location = create_model("LocationDraft", name=_text(Name, "short noun phrase"), description=_text(_PARAGRAPH, "one sentence"))
+        "CharacterDraft",
+        name=_text(Name, "one-word first name", pattern=r"^[A-Z][a-zA-Z]+$"),
+        look=_text(text_field(200), '"a man/woman who looks like <famous person> in <colour> clothes"',
+                   pattern=LOOK_PATTERN))
+    location = create_model(
+        "LocationDraft",
+        name=_text(Name, "short noun phrase"),
+        description=_text(_PARAGRAPH, "one sentence"))
     substory = create_model(
-        "SubstoryDraft", title=_text(_TITLE, "short title"),
-        locations=_items(_number(cfg.n_locations), 1, 3, description=f"numbers (1 to {cfg.n_locations}) of locations from the list"),
-        content=_text(_PARAGRAPH, "3 to 5 sentences"), qa=_items(_STORY_QA, cfg.substory_qas))
+        "SubstoryDraft",
+        title=_text(_TITLE, "short title"),
+        locations=_items(_number(cfg.n_locations), 1, 3,
+                         description=f"numbers (1 to {cfg.n_locations}) of locations from the list"),
+        content=_text(_PARAGRAPH, "3 to 5 sentences"),
+        qa=_items(_STORY_QA, cfg.substory_qas))
     return create_model(
-        "Level1", title=_text(_TITLE, "short title"), overview=_text(_PARAGRAPH, "the plot in 4 to 6 sentences"),
+        "Level1",
+        title=_text(_TITLE, "short title"),
+        overview=_text(_PARAGRAPH, "the plot in 4 to 6 sentences"),
         style_keyword=(str, Field(pattern=r"^[A-Za-z]{1,40}$", description="one word")),
-        style_description=_text(_PARAGRAPH, "one sentence"), characters=_items(character, cfg.min_characters, cfg.max_characters),
-        locations=_items(location, cfg.n_locations), substories=_items(substory, cfg.substories))
+        style_description=_text(_PARAGRAPH, "one sentence"),
+        characters=_items(character, cfg.min_characters, cfg.max_characters),
+        locations=_items(location, cfg.n_locations),
+        substories=_items(substory, cfg.substories))
 
 def level2_model(cfg: StoryConfig, location_names: list[str]) -> type[BaseModel]:
     "Response model of a level-2 call (substory -> shots): a shot happens in one of the substory's `location_names`."
     shot = create_model(
-        "ShotDraft", title=_text(_TITLE, "short title"),
+        "ShotDraft",
+        title=_text(_TITLE, "short title"),
         location=(Literal[tuple(location_names)], Field(description="one of the substory's locations")),
-        content=_text(_PARAGRAPH, "1 or 2 sentences using the characters' names"), qa=_items(_SHOT_QA, cfg.shot_qas))
+        content=_text(_PARAGRAPH, "1 or 2 sentences using the characters' names"),
+        qa=_items(_SHOT_QA, cfg.shot_qas))
     return create_model("Level2", shots=_items(shot, cfg.shots))
 
 def level3_model(cfg: StoryConfig, character_names: list[str]) -> type[BaseModel]:
     "Response model of a level-3 call (shot -> frame prompts, dialogue, QA); a speaker is a character or null."
     line = create_model(
-        "LineDraft", speaker=(Literal[tuple(character_names)] | None, Field(description="who speaks; null for narration")),
+        "LineDraft",
+        speaker=(Literal[tuple(character_names)] | None, Field(description="who speaks; null for narration")),
         text=_text(Sentence, "what is said"),
         after_frame=(_number(cfg.frames), Field(description=f"number (1 to {cfg.frames}) of the frame it follows")))
-    qa = create_model("FrameQA", question=_text(Sentence, "a question about these frames"), answer=_text(Sentence, "its answer"),
-                      frames=_items(_number(cfg.frames), 1, cfg.frames, description="numbers of the frames showing it"))
+    qa = create_model(
+        "FrameQA",
+        question=_text(Sentence, "a question about these frames"),
+        answer=_text(Sentence, "its answer"),
+        frames=_items(_number(cfg.frames), 1, cfg.frames, description="numbers of the frames showing it"))
     frame = create_model("FrameDraft", prompt=_text(Prompt, '"In <place>, <who> is <doing>", characters by name'))
-    return create_model("Level3", frames=_items(frame, cfg.frames, description="the shot's keyframes, in order"),
-                        lines=_items(line, cfg.lines), qa=_items(qa, cfg.frame_qas))
+    return create_model(
+        "Level3",
+        frames=_items(frame, cfg.frames, description="the shot's keyframes, in order"),
+        lines=_items(line, cfg.lines),
+        qa=_items(qa, cfg.frame_qas))
 
 # %% ../nbs/02_story.ipynb #39db4852
 def check_level1(answer) -> list[str]:
@@ -212,39 +261,55 @@ def level3_checker(cfg: StoryConfig, skeleton: Movie, tokenizer: Callable | None
 def _qa(draft, qa_type: str) -> QA:
     return QA(type=qa_type, question=draft.question, answer=draft.answer)
 
-def assemble_movie(skeleton, shot_plans: dict | None = None, shot_scripts: dict | None = None, theme: str = "") -> Movie:
-    "Build a `Movie` from a level-1 answer, level-2 answers by substory index and level-3 answers by (substory, shot)."
-    shot_plans, shot_scripts = shot_plans or {}, shot_scripts or {}
-    characters = [Character(name=c.name, look="a" + c.look[1:]) for c in skeleton.characters]  # "A woman…" -> "a woman…"
-    canonical, locations = [], {}   # a place listed twice (any case) is one place: keep its first description
-    for l in skeleton.locations:
-        canonical.append(locations.setdefault(l.name.lower(), Location(name=l.name, description=l.description)).name)
-    names = [c.name for c in characters]   # (the drafts' text is already clean: schema text types)
-    substories = []
-    for s, sub in enumerate(skeleton.substories):
-        shots = []
-        for t, plan in enumerate(shot_plans[s].shots if s in shot_plans else []):
-            script = shot_scripts.get((s, t))
-            frames, lines, qa = [], [], [_qa(q, "shot") for q in plan.qa]
-            if script is not None:
-                frames = [Frame(prompt=f.prompt, location=plan.location, characters=mentioned_characters(f.prompt, names)) for f in script.frames]
-                lines = sorted((Line(text=l.text, speaker=l.speaker, after_frame=l.after_frame - 1) for l in script.lines), key=lambda l: l.after_frame)
-                qa += [_qa(q, "frames") for q in script.qa]
-            shots.append(Shot(title=plan.title, location=plan.location, content=plan.content, frames=frames, lines=lines, qa=qa))
-        substories.append(Substory(title=sub.title, content=sub.content, shots=shots, qa=[_qa(q, "substory") for q in sub.qa],
-                                   locations=list(dict.fromkeys(canonical[n - 1] for n in sub.locations))))
-    movie = Movie(theme=theme, title=skeleton.title, overview=skeleton.overview, style_keyword=skeleton.style_keyword,
-                  style_description=skeleton.style_description, characters=characters, locations=list(locations.values()), substories=substories)
-    for s, sub in enumerate(movie.substories):  # frame evidence, now that frames have ids
+def _assemble_shot(plan, script, names: list[str]) -> Shot:
+    "A shot from its level-2 plan and, once answered, its level-3 script (frames, lines, frame QA)."
+    frames, lines, qa = [], [], [_qa(q, "shot") for q in plan.qa]
+    if script is not None:
+        for draft in script.frames:
+            frames.append(Frame(prompt=draft.prompt, location=plan.location,
+                                characters=mentioned_characters(draft.prompt, names)))
+        for draft in script.lines:   # the LLM counts frames from 1, a Line from 0
+            lines.append(Line(text=draft.text, speaker=draft.speaker, after_frame=draft.after_frame - 1))
+        lines.sort(key=lambda line: line.after_frame)
+        qa += [_qa(q, "frames") for q in script.qa]
+    return Shot(title=plan.title, location=plan.location, content=plan.content, frames=frames, lines=lines, qa=qa)
+
+def _add_frame_evidence(movie: Movie, shot_plans: dict, shot_scripts: dict) -> None:
+    "Point each QA at the frames it is about, now that frames have ids."
+    for s, sub in enumerate(movie.substories):
         for t, shot in enumerate(sub.shots):
             if not shot.frames: continue
             ids = [f.id for f in shot.frames]
             n_plan = len(shot_plans[s].shots[t].qa)
-            for q in shot.qa[:n_plan]: q.frame_ids = ids
-            for q, draft in zip(shot.qa[n_plan:], shot_scripts[(s, t)].qa):
+            for q in shot.qa[:n_plan]: q.frame_ids = ids   # a shot's QA: all its frames
+            for q, draft in zip(shot.qa[n_plan:], shot_scripts[(s, t)].qa):   # a frame QA: the frames it names
                 q.frame_ids = [ids[k - 1] for k in sorted(set(draft.frames))]
         if sub.shots and all(shot.frames for shot in sub.shots):
             for q in sub.qa: q.frame_ids = [f.id for shot in sub.shots for f in shot.frames]
+
+def assemble_movie(skeleton, shot_plans: dict | None = None, shot_scripts: dict | None = None,
+                   theme: str = "") -> Movie:
+    "Build a `Movie` from a level-1 answer, level-2 answers by substory index and level-3 answers by (substory, shot)."
+    shot_plans = shot_plans or {}
+    shot_scripts = shot_scripts or {}
+    # "A woman who looks like…" -> "a woman who looks like…"
+    characters = [Character(name=c.name, look="a" + c.look[1:]) for c in skeleton.characters]
+    canonical, locations = [], {}   # a place listed twice (any case) is one place: keep its first description
+    for l in skeleton.locations:
+        place = locations.setdefault(l.name.lower(), Location(name=l.name, description=l.description))
+        canonical.append(place.name)
+    names = [c.name for c in characters]   # (the drafts' text is already clean: schema text types)
+    substories = []
+    for s, sub in enumerate(skeleton.substories):
+        plans = shot_plans[s].shots if s in shot_plans else []
+        shots = [_assemble_shot(plan, shot_scripts.get((s, t)), names) for t, plan in enumerate(plans)]
+        places = list(dict.fromkeys(canonical[n - 1] for n in sub.locations))
+        substories.append(Substory(title=sub.title, locations=places, content=sub.content, shots=shots,
+                                   qa=[_qa(q, "substory") for q in sub.qa]))
+    movie = Movie(theme=theme, title=skeleton.title, overview=skeleton.overview, style_keyword=skeleton.style_keyword,
+                  style_description=skeleton.style_description, characters=characters,
+                  locations=list(locations.values()), substories=substories)
+    _add_frame_evidence(movie, shot_plans, shot_scripts)
     return movie  # the frame ids above come from the movie itself, so they exist
 
 # %% ../nbs/02_story.ipynb #8f4807d5
@@ -271,16 +336,21 @@ def word_budget(cfg: StoryConfig, movie: Movie, tokenizer: Callable | None = Non
 
 def level3_messages(cfg: StoryConfig, movie: Movie, s: int, t: int, tokenizer: Callable | None = None) -> list[dict]:
     "Chat messages of the level-3 call for shot `t` of substory `s` of `movie`."
-    sub, shot = movie.substories[s], movie.substories[s].shots[t]
+    sub = movie.substories[s]
+    shot = sub.shots[t]
     look_tokens, words = word_budget(cfg, movie, tokenizer)
     return _messages(PROMPTS["level3"].format(
-        title=movie.title, overview=movie.overview, characters="\n".join(f"{c.name}: {c.look}" for c in movie.characters),
+        title=movie.title, overview=movie.overview,
+        characters="\n".join(f"{c.name}: {c.look}" for c in movie.characters),
         substory_title=sub.title, number=t + 1, total=len(sub.shots), location=shot.location, shot_title=shot.title,
         shot_content=shot.content, frames=cfg.frames, example_name=movie.characters[0].name, look_tokens=look_tokens,
         word_budget=words, max_prompt_tokens=cfg.max_prompt_tokens, lines=cfg.lines, frame_qas=cfg.frame_qas))
 
 # %% ../nbs/02_story.ipynb #491dac40
-class StoryError(RuntimeError): "Some calls of a level failed after every retry; the answered ones are cached, so rerunning resumes."
+class StoryError(RuntimeError):
+    "Some calls of a level failed after every retry; the answered ones are cached, so rerunning resumes."
+
+_SHOWN_STATS = ("sent", "cache_hits", "retries", "repairs")   # the LLM's counters on the progress bar
 
 async def _run_level(desc: str, calls: dict, on_answer: Callable, save: Callable, progress: bool, llm=None):
     "Await every call of one level concurrently, counting them on a progress bar; raise StoryError on failures."
@@ -288,13 +358,14 @@ async def _run_level(desc: str, calls: dict, on_answer: Callable, save: Callable
     async def one(key, call):
         on_answer(key, await call)
         stats = getattr(llm, "stats", None)
-        bar.set_postfix({k: getattr(stats, k) for k in ("sent", "cache_hits", "retries", "repairs") if hasattr(stats, k)}, refresh=False)
+        bar.set_postfix({k: getattr(stats, k) for k in _SHOWN_STATS if hasattr(stats, k)}, refresh=False)
         bar.update()
     results = await asyncio.gather(*(one(k, c) for k, c in calls.items()), return_exceptions=True)
     bar.close()
     save()
     failed = [(key, r) for key, r in zip(calls, results) if isinstance(r, BaseException)]
-    if interrupted := [error for _, error in failed if not isinstance(error, Exception)]: raise interrupted[0]  # cancelled
+    interrupted = [error for _, error in failed if not isinstance(error, Exception)]
+    if interrupted: raise interrupted[0]   # cancelled, or Ctrl-C: not a failed call
     if failed:
         key, error = failed[0]
         kept = f"the {len(calls) - len(failed)} answered ones are cached, " if len(failed) < len(calls) else ""
@@ -303,45 +374,60 @@ async def _run_level(desc: str, calls: dict, on_answer: Callable, save: Callable
 
 def _check_arguments(cfg, llm, tokenizer):
     "Refuse bad arguments before any call; the tokenizer of `cfg.tokenizer` when none is given."
-    if not isinstance(cfg, StoryConfig): raise TypeError(f"cfg must be a StoryConfig, got {type(cfg).__name__}; e.g. StoryConfig(theme=...)")
-    if not callable(getattr(llm, "ask", None)): raise TypeError(f"llm must have an async `ask` method (LLM or ScriptedLLM), got {type(llm).__name__}")
-    return tokenizer if tokenizer is not None or cfg.tokenizer is None else load_clip_tokenizer(cfg.tokenizer)
+    if not isinstance(cfg, StoryConfig):
+        raise TypeError(f"cfg must be a StoryConfig, got {type(cfg).__name__}; e.g. StoryConfig(theme=...)")
+    if not callable(getattr(llm, "ask", None)):
+        raise TypeError(f"llm must have an async `ask` method (LLM or ScriptedLLM), got {type(llm).__name__}")
+    if tokenizer is not None or cfg.tokenizer is None: return tokenizer
+    return load_clip_tokenizer(cfg.tokenizer)
 
 # %% ../nbs/02_story.ipynb #de2329dd
 async def expand_story_async(cfg: StoryConfig, llm, run_dir: str | Path, *, tokenizer: Callable | None = None,
                              progress: bool = True, save_every: float = 2.0) -> Movie:
     "Write the three-level story of `cfg` with `llm` into `run_dir/movie.json`; returns the `Movie`."
-    tokenizer, run_dir = _check_arguments(cfg, llm, tokenizer), Path(run_dir)
+    tokenizer = _check_arguments(cfg, llm, tokenizer)
+    run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_stage_config(run_dir, "story", cfg)
     state = {"plans": {}, "scripts": {}, "saved": time.monotonic()}
-    def save() -> Movie:  # assemble what is answered so far, write it, and remember when
-        state["movie"], state["saved"] = assemble_movie(state["skeleton"], state["plans"], state["scripts"], cfg.theme), time.monotonic()
+    def save() -> Movie:
+        "Assemble what is answered so far, write it, and remember when."
+        state["movie"] = assemble_movie(state["skeleton"], state["plans"], state["scripts"], cfg.theme)
+        state["saved"] = time.monotonic()
         state["movie"].save(run_dir)
         return state["movie"]
 
-    await _run_level("level 1", {"level 1": llm.ask(level1_messages(cfg), level1_model(cfg), check=check_level1, name="level 1")},
-                     lambda key, answer: state.update(skeleton=answer), lambda: None, progress, llm)
+    # level 1: the skeleton
+    skeleton_call = llm.ask(level1_messages(cfg), level1_model(cfg), check=check_level1, name="level 1")
+    await _run_level("level 1", {"level 1": skeleton_call}, lambda key, answer: state.update(skeleton=answer),
+                     lambda: None, progress, llm)
     movie = save()
 
+    # level 2: every substory's shots at once
     models = {tuple(sub.locations): level2_model(cfg, sub.locations) for sub in movie.substories}  # build each once
-    requests = {s: (level2_messages(cfg, movie, s), models[tuple(sub.locations)]) for s, sub in enumerate(movie.substories)}
-    await _run_level("level 2", {s: llm.ask(*r, name=f"level 2 {movie.substories[s].id}") for s, r in requests.items()},
-                     lambda s, answer: state["plans"].__setitem__(s, answer), save, progress, llm)
+    calls = {}
+    for s, sub in enumerate(movie.substories):
+        calls[s] = llm.ask(level2_messages(cfg, movie, s), models[tuple(sub.locations)], name=f"level 2 {sub.id}")
+    def on_plan(s, answer): state["plans"][s] = answer
+    await _run_level("level 2", calls, on_plan, save, progress, llm)
 
+    # level 3: every shot's frames, lines and QA at once
     movie = state["movie"]
     check = level3_checker(cfg, movie, tokenizer)
     model = level3_model(cfg, [c.name for c in movie.characters])  # one model for every shot
-    requests = {(s, t): (level3_messages(cfg, movie, s, t, tokenizer), model)
-                for s, sub in enumerate(movie.substories) for t in range(len(sub.shots))}
+    calls = {}
+    for s, sub in enumerate(movie.substories):
+        for t, shot in enumerate(sub.shots):
+            messages = level3_messages(cfg, movie, s, t, tokenizer)
+            calls[(s, t)] = llm.ask(messages, model, check=check, name=f"level 3 {shot.id}")
     def on_script(key, answer):
         state["scripts"][key] = answer
         if time.monotonic() - state["saved"] >= save_every: save()
-    await _run_level("level 3", {key: llm.ask(*r, check=check, name=f"level 3 {movie.substories[key[0]].shots[key[1]].id}")
-                                 for key, r in requests.items()}, on_script, save, progress, llm)
+    await _run_level("level 3", calls, on_script, save, progress, llm)
     return state["movie"]
 
-def expand_story(cfg: StoryConfig, llm, run_dir: str | Path, *, tokenizer: Callable | None = None, progress: bool = True) -> Movie:
+def expand_story(cfg: StoryConfig, llm, run_dir: str | Path, *, tokenizer: Callable | None = None,
+                 progress: bool = True) -> Movie:
     "Stage 1: write the three-level story of `cfg` into `RUN/movie.json` (sync; works in scripts and in Jupyter)."
     async def expand_and_close():
         try: return await expand_story_async(cfg, llm, run_dir, tokenizer=tokenizer, progress=progress)

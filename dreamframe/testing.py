@@ -21,6 +21,7 @@ from typing import Any, Callable
 from fastcore.basics import patch
 
 from .llm import _SCHEMA_PROMPT, LLM, LLMConfig, request_key
+from .schema import honour_umask
 
 # %% auto #0
 __all__ = ['clip_tokenizer', 'tiny_sdxl', 'theme_words', 'schema_instance', 'request_schema', 'completion', 'ScriptedLLM',
@@ -120,6 +121,7 @@ def _build_tiny_sdxl(path: Path, seed: int, refiner: bool) -> Path:
             unet=_tiny_unet(64, 64, n_time_ids=5, seed=seed + 4), scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER),
             requires_aesthetics_score=True, force_zeros_for_empty_prompt=False, add_watermarker=False,
         ).save_pretrained(path / "refiner")
+    honour_umask(path)   # safetensors writes -rw-------; a shared run folder needs what the umask gives
     return path
 
 # %% ../nbs/90_testing.ipynb #099aa6c0

@@ -14,6 +14,7 @@ import html
 import io
 import json
 import os
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from fastcore.basics import patch
 from PIL import Image
 from pydantic import Field
 
-from .schema import FormatError, Movie, atomic_write_text, read_json, slugify
+from .schema import FormatError, Movie, atomic_write_text, character_ids, read_json
 from .config import save_stage_config, settings
 from .run_folder import read_manifest
 
@@ -280,8 +281,12 @@ def frames_to_html(run_dir: str | Path, out_path: str | Path | None = None, comp
         frames = list(pool.map(entry, views))
     runs = [run_dir.resolve().name] + ([Path(compare).resolve().name] if compare else [])
     name = title or (movie.title if movie and movie.title else runs[0])
-    cast = {slugify(c.name) for c in movie.characters} if movie else None   # sheets of characters still in the story
-    sheets = [{"id": p.stem, "src": _src(p, thumb_size, embed, out_dir)} for p in sorted((run_dir / "characters").glob("*.png")) if cast is None or p.stem in cast]
+    cast = set(character_ids(movie).values()) if movie else None   # sheets of characters still in the story
+    sheets = []
+    for path in sorted((run_dir / "characters").glob("*.png")):
+        character_id = unicodedata.normalize("NFC", path.stem)   # macOS lists "zoë.png" decomposed
+        if cast is None or character_id in cast:
+            sheets.append({"id": character_id, "src": _src(path, thumb_size, embed, out_dir)})
     data = {"title": name + (f" — {runs[0]} vs {runs[1]}" if compare else ""), "overview": movie.overview if movie else "",
             "runs": runs, "fps": fps, "frames": frames, "sheets": sheets}
     blob = json.dumps(data, ensure_ascii=False).replace("<", "\\u003c")

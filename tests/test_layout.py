@@ -1,14 +1,26 @@
-"""The code base stays readable: small modules, short exported cells, no import cycles, stages that don't import
-each other or the stand-ins at module level, notebooks named after their modules, one settings idiom."""
+"""The code base stays readable the way ../shared/STYLE.md asks: no import cycles, stages that don't import each
+other or the stand-ins at module level, notebooks named after their modules, one settings idiom, and code that fits
+a screen (lines of at most 120 characters, one statement per line: no `;` chains).
+
+Size is not a rule: the old budgets (350 lines a module, 60 lines an exported cell) were met by squeezing lines, so
+they are retired; a module that grows moves a whole idea into its own notebook. The line rule binds every module
+except those in `NOT_YET_UNWRAPPED`, written before it; whoever unwraps one of them removes it from that list."""
 import ast
+import io
 import json
 import re
+import tokenize
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "dreamframe"
 MODULES = {p.stem: p for p in PACKAGE.glob("*.py") if not p.name.startswith("_")}
 STAGES = {"story", "style", "characters", "keyframes", "qa", "export", "viewer", "evaluate"}
+MAX_LINE = 120   # STYLE.md: "≲ 110 characters"; 120 leaves room for a field's help comment
+NOT_YET_UNWRAPPED = {   # modules written when lines were squeezed to meet a line budget (issue 22)
+    "characters", "cli", "config", "embedding", "evaluate", "export", "identity", "keyframes", "keyframes_fast",
+    "low_memory", "lpips", "models", "pipeline", "qa", "qa_llm", "reference", "resources", "run_folder", "run_many",
+    "style", "style_fast", "style_files", "testing", "viewer"}
 
 
 def imports(path: Path) -> tuple[set[str], set[str]]:
@@ -19,7 +31,8 @@ def imports(path: Path) -> tuple[set[str], set[str]]:
         if isinstance(node, ast.ImportFrom) and node.module:
             module = node.module if node.level == 0 else f"dreamframe.{node.module}"
             names = [module] + [f"{module}.{a.name}" for a in node.names]
-        elif isinstance(node, ast.Import): names = [a.name for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
         found = {n.split(".")[1] for n in names if n.startswith("dreamframe.") and n.split(".")[1] in MODULES}
         (top if node in tree.body else inner).update(found)
     for target in re.findall(r"[\"']dreamframe\.(\w+):", path.read_text()):  # lazy `module:name` targets
@@ -27,19 +40,39 @@ def imports(path: Path) -> tuple[set[str], set[str]]:
     return top, inner
 
 
-def test_no_module_over_350_lines():
-    long = {name: n for name, path in MODULES.items() if (n := len(path.read_text().splitlines())) > 350}
-    assert not long, f"modules over 350 lines: {long}"
+def generated_lines(text: str) -> set[int]:
+    "Numbers of the lines nbdev writes itself: the module docstring (the notebook's summary) and `__all__`."
+    lines = set()
+    for node in ast.parse(text).body:
+        docstring = isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and node.lineno == 1
+        names = isinstance(node, ast.Assign) and [getattr(t, "id", "") for t in node.targets] == ["__all__"]
+        if docstring or names: lines.update(range(node.lineno, node.end_lineno + 1))
+    return lines
 
 
-def test_no_exported_cell_over_60_lines():
-    long = []
-    for notebook in (ROOT / "nbs").glob("*.ipynb"):
-        for cell in json.loads(notebook.read_text())["cells"]:
-            source = "".join(cell["source"])
-            if cell["cell_type"] == "code" and re.search(r"(?m)^#\|\s*export", source) and len(source.splitlines()) > 60:
-                long.append((notebook.name, source.splitlines()[1][:60]))
-    assert not long, f"exported cells over 60 lines: {long}"
+def squeezed_lines(text: str) -> tuple[list[int], list[int]]:
+    "(numbers of lines over MAX_LINE characters, numbers of lines holding a `;` between statements)."
+    generated = generated_lines(text)
+    long = [number for number, line in enumerate(text.splitlines(), start=1)
+            if len(line) > MAX_LINE and number not in generated]
+    tokens = tokenize.generate_tokens(io.StringIO(text).readline)
+    chained = sorted({t.start[0] for t in tokens if t.type == tokenize.OP and t.string == ";"})
+    return long, chained
+
+
+def test_unwrapped_modules_fit_a_screen():
+    problems = {}
+    for name, path in sorted(MODULES.items()):
+        if name in NOT_YET_UNWRAPPED: continue
+        long, chained = squeezed_lines(path.read_text())
+        if long or chained: problems[name] = {f"over {MAX_LINE} characters": long, "`;` chains": chained}
+    assert not problems, f"lines to unwrap (see STYLE.md, rule 2), by module and line number: {problems}"
+
+
+def test_the_line_check_sees_squeezed_code():
+    squeezed = f'"""{"A long summary. " * 9}"""\nx, y = "x" * 200, []; count = 0  {"#" * 100}\ntext = "a; b"\n'
+    assert squeezed_lines(squeezed) == ([2], [2])   # the generated docstring and a `;` inside a string pass
+    assert set(NOT_YET_UNWRAPPED) <= set(MODULES), f"no such modules: {set(NOT_YET_UNWRAPPED) - set(MODULES)}"
 
 
 def test_no_import_cycles():
