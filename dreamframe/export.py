@@ -22,9 +22,9 @@ from tqdm.auto import tqdm
 from .schema import QA, FormatError, Movie, atomic_write_json, atomic_write_text, format_errors, read_json
 from .config import fingerprint, save_stage_config, settings
 from .run_folder import read_manifest
-from .trainers import (CARD_FEATURES, LETTERS, Media, dataset_card, llamafactory_info, llamafactory_records, llava_records,
-                                 long_video_records, validate_llamafactory, validate_llava, validate_long_video,
-                                 validate_videochat2, videochat2_records)
+from .trainers import (CARD_FEATURES, LETTERS, Media, dataset_card, llamafactory_info, llamafactory_records,
+                                 llava_records, long_video_records, validate_llamafactory, validate_llava,
+                                 validate_long_video, validate_videochat2, videochat2_records)
 from .video import srt_text, validate_srt, video_frame_count, video_frames, write_video
 
 # %% ../nbs/07_export.ipynb #50dcfe66
@@ -36,7 +36,7 @@ class ExportConfig:
     max_side: int | None = Field(None, ge=16)  # shrink keyframes so the longer side is at most this in the mp4
     quality: int = Field(8, ge=0, le=10)  # mp4 quality, 0 (worst) to 10 (best)
     rounds_per_record: int = Field(4, ge=1)  # question/answer rounds per record (LLaMA-VID's split_chat uses 4)
-    media: Literal["clip", "video", "image"] = "clip"  # a record shows its part's clip (else the movie), the movie, a frame
+    media: Literal["clip", "video", "image"] = "clip"  # what a record shows: its part's clip, the movie, a frame
     path_prefix: str = ""  # prepended to every media path (paths are relative to the run folder)
     shuffle_seed: int | None = 0  # QA items are packed into records in this seeded order (None: qa.json order)
     speaker_names: bool = True  # "Mara: …" in subtitles and long-video inputs (False: the words only)
