@@ -284,19 +284,19 @@ def write_files(out: Path, files: dict[str, Any], title: str, body: str = "") ->
     return written
 
 def _videos(movie: Movie, frames: list[Path], cfg: ExportConfig, shown: set[str]) -> dict[str, list[Path]]:
-    "The mp4 files to write, by path from the run folder: the movie, and (media 'clip') the clips a record shows."
-    videos = {"export/movie.mp4": frames}
+    "The mp4 files to write, by path in `RUN/export/`: the movie, and (media 'clip') the clips a record shows."
+    videos = {"movie.mp4": frames}
     index = {frame.id: k for k, frame in enumerate(movie.frames)}
     for sub in movie.substories:
         ids = [frame.id for shot in sub.shots for frame in shot.frames]
         if ids and clip_path(cfg, sub.id) in shown:
-            videos[f"export/clips/{sub.id}.mp4"] = [frames[index[frame_id]] for frame_id in ids]
+            videos[f"clips/{sub.id}.mp4"] = [frames[index[frame_id]] for frame_id in ids]
     return videos
 
 # %% ../nbs/07_export.ipynb #33d57816
 def export_run(cfg: ExportConfig, run_dir: str | Path, *, progress: bool = True,
                log: Callable[[str], None] | None = None) -> dict[str, Path]:
-    "Stage 5: write every file of `RUN/export/` (the table above); returns their paths by name."
+    "Stage 5: write every file of `RUN/export/` (the table above); returns their paths by name in that folder."
     run_dir, log = Path(run_dir), log or tqdm.write
     movie = Movie.load(run_dir)
     frames = check_frames(movie, run_dir)
@@ -304,12 +304,15 @@ def export_run(cfg: ExportConfig, run_dir: str | Path, *, progress: bool = True,
     out = run_dir / "export"
     files = export_files(movie, items, cfg, long_video=features_current(movie, run_dir, cfg))
     srt = srt_text(movie, cfg.seconds_per_frame, cfg.speaker_names)
-    validate_srt(srt)
+    try:
+        validate_srt(srt)
+    except ValueError as error:
+        raise ValueError(f"movie.srt: {error}") from None
     written = {}
     if cfg.write_video:
         shown = {media.path for media in media_groups(movie, items, cfg)}
         for name, paths in _videos(movie, frames, cfg, shown).items():
-            written[name] = write_video(paths, run_dir / name, fps=cfg.video_fps, repeat=cfg.repeat,
+            written[name] = write_video(paths, out / name, fps=cfg.video_fps, repeat=cfg.repeat,
                                         quality=cfg.quality, max_side=cfg.max_side, progress=progress)
             expected, count = video_frames(len(paths), cfg.repeat), video_frame_count(written[name])
             if count != expected:
@@ -320,7 +323,7 @@ def export_run(cfg: ExportConfig, run_dir: str | Path, *, progress: bool = True,
     written["movie.srt"] = atomic_write_text(out / "movie.srt", srt)
     if "long_video.json" not in files:
         (out / "long_video.json").unlink(missing_ok=True)   # made from other frames or lines, or by an older export
-        log(f"long_video.json: not written until LLaMA-VID's features match these keyframes; make them with "
+        log(f"long_video.json (LLaMA-VID long video) needs features of these keyframes from the model's vision tower: "
             f"`dreamframe long-video {run_dir} --long-video-tower NAME`")
     save_stage_config(run_dir, "export", cfg)
     return written

@@ -41,10 +41,10 @@ def llava(movie, items, cfg):
 def test_export_run_validates_everything(tmp_path):
     movie = make_run(tmp_path)
     written = export_run(ExportConfig(rounds_per_record=3), tmp_path, progress=False, log=lambda line: None)
-    assert sorted(written) == ["README.md", "dataset_info.json", "export/clips/s01.mp4", "export/clips/s03.mp4",
-                               "export/movie.mp4", "llamafactory.json", "llava.json", "movie.srt", "qa.jsonl",
-                               "videochat2.json"]
-    assert video_frame_count(written["export/clips/s03.mp4"]) == 8
+    assert sorted(written) == ["README.md", "clips/s01.mp4", "clips/s03.mp4", "dataset_info.json", "llamafactory.json",
+                               "llava.json", "movie.mp4", "movie.srt", "qa.jsonl", "videochat2.json"]
+    assert all(path == tmp_path / "export" / name for name, path in written.items())
+    assert video_frame_count(written["clips/s03.mp4"]) == 8
     records = json.loads(written["llava.json"].read_text())
     assert validate_llava(records, root=tmp_path) == len(records)
     rounds = sum(len(r["conversations"]) // 2 for r in records)
@@ -57,7 +57,7 @@ def test_export_run_validates_everything(tmp_path):
     assert flat[1]["frame_paths"] == ["frames/s01.t01.f02.png", "frames/s02.t01.f01.png"]
     assert [r["turns"] == [] for r in flat] == [True, True, True, False, False] and flat[2]["choices"] == []
     assert validate_srt(written["movie.srt"].read_text()) == len(movie.lines)
-    assert video_frame_count(written["export/movie.mp4"]) == len(movie.frames)
+    assert video_frame_count(written["movie.mp4"]) == len(movie.frames)
     saved = json.loads((tmp_path / "config.json").read_text())["export"]
     assert saved["rounds_per_record"] == 3 and "progress" not in saved
 
@@ -77,9 +77,9 @@ def test_settings_are_checked():
 def test_mp4_repeats_and_odd_sizes(tmp_path):
     movie = make_run(tmp_path, size=(65, 49))  # odd sides: yuv420p needs them even
     written = export_run(ExportConfig(seconds_per_frame=2, video_fps=1, media="video"), tmp_path, progress=False)
-    assert video_frame_count(written["export/movie.mp4"]) == 2 * len(movie.frames)
+    assert video_frame_count(written["movie.mp4"]) == 2 * len(movie.frames)
     import imageio_ffmpeg
-    reader = imageio_ffmpeg.read_frames(str(written["export/movie.mp4"]))
+    reader = imageio_ffmpeg.read_frames(str(written["movie.mp4"]))
     meta = next(reader)
     assert meta["size"] == (64, 48)
     assert sum(1 for _ in reader) == 2 * len(movie.frames)
