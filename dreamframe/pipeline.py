@@ -98,7 +98,8 @@ def run_settings(run_dir: str | Path, sections, given: dict[str, dict] | None = 
 
 # %% ../nbs/10_pipeline.ipynb #46d14d87
 STAGE_OUTPUTS = {"story": ("movie.json",), "style": ("style/embedding.safetensors",), "qa": ("qa.json",),
-                 "export": ("export/llava.json", "export/qa.jsonl"), "view": ("view.html",),
+                 "export": ("export/llava.json", "export/qa.jsonl", "export/llamafactory.json",
+                            "export/videochat2.json", "export/README.md"), "view": ("view.html",),
                  "eval": ("eval/metrics.json",)}
 
 def model_name(settings: dict, refiner: bool = False) -> str:
