@@ -258,10 +258,9 @@ def resume(folder: Path, run: StyleTraining, optimizer, losses: torch.Tensor) ->
 # %% ../nbs/04_style.ipynb #9352f56b
 def plot_loss(losses: list[float], path: Path) -> None:
     "Save the loss of every update and its running mean as a small PNG."
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5, 2.6), dpi=80)
+    from matplotlib.figure import Figure   # not pyplot: switching its backend would end a notebook's inline plots
+    fig = Figure(figsize=(5, 2.6), dpi=80)
+    ax = fig.subplots()
     window = max(1, len(losses) // 20)
     ax.plot(range(1, len(losses) + 1), losses, lw=0.6, alpha=0.4, label="update")
     running_mean = np.convolve(losses, np.ones(window) / window, "valid")
@@ -271,7 +270,6 @@ def plot_loss(losses: list[float], path: Path) -> None:
     fig.tight_layout()
     png = io.BytesIO()
     fig.savefig(png, format="png")
-    plt.close(fig)
     atomic_write_bytes(path, png.getvalue())
 
 def train_embedding(cfg: StyleConfig, pipe, images: list[Image.Image], style_dir: str | Path, *,

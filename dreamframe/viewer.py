@@ -355,7 +355,8 @@ def plot_shot_grid(run_dir: str | Path, shot_id: str, ncols: int = 4, size: floa
     for ax in axes.flat: ax.axis("off")
     for ax, v in zip(axes.flat, views):
         ax.imshow(Image.open(v.path).convert("RGB"))
-        ax.set_title(v.frame_id.rsplit(".", 1)[-1] + ": " + textwrap.shorten(v.prompt, 3 * wrap), fontsize=7, wrap=True)
+        title = v.frame_id.rsplit(".", 1)[-1] + ": " + textwrap.shorten(v.prompt, 3 * wrap)
+        ax.set_title(textwrap.fill(title, wrap), fontsize=7)   # lines of `wrap` characters: neighbours don't overlap
     fig.suptitle(f"{shot_id} {views[0].shot_title}".strip())
     fig.tight_layout()
     return fig
