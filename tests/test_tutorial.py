@@ -46,6 +46,9 @@ def test_introduction_budget_is_generated_from_the_settings(tmp_path, quiet):
     nb = nbformat.read(TUTORIAL, as_version=4)
     assert intro_block(nb) == generated, "the introduction's budget is out of date: run `python tests/tutorial_run.py`"
     assert budget.fits_session and not compared.fits_session, (budget.minutes, compared.minutes)
+    assert {d.used_by for d in budget.downloads} == {"SDXL", "metrics"}   # nothing for the comparisons by default
+    assert {d.used_by for d in compared.downloads} == {"SDXL", "metrics", "refiner", "IP-Adapter"}
+    assert all(d.size for d in compared.downloads), "every download the tutorial can make has its size"
     assert not (tmp_path / "runs").exists()   # the settings cell makes no run folder and loads nothing
     copy = tmp_path / "tutorial.ipynb"   # the command's writing step puts the block where the test reads it
     copy.write_text(TUTORIAL.read_text().replace(generated, "stale"))
@@ -61,7 +64,10 @@ def test_run_all_keeps_the_promise(tmp_path, quiet):
     assert drawn == {"lighthouse": promised} and promised == budget.keyframes == 54, (drawn, promised)
     assert len(list((run / "style" / "images").glob("*.png"))) == budget.count("style images")
     assert not (run / "characters").exists() and budget.count("character sheets") == 0
-    assert {d.used_by for d in budget.downloads} <= {"SDXL", "metrics"}   # no refiner, no IP-Adapter
+    assert "refiner" not in shell.user_ns and not shell.user_ns["identity"]   # no refiner loaded, no IP-Adapter
+    for phrase in ("pipe = load_base()", "evaluate_run(eval_cfg, RUN"):   # each download is announced before it starts
+        cell = next(c for c in executed.cells if c.cell_type == "code" and phrase in c.source)
+        assert "nothing to download (local folders)" in "".join(cell.outputs[0].get("text", "")), cell.outputs
     assert (run / "export" / "llava.json").exists() and (run / "view.html").exists()
     for phrase in ("plot_loss_curve(", "plot_shot_grid("):   # the plots show (training must not switch the backend)
         cell = next(c for c in executed.cells if c.cell_type == "code" and phrase in c.source)
