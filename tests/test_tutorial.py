@@ -6,6 +6,10 @@ Python cells made is one the command-line cell continues without redoing anythin
 comparisons run too, and draw what the budget counts. The introduction's budget is generated from the tutorial's own
 settings cell with its defaults, and the docs page of the stand-in run still matches the tutorial."""
 import json
+import os
+import sys
+import types
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -113,3 +117,52 @@ def test_run_all_with_comparisons(tmp_path, quiet):
     stamps = {path: path.stat().st_mtime_ns for path in made}
     assert main(["run", str(run), "--quiet"]) == 0   # the comparisons left the movie's folder one the CLI continues
     assert {path: path.stat().st_mtime_ns for path in made} == stamps
+
+
+def _cell(nb, phrase: str) -> str:
+    return next(c.source for c in nb.cells if c.cell_type == "code" and phrase in c.source)
+
+
+def test_drive_and_secrets_cells_on_colab(tmp_path, monkeypatch):
+    """The Colab-only branches, with a stand-in `google.colab`: a mounted Drive takes the run folder, a declined one
+    leaves it on the machine's disk and says so; the key comes from Colab's Secrets unless a local server is used.
+    The Drive cell runs as written, its mount point moved into `tmp_path`."""
+    nb = nbformat.read(TUTORIAL, as_version=4)
+    drive_cell = _cell(nb, "drive.mount(")
+    assert 'DRIVE_ROOT = Path("/content/drive")' in drive_cell
+    drive_cell = drive_cell.replace('Path("/content/drive")', f"Path({str(tmp_path / 'drive')!r})")
+    mounts, declined, secrets = [], [], {"OPENAI_API_KEY": "sk-from-secrets"}
+
+    def mount(where):   # what Colab's does: MyDrive appears under `where`, or the user declines in the pop-up
+        mounts.append(where)
+        if declined: raise RuntimeError("credential propagation was unsuccessful")
+        (Path(where) / "MyDrive").mkdir(parents=True)
+
+    colab = types.ModuleType("google.colab")
+    colab.drive = types.SimpleNamespace(mount=mount)
+    colab.userdata = types.SimpleNamespace(get=secrets.__getitem__)
+    monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+
+    def run(source: str, **names) -> tuple[dict, str]:
+        printed = []
+        names.update(Path=Path, os=os, print=lambda *words: printed.append(" ".join(map(str, words))))
+        exec(source, names)
+        return names, "\n".join(printed)
+
+    names, said = run(drive_cell, RUN="runs/lighthouse", DRIVE=True)
+    assert names["RUN"] == tmp_path / "drive" / "MyDrive" / "runs" / "lighthouse" and "on Google Drive" in said
+    names, said = run(drive_cell, RUN="runs/lighthouse", DRIVE=False)   # mounted already: not asked again
+    assert names["RUN"] == Path("runs/lighthouse") and "on this machine's disk" in said and len(mounts) == 1
+    declined.append(True)   # a new runtime (nothing mounted yet) whose user says no
+    elsewhere = drive_cell.replace(f"Path({str(tmp_path / 'drive')!r})", f"Path({str(tmp_path / 'new')!r})")
+    names, said = run(elsewhere, RUN="runs/lighthouse", DRIVE=True)
+    assert names["RUN"] == Path("runs/lighthouse"), names["RUN"]
+    assert "Google Drive is not mounted (credential propagation was unsuccessful)" in said and "machine's disk" in said
+
+    secrets_cell = _cell(nb, "userdata.get(")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    run(secrets_cell, BASE_URL="http://localhost:11434/v1")   # a local server: no key asked for
+    assert "OPENAI_API_KEY" not in os.environ
+    run(secrets_cell, BASE_URL=None)
+    assert os.environ["OPENAI_API_KEY"] == "sk-from-secrets"
