@@ -37,6 +37,7 @@ SECTIONS = {  # RUN/config.json section: (settings class, flag prefix)
     "characters": ("dreamframe.characters:CharacterConfig", "characters-"),
     "keyframes": ("dreamframe.keyframes:KeyframeConfig", ""),
     "keyframes_speed": ("dreamframe.keyframes_fast:KeyframeSpeed", ""),
+    "distilled": ("dreamframe.distilled:DistilledConfig", "distilled-"),
     "qa": ("dreamframe.qa:QAConfig", "qa-"),
     "export": ("dreamframe.export:ExportConfig", "export-"),
     "view": ("dreamframe.viewer:ViewConfig", ""),
@@ -44,7 +45,7 @@ SECTIONS = {  # RUN/config.json section: (settings class, flag prefix)
 }
 STAGE_SECTIONS = {"story": ("story", "llm"), "style": ("models", "style", "style_speed"),
                   "characters": ("models", "keyframes", "characters", "eval"),
-                  "keyframes": ("models", "keyframes", "keyframes_speed", "characters"), "qa": ("qa", "llm"),
+                  "keyframes": ("models", "keyframes", "keyframes_speed", "characters", "distilled"), "qa": ("qa", "llm"),
                   "export": ("export",), "view": ("view",), "eval": ("models", "eval")}
 MODEL_IDENTITY = ("model", "vae", "variant")  # the `models` settings that change pictures (device, dtype, memory don't)
 
@@ -78,6 +79,9 @@ PRESETS = {
         "style_speed": {"gradient_checkpointing": True},
         "keyframes": {"resolution": 768, "refiner_steps": 0, "batch_size": 1},
     },
+    "fast": {  # few-step distilled keyframes: 4 UNet calls a frame instead of 60; the checkpoint is section distilled's
+        "keyframes": {"recipe": "distilled", "steps": 4, "guidance": 0.0, "refiner_steps": 0},
+    },
 }
 
 def run_settings(run_dir: str | Path, sections, given: dict[str, dict] | None = None, preset: str | None = None) -> dict:
@@ -94,11 +98,14 @@ STAGE_OUTPUTS = {"story": ("movie.json",), "style": ("style/embedding.safetensor
                  "export": ("export/llava.json", "export/qa.jsonl"), "view": ("view.html",), "eval": ("eval/metrics.json",)}
 DERIVED = ("export", "view", "eval")
 
-def model_name(settings: dict, refiner: bool = False) -> str:
-    "The model as frames record it: base (+ VAE) (+ refiner)."
+def model_name(settings: dict, refiner: bool = False, recipe: bool = False) -> str:
+    "The model as frames record it: base (+ VAE) (+ refiner) (`recipe`: + the keyframes' distilled checkpoint)."
     models = settings["models"]
     name = models.model + (f" (vae {models.vae})" if models.vae else "")
-    return name + (f" + {models.refiner}" if refiner and models.refiner else "")
+    name += f" + {models.refiner}" if refiner and models.refiner else ""
+    if recipe and settings["keyframes"].recipe == "distilled":
+        name = resolve("dreamframe.distilled:model_name")(name, settings["distilled"])
+    return name
 
 def scorer_name(settings: dict) -> str:
     "The CLIP that picks the character sheets (`eval`'s, or its untrained stand-in)."
@@ -154,7 +161,7 @@ def plan_stage(stage: str, run_dir: str | Path, settings: dict, alone: bool = Fa
                                                            model_name=model_name(settings), scorer=scorer_name(settings))
     if stage == "keyframes":
         cfg, movie = settings["keyframes"], Movie.load(run_dir)
-        plan = resolve("dreamframe.keyframes:plan_keyframes")(cfg, movie, run_dir, model_name=model_name(settings, refiner=bool(cfg.refiner_steps)),
+        plan = resolve("dreamframe.keyframes:plan_keyframes")(cfg, movie, run_dir, model_name=model_name(settings, refiner=bool(cfg.refiner_steps), recipe=True),
                                                              condition=identity(settings, movie, run_dir))
         seconds = [r["seconds"] for r in read_manifest(run_dir / "frames").values() if isinstance(r.get("seconds"), (int, float))]
         if seconds and plan.total: plan.eta_s = sum(seconds) / len(seconds) * max(0, plan.total - plan.done)
@@ -210,9 +217,10 @@ def run_stage(stage: str, run_dir: Path, settings: dict, resources: dict, redo: 
     if stage == "keyframes":
         models, cfg, movie = resources["models"](), settings["keyframes"], Movie.load(run_dir)
         refiner = models.refiner() if cfg.refiner_steps else None
+        base = models.base(recipe=settings["distilled"] if cfg.recipe == "distilled" else None)
         return resolve("dreamframe.keyframes_fast:generate_keyframes_fast")(
-            cfg, settings["keyframes_speed"], models.base(), movie, run_dir, refiner=refiner, condition=identity(settings, movie, run_dir),
-            model_name=model_name(settings, refiner=bool(cfg.refiner_steps)), redo=redo, progress=progress)
+            cfg, settings["keyframes_speed"], base, movie, run_dir, refiner=refiner, condition=identity(settings, movie, run_dir),
+            model_name=model_name(settings, refiner=bool(cfg.refiner_steps), recipe=True), redo=redo, progress=progress)
     if stage == "qa": return resolve("dreamframe.qa:build_qa")(settings["qa"], resources["llm"](), run_dir, progress=progress)
     if stage == "export": return resolve("dreamframe.export:export_run")(settings["export"], run_dir, progress=progress)
     if stage == "view": return resolve("dreamframe.viewer:write_view")(settings["view"], run_dir)
@@ -229,6 +237,7 @@ def describe_plan(settings: dict, preset: str) -> str:
     parts = [f"preset {preset}:"]
     if story: parts.append(f"{story.substories} x {story.shots} x {story.frames} = {story.substories * story.shots * story.frames} keyframes")
     if frames: parts.append(f"at {frames.resolution}px, {frames.steps} steps" + (f" + {frames.refiner_steps} refiner" if frames.refiner_steps else ", base only"))
+    if frames and frames.recipe == "distilled" and "distilled" in settings: parts.append(f"distilled: {resolve('dreamframe.distilled:recipe_name')(settings['distilled'])}")
     if models: parts.append(f"{models.model} ({models.dtype}{', ' + models.vae if models.vae else ''}{', low memory' if models.low_memory else ''})")
     if "style" in settings: parts.append(f"style: {settings['style'].steps} updates at {settings['style'].resolution}px")
     return " ".join(parts[:1]) + " " + "; ".join(parts[1:])

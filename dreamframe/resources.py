@@ -62,16 +62,18 @@ class Models:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         return device
 
-    def base(self, half: str = "float16", training: bool = False):
-        "The base pipeline; `half` is the precision an 'auto' dtype means on a GPU; `training`: every model on the device, low memory or not."
-        if self.pipe is not None and self.half == (half, training): return self.pipe
+    def base(self, half: str = "float16", training: bool = False, recipe=None):
+        "The base pipeline; `half`: what an 'auto' dtype means on a GPU; `training`: all on the device; `recipe`: a `DistilledConfig` to apply."
+        wanted = (half, training, None if recipe is None else repr(recipe))
+        if self.pipe is not None and self.half == wanted: return self.pipe
         self.release()
         import torch
         models = importlib.import_module("dreamframe.models")
         self.pipe = models.load_sdxl(model_source(self.cfg.model, self.run_dir), dtype=self.cfg.torch_dtype(getattr(torch, half)),
                                      device=self.device(), vae=self.cfg.vae, variant=self.cfg.variant, gpu_memory=self.cfg.gpu_memory,
                                      low_memory=self.cfg.low_memory and not training)   # the style's backward pass runs through the encoders
-        self.half = (half, training)
+        if recipe is not None: _resolve("dreamframe.distilled:apply_recipe")(self.pipe, recipe)   # a fresh base: fusing is not undone
+        self.half = wanted
         return self.pipe
 
     def refiner(self):
@@ -103,6 +105,9 @@ def preflight(run_dir: Path, settings: dict, stages: list[str], llm=None) -> Non
             for what, name, marker in wanted:
                 if name != "tiny": models.check_source(name, f"--{what}", marker)
             if cfg.vae: models.check_source(cfg.vae, "--vae", "config.json")
+        keyframes = settings.get("keyframes")
+        if "keyframes" in stages and keyframes is not None and keyframes.recipe == "distilled":   # its rules and checkpoint
+            _resolve("dreamframe.distilled:check_recipe")(keyframes, settings["distilled"])
         device = cfg.torch_device()
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"--device {cfg.device}: CUDA is not available on this machine; use --device cpu (or auto)")
