@@ -18,6 +18,7 @@ from dreamframe.distilled import (DistilledConfig, apply_recipe, check_recipe, c
                                   random_lora, random_unet)
 from dreamframe.identity import identity_condition, random_ip_adapter
 from dreamframe.keyframes import KeyframeConfig, generate_keyframes, plan_keyframes
+from dreamframe.keyframes_fast import KeyframeSpeed, speed_up
 from dreamframe.models import load_sdxl
 from dreamframe.pipeline import describe_plan, run_settings
 from dreamframe.run_folder import read_manifest
@@ -149,6 +150,9 @@ def test_rules_and_foreign_checkpoints_are_refused(tiny, checkpoints, tmp_path):
     pipe = apply_recipe(load_sdxl(tiny), DistilledConfig(weights=str(checkpoints["lora"])))
     with pytest.raises(ValueError, match="load the base model again"):
         apply_recipe(pipe, DistilledConfig(weights=str(checkpoints["unet"])))
+    sped_up = speed_up(load_sdxl(tiny), KeyframeSpeed())   # attention projections fused: a LoRA would miss them
+    with pytest.raises(ValueError, match="apply the recipe to a freshly loaded base"):
+        apply_recipe(sped_up, DistilledConfig(weights=str(checkpoints["lora"])))
 
 
 @pytest.fixture(scope="module")
