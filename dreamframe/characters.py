@@ -14,11 +14,11 @@ import warnings
 from pathlib import Path
 from typing import Callable, Literal
 
-import torch
 from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
 from .config import changed_settings, describe_changes, save_stage_config, settings
+from .lazy import lazy_module
 from .run_folder import StagePlan, clean_partial_files, file_digest
 from .schema import (FormatError, Movie, atomic_write_bytes, atomic_write_json, character_ids, name_pattern,
                                read_json, slugify)
@@ -28,6 +28,9 @@ __all__ = ['DEFAULT_SHEET_TEMPLATE', 'DEFAULT_SHEET_NEGATIVE', 'SHEETS_DIR', 'SH
            'CharacterConfig', 'frame_characters', 'sheet_path', 'style_word', 'load_style_word', 'sheet_prompt',
            'sheet_seed', 'sheet_settings', 'read_sheets', 'sheet_states', 'plan_sheets', 'draw_candidates', 'png_bytes',
            'make_sheets']
+
+# %% ../nbs/05b_characters.ipynb #0ab75834
+torch = lazy_module("torch")   # imported on first use: `dreamframe --help` and `status` need no torch
 
 # %% ../nbs/05b_characters.ipynb #6dab3993
 DEFAULT_SHEET_TEMPLATE = "a character portrait in {style} style: {look}, full body, facing the viewer, plain light background"
@@ -82,9 +85,8 @@ def style_word(movie: Movie, run_dir) -> tuple[str, str]:
     "The style word of prompts and the style a sheet records: the embedding's token (with its rows' digest), or the keyword."
     path = Path(run_dir) / STYLE_FILE
     if not path.exists(): return movie.style_keyword, movie.style_keyword
-    from dreamframe.embedding import read_style_embedding
-    token, clip_l, clip_g = read_style_embedding(path)
-    return token, f"{token}@{hashlib.sha256(clip_g.numpy().tobytes() + clip_l.numpy().tobytes()).hexdigest()[:16]}"
+    from dreamframe.embedding import style_digest
+    return style_digest(path)   # read without torch: `status` asks this too
 
 def load_style_word(pipe, movie: Movie, run_dir) -> str:
     "Load the run's style embedding into `pipe` once per file version (as the keyframes do); return the style word."

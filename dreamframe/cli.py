@@ -19,7 +19,10 @@ import sys
 import threading
 import types
 import typing
+import warnings
 from pathlib import Path
+
+from pydantic_core import PydanticUndefined
 
 from .config import make_config, setting_fields
 
@@ -44,7 +47,11 @@ def _converter(annotation):
         if listed and not text.lstrip().startswith("["): return [item.strip() for item in text.split(",") if item.strip()]
         if members == [str]: return text
         try: return json.loads(text)
-        except ValueError: return text
+        except ValueError: pass
+        if float in members:
+            try: return float(text)   # "inf" or "nan": a number, which the settings then refuse as not finite
+            except ValueError: pass
+        return text
     return convert
 
 BATCH_SECTIONS = {"run_many": ("dreamframe.run_many:RunManyConfig", "")}  # settings of a batch of movies: in no run folder
@@ -60,7 +67,15 @@ def flag_name(section: str, field: str) -> str:
     return "--" + _section(section)[1] + field.replace("_", "-")
 
 # %% ../nbs/10a_cli.ipynb #f77e8b5f
-def add_settings(parser: argparse.ArgumentParser, sections) -> dict[str, tuple[str, str]]:
+def _default_text(setting, shown: dict) -> str:
+    "What the help says a setting's default is: `shown`'s value (a preset's), else the field's, or that there is none."
+    if setting.name in shown: return f"(default: {shown[setting.name]!r})"
+    if setting.default is PydanticUndefined: return "(no default: required for a new run)"
+    return f"(default: {setting.default!r})"
+
+def add_settings(parser: argparse.ArgumentParser, sections,
+                 defaults: dict[str, dict] | None = None,  # values shown as the defaults, by section (a preset's)
+                ) -> dict[str, tuple[str, str]]:
     "Add one option per field of `sections`; returns `{flag: (section, field)}`."
     flags = {}
     group = {}
@@ -70,9 +85,11 @@ def add_settings(parser: argparse.ArgumentParser, sections) -> dict[str, tuple[s
             flag, dest = flag_name(section, setting.name), f"{section}.{setting.name}"
             members, _ = _parts(setting.annotation)
             names = [flag] + [alias for alias, target in ALIASES.items() if target == (section, setting.name)]
-            help_text = f"{setting.help} (default: {setting.default!r})".replace("%", "%%")
+            default = _default_text(setting, (defaults or {}).get(section, {}))
+            help_text = f"{setting.help} {default}".replace("%", "%%")
             if members == [bool]:
-                group[section].add_argument(*names, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+                group[section].add_argument(*names, dest=dest, action=argparse.BooleanOptionalAction,
+                                            default=argparse.SUPPRESS, help=help_text)
             else:
                 choices = typing.get_args(members[0]) if typing.get_origin(members[0]) is typing.Literal else None
                 group[section].add_argument(*names, dest=dest, type=_converter(setting.annotation), choices=choices,
@@ -135,7 +152,8 @@ def command_parser(command: str) -> Parser:
         if command != "demo": parser.add_argument("--preset", choices=list(PRESETS), help="named settings applied under the flags")
         sections = _sections(STAGES)
     _common(parser)
-    add_settings(parser, sections)
+    shown = PRESETS["demo"] if command == "demo" else None   # the demo's help shows the values it runs with
+    add_settings(parser, sections, shown)
     return parser
 
 def quiet_libraries() -> None:
@@ -154,11 +172,16 @@ def run_command(command: str, argv: list[str]) -> int:
     if "--quiet" in argv: quiet_libraries()
     args = command_parser(command).parse_args(argv)
     if command == "view": return view_command(args)
-    stages = [command] if command in STAGE_SECTIONS else [s.strip() for s in args.only.split(",")] if args.only else list(STAGES)
+    if command in STAGE_SECTIONS: stages = [command]
+    elif args.only: stages = [s.strip() for s in args.only.split(",")]
+    else: stages = list(STAGES)
     preset = "demo" if command == "demo" else getattr(args, "preset", None)
     run_pipeline(args.run_dir, stages=stages, given=given_settings(args, args.set), preset=preset, redo=args.redo,
                  progress=not args.quiet, lock=False)
     if command in ("run", "demo"): print(status(args.run_dir))
+    if command == "eval":   # the numbers, not only a file that holds them
+        from dreamframe.evaluate import read_metrics, summary_table
+        print(summary_table(read_metrics(args.run_dir)))
     if command == "demo":
         print("\nLook at:\n" + "\n".join(f"  {name:<16} {path}" for name, path in demo_outputs(args.run_dir).items()))
         print("The pictures come from an untrained stand-in model (random weights, 64 px), so they are noise-like; the story,\n"
@@ -274,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     import os
     from dreamframe.run_folder import run_lock
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # transformers' notes about torchvision are noise here
+    for library in ("diffusers", "transformers", "huggingface_hub"):   # their deprecation notes are for their callers
+        warnings.filterwarnings("ignore", category=FutureWarning, module=library)
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"): print(_top_help()); return 0
     command, rest = argv[0], argv[1:]

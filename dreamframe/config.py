@@ -27,9 +27,18 @@ from .schema import FormatError, atomic_write_json, format_errors, read_json
 
 # %% ../nbs/00a_config.ipynb #96ccaf83
 class ConfigError(ValueError):
-    "A setting has a value its field does not allow (or a name no field has)."
+    "A setting has a value its field does not allow (or a name no field has); `fields` names the settings at fault."
+    def __init__(self, message: str, fields: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.fields = tuple(fields)
 
-_SETTINGS = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
+_SETTINGS = ConfigDict(
+    extra="forbid",            # a name no field has is an error, not a silent extra
+    validate_assignment=True,  # `cfg.steps = 0` is checked like `Config(steps=0)`
+    validate_default=True,
+    strict=True,               # a value has its field's JSON type: true is not 1, "30" is not 30 (an int is a float)
+    allow_inf_nan=False,       # NaN and ±Infinity are no numbers a setting can have (and JSON cannot hold them)
+)
 
 def _help(cls) -> dict[str, str]:
     "Each field's help: the comment beside its definition (none when the source can't be read, e.g. a reloaded module)."
@@ -44,7 +53,9 @@ def settings(cls):
     @functools.wraps(init)
     def checked_init(self, *args, **kwargs):
         try: init(self, *args, **kwargs)
-        except ValidationError as error: raise ConfigError(_explain(cls, error)) from None
+        except ValidationError as error:
+            fields = [str(e["loc"][0]) for e in error.errors() if e["loc"]]
+            raise ConfigError(_explain(cls, error), fields) from None
     cls.__init__ = checked_init
     return cls
 
@@ -72,17 +83,31 @@ def setting_fields(cls) -> list[Setting]:
     return [Setting(name, field.get_default(call_default_factory=True), field.annotation, helps.get(name, ""))
             for name, field in cls.__pydantic_fields__.items()]
 
+def _json_values(values: Any) -> Any:
+    "`values` as plain JSON values (paths become text); NaN and ±Infinity are refused, as JSON has neither."
+    return json.loads(json.dumps(values, default=str, allow_nan=False))
+
 def config_values(cfg) -> dict:
     "The settings of `cfg` as plain JSON values."
-    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+    return _json_values(dataclasses.asdict(cfg))
 
-def make_config(cls, stored: dict | None = None, given: dict | None = None):
-    "A `cls` from `stored` values (unknown names dropped) updated by `given` values (unknown names refused)."
-    names = set(cls.__pydantic_fields__)
-    unknown = sorted(set(given or {}) - names)
-    if unknown: raise ConfigError(f"{cls.__name__} has no setting(s) {unknown}; its settings are: {', '.join(cls.__pydantic_fields__)}")
-    values = {k: v for k, v in (stored or {}).items() if k in names}
-    return cls(**{**values, **(given or {})})
+def make_config(cls, stored: dict | None = None, given: dict | None = None, source: str = "RUN/config.json"):
+    "A `cls` from `stored` values (a run's saved settings, read from `source`) updated by `given` values."
+    names = list(cls.__pydantic_fields__)
+    stored, given = stored or {}, given or {}
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise ConfigError(f"{cls.__name__} has no setting(s) {unknown}; its settings are: {', '.join(names)}", unknown)
+    unknown = sorted(set(stored) - set(names))
+    if unknown:   # a typo ("stpes") would otherwise be dropped and the run made with the default
+        raise FormatError(f"{source}: {cls.__name__} has no setting(s) {unknown}; its settings are: "
+                          f"{', '.join(names)}. Correct or remove them in that file")
+    try: return cls(**{**stored, **given})
+    except ValueError as error:   # a ConfigError, with the fields at fault
+        saved = [name for name in getattr(error, "fields", ()) if name in stored and name not in given]
+        if not saved: raise
+        raise FormatError(f"{source}: {error}. Correct the saved value(s) of {saved} in that file, or give new "
+                          "one(s) for them") from None
 
 # %% ../nbs/00a_config.ipynb #ecb52c42
 CONFIG_FILE = "config.json"
@@ -94,16 +119,20 @@ def load_run_config(run_dir: str | Path) -> dict[str, dict]:
     if not path.exists(): return {}
     data = read_json(path)
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise FormatError(f"{path}: must be an object of sections, each an object of settings (e.g. {{\"keyframes\": {{\"steps\": 30}}}})")
+        example = '{"keyframes": {"steps": 30}}'
+        raise FormatError(f"{path}: must be an object of sections, each an object of settings (e.g. {example})")
     return data
 
 def save_run_config(run_dir: str | Path, sections: dict[str, Any]) -> Path:
     "Merge `sections` (settings objects or dicts, by section name) into `RUN/config.json`."
     merged = load_run_config(run_dir)
     for name, value in sections.items():
-        values = config_values(value) if dataclasses.is_dataclass(value) else json.loads(json.dumps(value, default=str))
+        try: values = _json_values(dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value)
+        except ValueError as error:
+            raise ConfigError(f"section {name!r}: {error}; a setting must be a finite number") from None
         leaked = [k for k in values if _SECRET_FIELD.search(k)]
-        if leaked: raise ConfigError(f"section {name!r} has secret-looking settings {leaked}; keep secrets in the environment")
+        if leaked:
+            raise ConfigError(f"section {name!r} has secret-looking settings {leaked}; keep secrets in the environment")
         merged[name] = values
     return atomic_write_json(Path(run_dir) / CONFIG_FILE, merged)
 
@@ -118,7 +147,10 @@ def load_stage_config(run_dir: str | Path, stage: str) -> dict | None:
 # %% ../nbs/00a_config.ipynb #abbf10d9
 def changed_settings(old: dict, new: dict) -> dict[str, tuple]:
     "The settings whose values differ between `old` and `new`, as `name: (old, new)`."
-    return {name: (old.get(name), new.get(name)) for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name)}
+    changes = {}
+    for name in sorted(set(old) | set(new)):
+        if old.get(name) != new.get(name): changes[name] = (old.get(name), new.get(name))
+    return changes
 
 def fingerprint(values: Any) -> str:
     "A short stable hash of JSON-able `values` (key order does not matter)."

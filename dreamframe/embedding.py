@@ -7,19 +7,25 @@ Docs: https://dreamframe.github.io/dreamframe/embedding.html.md"""
 # %% ../nbs/03c_embedding.ipynb #1c5e66a7
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 
-import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+import numpy as np
 
+from safetensors import SafetensorError, safe_open
+
+from .lazy import lazy_function, lazy_module
 from .schema import honour_umask
 
 # %% auto #0
 __all__ = ['MAX_STYLE_VECTORS', 'save_style_embedding', 'vocabulary_word', 'style_token_sources', 'read_style_embedding',
-           'check_style_token', 'add_style_rows', 'pipeline_source', 'load_style']
+           'style_digest', 'check_style_token', 'add_style_rows', 'pipeline_source', 'load_style']
+
+# %% ../nbs/03c_embedding.ipynb #35b36010
+torch = lazy_module("torch")   # imported on first use: `dreamframe --help` and `status` need no torch
+save_file = lazy_function("safetensors.torch", "save_file")
 
 # %% ../nbs/03c_embedding.ipynb #968b5d77
 MAX_STYLE_VECTORS = 75  # a prompt window holds 77 tokens: start, end, and at most 75 others
@@ -129,6 +135,28 @@ def _check_pipeline(source: str, path: Path, pipe, token: str, clip_l: torch.Ten
         if rows.shape[0] > tokenizer.model_max_length - 2:
             raise ValueError(f"{source}: {rows.shape[0]} vectors do not fit the {name} tokenizer's {tokenizer.model_max_length}-token window")
         _check_token(source, path, tokenizer, name, token, rows.shape[0])
+
+# %% ../nbs/03c_embedding.ipynb #e5b0d002
+def style_digest(path: str | Path) -> tuple[str, str]:
+    "The token of a style embedding file and `token@digest` of its rows (clip_g, then clip_l), read without torch."
+    path = Path(path)
+    source = f"style embedding {str(path)!r}"
+    try:
+        with safe_open(str(path), framework="numpy") as file:
+            metadata = file.metadata() or {}
+            rows = {key: file.get_tensor(key) for key in file.keys()}
+    except (OSError, SafetensorError, TypeError, ValueError) as error:
+        raise ValueError(f"{source} is not a readable safetensors file of float rows ({error})") from None
+    if set(rows) != {"clip_l", "clip_g"} or "token" not in metadata:
+        raise ValueError(f"{source} must hold the keys clip_l and clip_g and a token in its metadata; "
+                         "write it with save_style_embedding")
+    for key, values in sorted(rows.items()):
+        if not np.isfinite(values).all():
+            raise ValueError(f"{source}: {key} holds NaN/inf values, so every prompt using it would render flat frames; "
+                             "train the style again or use another file")
+    token = metadata["token"]
+    digest = hashlib.sha256(rows["clip_g"].tobytes() + rows["clip_l"].tobytes()).hexdigest()[:16]
+    return token, f"{token}@{digest}"
 
 # %% ../nbs/03c_embedding.ipynb #1ced70ce
 def check_style_token(pipe, token: str, n_vectors: int, path: str | Path):

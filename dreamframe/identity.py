@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from .characters import CharacterConfig, character_ids, frame_characters, sheet_path, sheet_prompt, style_word
+from .lazy import lazy_module
+from .characters import (
+    CharacterConfig, character_ids, frame_characters, sheet_path, sheet_prompt, style_word)
 from .run_folder import file_digest
 from .schema import Movie
 
@@ -26,6 +26,10 @@ from .schema import Movie
 __all__ = ['IdentityCondition', 'style_scales', 'ip_adapter_loaded', 'IPAdapterIdentity', 'AnchorGroup', 'shared_attention',
            'SharedAttention', 'sharing_layers', 'anchor_exit', 'install_shared_attention', 'clear_identity',
            'encode_sheet', 'anchor_noise', 'SharedAttentionIdentity', 'identity_condition', 'random_ip_adapter']
+
+# %% ../nbs/05c_identity.ipynb #fd4621aa
+torch = lazy_module("torch")   # imported on first use: `dreamframe --help` and `status` need no torch
+F = lazy_module("torch.nn.functional")
 
 # %% ../nbs/05c_identity.ipynb #2d8a0018
 class IdentityCondition:
@@ -43,15 +47,18 @@ class IdentityCondition:
         return {}
 
     def settings(self, frame) -> dict:
-        "What `frame` records: the mode, the ids of the characters it is conditioned on with their sheets' digests, the mode's settings."
-        return {"identity": self.mode, "identity_characters": {i: self.digests[i] for i in self.shows[frame.id]}, "identity_settings": self.recorded()}
+        "What `frame` records: the mode, its characters' ids with their sheets' digests, the mode's settings."
+        characters = {i: self.digests[i] for i in self.shows[frame.id]}
+        return {"identity": self.mode, "identity_characters": characters, "identity_settings": self.recorded()}
 
     def pictures(self) -> dict[str, Image.Image]:
         "The sheets, by character id, read now (their digests too)."
         self.digests = {i: file_digest(path) for i, path in self.sheets.items()}
         missing = [i for i, digest in self.digests.items() if digest is None]
-        if missing: raise FileNotFoundError(f"no sheet for {missing} in {self.run_dir / 'characters'}; draw the sheets first "
-                                            "(characters.make_sheets, the characters stage) or put your own pictures there")
+        if missing:
+            folder = self.run_dir / "characters"
+            raise FileNotFoundError(f"no sheet for {missing} in {folder}; draw the sheets first "
+                                    "(characters.make_sheets, the characters stage) or put your own pictures there")
         return {i: Image.open(path).convert("RGB") for i, path in self.sheets.items()}
 
     def kwargs(self, frame_ids: list[str]) -> dict:
@@ -60,22 +67,23 @@ class IdentityCondition:
 
 # %% ../nbs/05c_identity.ipynb #53df1664
 def style_scales(unet, scale: float) -> dict:
-    "IP-Adapter block scales that reach only the style layer (InstantStyle: the middle attention of the first up block)."
+    "IP-Adapter block scales that reach only the style layer (InstantStyle: the first up block's middle attention)."
     count = len(unet.up_blocks[0].attentions)
     return {"up": {"block_0": [scale if n == 1 % count else 0.0 for n in range(count)]}}
 
 def ip_adapter_loaded(pipe) -> bool:
     "Does `pipe`'s UNet carry IP-Adapter layers now?"
     from diffusers.models.attention_processor import IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0
-    return any(isinstance(p, (IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0)) for p in pipe.unet.attn_processors.values())
+    kinds = (IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0)
+    return any(isinstance(p, kinds) for p in pipe.unet.attn_processors.values())
 
 class IPAdapterIdentity(IdentityCondition):
     "Each frame conditioned, through diffusers' IP-Adapter, on the sheets of the characters it shows."
     mode = "ip-adapter"
     def recorded(self) -> dict:
         c = self.cfg
-        return dict(ip_adapter="/".join(p for p in (c.ip_adapter, c.ip_adapter_subfolder, c.ip_adapter_weight) if p),
-                    image_encoder=c.image_encoder, scale=c.scale, style_only=c.style_only)
+        adapter = "/".join(p for p in (c.ip_adapter, c.ip_adapter_subfolder, c.ip_adapter_weight) if p)
+        return dict(ip_adapter=adapter, image_encoder=c.image_encoder, scale=c.scale, style_only=c.style_only)
 
     def prepare(self, pipe) -> None:
         "Load the IP-Adapter into `pipe` (once), set its scales, and embed every sheet."
@@ -84,21 +92,29 @@ class IPAdapterIdentity(IdentityCondition):
         loaded = (self.mode, self.recorded()["ip_adapter"], c.image_encoder)
         if getattr(pipe, "_dreamframe_identity", None) != loaded or not ip_adapter_loaded(pipe):
             clear_identity(pipe)
-            pipe.load_ip_adapter(c.ip_adapter, subfolder=c.ip_adapter_subfolder, weight_name=c.ip_adapter_weight, image_encoder_folder=c.image_encoder)
+            pipe.load_ip_adapter(c.ip_adapter, subfolder=c.ip_adapter_subfolder, weight_name=c.ip_adapter_weight,
+                                 image_encoder_folder=c.image_encoder)
             pipe._dreamframe_identity, pipe._dreamframe_release = loaded, clear_identity
         pipe.set_ip_adapter_scale(style_scales(pipe.unet, c.scale) if c.style_only else c.scale)
-        hidden = not isinstance(pipe.unet.encoder_hid_proj.image_projection_layers[0], ImageProjection)   # IP-Adapter Plus
+        projection = pipe.unet.encoder_hid_proj.image_projection_layers[0]
+        hidden = not isinstance(projection, ImageProjection)   # IP-Adapter Plus reads the encoder's hidden states
+        device = pipe._execution_device
         with torch.no_grad():
-            self.embeds = {i: pipe.encode_image(p, pipe._execution_device, 1, hidden)[0] for i, p in pictures.items()}
-            self.empty = pipe.encode_image(Image.new("RGB", (64, 64)), pipe._execution_device, 1, hidden)[1]
+            self.embeds = {i: pipe.encode_image(p, device, 1, hidden)[0] for i, p in pictures.items()}
+            self.empty = pipe.encode_image(Image.new("RGB", (64, 64)), device, 1, hidden)[1]
 
     def kwargs(self, frame_ids: list[str]) -> dict:
-        "`ip_adapter_image_embeds` of a group: per frame its characters' embeddings, evenly repeated to one length; negatives first."
+        "`ip_adapter_image_embeds` of a group: per frame its characters' embeddings, evenly repeated to one length."
         shown = [self.shows[i] for i in frame_ids]
         count = math.lcm(*(len(s) for s in shown if s))   # 1 when nobody is shown
-        rows = [torch.cat([self.embeds[c] for c in s] * (count // len(s))) if s else torch.cat([self.empty] * count) for s in shown]
-        positive, negative = torch.stack(rows), torch.stack([torch.cat([self.empty] * count)] * len(rows))
-        return {"ip_adapter_image_embeds": [torch.cat([negative, positive]) if self.guided else positive]}
+        nobody = torch.cat([self.empty] * count)
+        rows = []
+        for characters in shown:
+            if characters: rows.append(torch.cat([self.embeds[c] for c in characters] * (count // len(characters))))
+            else: rows.append(nobody)
+        positive, negative = torch.stack(rows), torch.stack([nobody] * len(rows))
+        embeds = torch.cat([negative, positive]) if self.guided else positive   # negatives first, as guidance wants
+        return {"ip_adapter_image_embeds": [embeds]}
 
 # %% ../nbs/05c_identity.ipynb #e8938909
 @dataclass
@@ -112,7 +128,8 @@ class AnchorGroup:
     scheduler: object            # the pipeline's scheduler, at the current step
     strength: float = 1.0        # weight of anchor tokens beside own tokens
     frames: int = 0              # rows of frames in the current UNet call (the anchors' rows follow them)
-    patterns: list = field(default_factory=list)  # per set of anchors seen: (anchors, index of the frames' rows that see them)
+    # per set of anchors seen: (those anchors, the index of the frames' rows that see them)
+    patterns: list = field(default_factory=list)
 
     def set_frames(self, frames: int) -> None:
         "Size the group for a call with `frames` rows of frames: the group's rows repeated (both halves of guidance)."
@@ -123,17 +140,18 @@ class AnchorGroup:
         self.patterns = []
         for chosen in dict.fromkeys(rows):
             index = [row for row, seen in enumerate(rows) if seen == chosen]
-            self.patterns.append((chosen, torch.tensor(index).to(self.latents.device)))   # once per group, never per layer
+            index = torch.tensor(index).to(self.latents.device)   # once per group, never per layer
+            self.patterns.append((chosen, index))
         self.frames = frames
 
     def anchor_sample(self, timestep) -> torch.Tensor:
-        "The anchors' UNet input at `timestep`: their latents noised to it with their own noise, scaled by the scheduler."
+        "The anchors' UNet input at `timestep`: their latents noised to it with their own noise, then scaled."
         steps = torch.as_tensor(timestep, device=self.latents.device).reshape(-1)[:1].repeat(len(self.latents))
         noised = self.scheduler.add_noise(self.latents, self.noise, steps)
         return self.scheduler.scale_model_input(noised, timestep)
 
     def graph_key(self) -> tuple:
-        "What a CUDA graph of a UNet call with this group depends on beyond its tensors' shapes (see `keyframes_fast`)."
+        "What a CUDA graph of a UNet call with this group depends on besides its tensors' shapes (`keyframes_fast`)."
         rows = tuple(list(self.rows) * (self.frames // len(self.rows)))
         return ("anchors", self.frames, len(self.latents), self.strength, rows)
 
@@ -181,8 +199,9 @@ def _drop_anchors(unet, args, kwargs, output):
     return output
 
 # %% ../nbs/05c_identity.ipynb #23206f5b
-def shared_attention(attn, hidden_states: torch.Tensor, frames: int, patterns: list, strength: float = 1.0) -> torch.Tensor:
-    "Self-attention over `frames` frames' rows, then anchors' rows: a frame sees its own and its anchors' tokens, an anchor its own."
+def shared_attention(attn, hidden_states: torch.Tensor, frames: int, patterns: list,
+                     strength: float = 1.0) -> torch.Tensor:
+    "Self-attention over `frames` frames' rows, then anchors': a frame sees its own and its anchors' tokens."
     count, length, _ = hidden_states.shape
     heads = attn.heads
 
@@ -196,7 +215,7 @@ def shared_attention(attn, hidden_states: torch.Tensor, frames: int, patterns: l
     if attn.norm_k is not None: key = attn.norm_k(key)
     anchor_key, anchor_value = key[frames:], value[frames:]
     out = torch.empty_like(query)
-    out[frames:] = F.scaled_dot_product_attention(query[frames:], anchor_key, anchor_value)   # each anchor: itself
+    out[frames:] = F.scaled_dot_product_attention(query[frames:], anchor_key, anchor_value)   # an anchor: itself
     for chosen, index in patterns:   # the frames' rows that see the same anchors: one attention call
         every = len(patterns) == 1
         rows = slice(0, frames) if every else index
@@ -218,12 +237,13 @@ def shared_attention(attn, hidden_states: torch.Tensor, frames: int, patterns: l
     return out / attn.rescale_output_factor
 
 class SharedAttention:
-    "Attention processor: diffusers' SDPA attention, or, in a sharing self-attention layer given an `AnchorGroup`, shared attention."
+    "Attention processor: diffusers' SDPA attention, or shared attention in a sharing layer given an `AnchorGroup`."
     def __init__(self, name: str, shared: bool):
         from diffusers.models.attention_processor import AttnProcessor2_0
         self.name, self.shared, self.plain = name, shared, AttnProcessor2_0()
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, identity=None):
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 identity=None):
         plain = (identity is None or not self.shared or encoder_hidden_states is not None
                  or attention_mask is not None or hidden_states.ndim != 3
                  or len(hidden_states) != identity.frames + len(identity.latents))
@@ -271,7 +291,7 @@ def clear_identity(pipe) -> None:
     if hooks:
         for hook in hooks: hook.remove()
         pipe.unet._dreamframe_anchor_hooks = None
-        fused = any(getattr(module, "fused_projections", False) for module in pipe.unet.modules())   # keyframes_fast's fuse_qkv
+        fused = any(getattr(module, "fused_projections", False) for module in pipe.unet.modules())   # fuse_qkv
         pipe.unet.set_attn_processor(FusedAttnProcessor2_0() if fused else AttnProcessor2_0())
     pipe._dreamframe_identity = pipe._dreamframe_release = None
 
@@ -279,27 +299,35 @@ def clear_identity(pipe) -> None:
 def encode_sheet(pipe, picture: Image.Image, resolution: int) -> torch.Tensor:
     "A sheet in the pipeline's latent space at `resolution`: the VAE posterior's mean with SDXL's latent scaling."
     vae = pipe.vae
-    if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False): torch.nn.Module.to(vae, dtype=torch.bfloat16)
-    pixels = np.asarray(picture.convert("RGB").resize((resolution, resolution), Image.LANCZOS), dtype=np.float32) / 127.5 - 1
+    if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
+        torch.nn.Module.to(vae, dtype=torch.bfloat16)
+    square = picture.convert("RGB").resize((resolution, resolution), Image.LANCZOS)
+    pixels = np.asarray(square, dtype=np.float32) / 127.5 - 1
+    batch = torch.from_numpy(pixels).permute(2, 0, 1)[None].to(pipe._execution_device, vae.dtype)
     with torch.no_grad():
-        latents = vae.encode(torch.from_numpy(pixels).permute(2, 0, 1)[None].to(pipe._execution_device, vae.dtype)).latent_dist.mean
+        latents = vae.encode(batch).latent_dist.mean
     mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
     if mean is not None and std is not None:
-        latents = (latents - torch.tensor(mean).view(1, -1, 1, 1).to(latents)) * vae.config.scaling_factor / torch.tensor(std).view(1, -1, 1, 1).to(latents)
-    else: latents = latents * vae.config.scaling_factor
+        mean = torch.tensor(mean).view(1, -1, 1, 1).to(latents)
+        std = torch.tensor(std).view(1, -1, 1, 1).to(latents)
+        latents = (latents - mean) * vae.config.scaling_factor / std
+    else:
+        latents = latents * vae.config.scaling_factor
     return latents.to(pipe.unet.dtype)
 
 def anchor_noise(movie_id: str, character_id: str, seed: int, shape: tuple[int, ...]) -> torch.Tensor:
     "The fixed noise (float32, CPU) of a character's anchor."
     digest = hashlib.sha256(f"{movie_id}\x00anchor\x00{character_id}\x00{seed}".encode()).digest()
-    return torch.randn((1, *shape), generator=torch.Generator("cpu").manual_seed(int.from_bytes(digest[:8], "big") & (2**63 - 1)))
+    generator = torch.Generator("cpu").manual_seed(int.from_bytes(digest[:8], "big") & (2**63 - 1))
+    return torch.randn((1, *shape), generator=generator)
 
 # %% ../nbs/05c_identity.ipynb #37b8ad84
 class SharedAttentionIdentity(IdentityCondition):
     "Each frame's self-attention also attends to its characters' anchors: their sheets noised to the current step."
     mode = "shared-attention"
     def recorded(self) -> dict:
-        return dict(strength=self.cfg.shared_strength, layers=self.cfg.shared_layers, seed=self.cfg.seed, template=self.cfg.template)
+        c = self.cfg
+        return dict(strength=c.shared_strength, layers=c.shared_layers, seed=c.seed, template=c.template)
 
     def prepare(self, pipe) -> None:
         "Install the processors and hooks (once) and make every character's anchor."
@@ -319,7 +347,8 @@ class SharedAttentionIdentity(IdentityCondition):
             embeds, _, pooled, _ = pipe.encode_prompt(prompts, device=device, num_images_per_prompt=1,
                                                       do_classifier_free_guidance=False)
             latents = torch.cat([encode_sheet(pipe, pictures[i], self.resolution) for i in ids])
-        noise = torch.cat([anchor_noise(self.movie.id, i, self.cfg.seed, tuple(latents.shape[1:])) for i in ids]).to(latents)
+        shape = tuple(latents.shape[1:])
+        noise = torch.cat([anchor_noise(self.movie.id, i, self.cfg.seed, shape) for i in ids]).to(latents)
         size = (self.resolution, self.resolution)
         time_ids = pipe._get_add_time_ids(size, (0, 0), size, dtype=embeds.dtype,
                                           text_encoder_projection_dim=int(pooled.shape[-1])).to(device)
@@ -340,33 +369,54 @@ class SharedAttentionIdentity(IdentityCondition):
 
 # %% ../nbs/05c_identity.ipynb #7c82b9e1
 def identity_condition(cfg: CharacterConfig, keyframes, movie: Movie, run_dir) -> IdentityCondition | None:
-    "The keyframes' `condition` for `keyframes.identity` (a KeyframeConfig), with the sheets in `RUN/characters/`; None for 'none'."
+    "The keyframes' `condition` for `keyframes.identity` (a KeyframeConfig), with the sheets in `RUN/characters/`."
     modes = {"none": None, "ip-adapter": IPAdapterIdentity, "shared-attention": SharedAttentionIdentity}
-    if keyframes.identity not in modes: raise ValueError(f"identity={keyframes.identity!r}: use one of {', '.join(modes)}")
-    return modes[keyframes.identity](cfg, keyframes, movie, run_dir) if modes[keyframes.identity] else None
+    if keyframes.identity not in modes:
+        raise ValueError(f"identity={keyframes.identity!r}: use one of {', '.join(modes)}")
+    mode = modes[keyframes.identity]
+    return mode(cfg, keyframes, movie, run_dir) if mode else None   # None for "none"
 
 # %% ../nbs/05c_identity.ipynb #52d832c1
-def random_ip_adapter(path, unet, *, plus: bool = False, encoder: dict | None = None, seed: int = 0, queries: int = 16, heads: int = 1) -> dict:
-    "Save a random-weight IP-Adapter (Plus) for `unet` with its CLIP image encoder in `path`; return the CharacterConfig fields that load it."
+def random_ip_adapter(path, unet, *, plus: bool = False, encoder: dict | None = None, seed: int = 0,
+                      queries: int = 16, heads: int = 1) -> dict:
+    "Save a random-weight IP-Adapter (Plus) for `unet` and its image encoder in `path`; return the settings to load it."
     from safetensors.torch import save_file
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-    path, encoder = Path(path), dict(dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
-                                          patch_size=8, projection_dim=16), **(encoder or {}))
+    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+                 patch_size=8, projection_dim=16)
+    path, encoder = Path(path), dict(small, **(encoder or {}))
     cross, width, inner = unet.config.cross_attention_dim, encoder["hidden_size"], 64 * heads
+
+    def w(*shape):   # a random weight of fan-in scale
+        return torch.randn(*shape) * shape[-1] ** -0.5
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         CLIPVisionModelWithProjection(CLIPVisionConfig(**encoder)).save_pretrained(path / "image_encoder")
-        w, one, zero = lambda *shape: torch.randn(*shape) * shape[-1] ** -0.5, torch.ones, torch.zeros
-        if not plus: proj = {"proj.weight": w(4 * cross, encoder["projection_dim"]), "proj.bias": zero(4 * cross), "norm.weight": one(cross), "norm.bias": zero(cross)}
-        else:
-            proj = {"latents": w(1, queries, inner), "proj_in.weight": w(inner, width), "proj_in.bias": zero(inner), "proj_out.weight": w(cross, inner),
-                    "proj_out.bias": zero(cross), "norm_out.weight": one(cross), "norm_out.bias": zero(cross)}
+        if not plus:
+            proj = {"proj.weight": w(4 * cross, encoder["projection_dim"]), "proj.bias": torch.zeros(4 * cross),
+                    "norm.weight": torch.ones(cross), "norm.bias": torch.zeros(cross)}
+        else:   # the resampler of IP-Adapter Plus: `queries` learned queries, 4 layers of attention + feed-forward
+            proj = {"latents": w(1, queries, inner), "proj_in.weight": w(inner, width),
+                    "proj_in.bias": torch.zeros(inner), "proj_out.weight": w(cross, inner),
+                    "proj_out.bias": torch.zeros(cross),
+                    "norm_out.weight": torch.ones(cross), "norm_out.bias": torch.zeros(cross)}
             for i in range(4):
-                proj |= {f"layers.{i}.{n}.{k}": (one if k == "weight" else zero)(inner) for n in ("0.norm1", "0.norm2", "1.0") for k in ("weight", "bias")}
-                proj |= {f"layers.{i}.0.to_q.weight": w(inner, inner), f"layers.{i}.0.to_kv.weight": w(2 * inner, inner), f"layers.{i}.0.to_out.weight": w(inner, inner),
-                         f"layers.{i}.1.1.weight": w(4 * inner, inner), f"layers.{i}.1.3.weight": w(inner, 4 * inner)}
+                for norm in ("0.norm1", "0.norm2", "1.0"):
+                    proj[f"layers.{i}.{norm}.weight"] = torch.ones(inner)
+                    proj[f"layers.{i}.{norm}.bias"] = torch.zeros(inner)
+                proj[f"layers.{i}.0.to_q.weight"] = w(inner, inner)
+                proj[f"layers.{i}.0.to_kv.weight"] = w(2 * inner, inner)
+                proj[f"layers.{i}.0.to_out.weight"] = w(inner, inner)
+                proj[f"layers.{i}.1.1.weight"] = w(4 * inner, inner)
+                proj[f"layers.{i}.1.3.weight"] = w(inner, 4 * inner)
         layers = [n.removesuffix(".processor") for n in unet.attn_processors if n.endswith("attn2.processor")]
-        adapter = {f"{2 * j + 1}.to_{kv}_ip.weight": w(unet.get_submodule(n).to_k.out_features, cross) for j, n in enumerate(layers) for kv in "kv"}
-        save_file({**{f"image_proj.{k}": v.contiguous() for k, v in proj.items()}, **{f"ip_adapter.{k}": v for k, v in adapter.items()}},
-                  path / "ip-adapter.safetensors")
-    return dict(ip_adapter=str(path), ip_adapter_subfolder="", ip_adapter_weight="ip-adapter.safetensors", image_encoder="image_encoder")
+        adapter = {}
+        for j, name in enumerate(layers):   # per cross-attention layer: the image tokens' key and value
+            for kv in "kv":
+                adapter[f"{2 * j + 1}.to_{kv}_ip.weight"] = w(unet.get_submodule(name).to_k.out_features, cross)
+        weights = {f"image_proj.{k}": v.contiguous() for k, v in proj.items()}
+        weights.update({f"ip_adapter.{k}": v for k, v in adapter.items()})
+        save_file(weights, path / "ip-adapter.safetensors")
+    return dict(ip_adapter=str(path), ip_adapter_subfolder="", ip_adapter_weight="ip-adapter.safetensors",
+                image_encoder="image_encoder")

@@ -17,11 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
 
-import torch
 from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
 from .config import changed_settings, describe_changes, save_stage_config, settings
+from .lazy import lazy_module
 from .run_folder import (
     MANIFEST, StagePlan, append_manifest_line, clean_partial_files, file_digest, read_manifest, write_manifest)
 from .schema import FormatError, FrameId, Movie, atomic_write_bytes
@@ -31,6 +31,9 @@ __all__ = ['DEFAULT_TEMPLATE', 'DEFAULT_NEGATIVE_PROMPT', 'STYLE_FILE', 'IDENTIT
            'frame_seed', 'frame_noise', 'style_of', 'frame_settings', 'warn_truncated', 'png_ok', 'frame_states',
            'removed_frames', 'select_frames', 'plan_keyframes', 'denoise_group', 'decode_latents', 'render_group',
            'merge_manifest', 'set_aside', 'save_frame', 'generate_keyframes']
+
+# %% ../nbs/05_keyframes.ipynb #f9538c75
+torch = lazy_module("torch")   # imported on first use: `dreamframe --help` and `status` need no torch
 
 # %% ../nbs/05_keyframes.ipynb #9287268d
 DEFAULT_TEMPLATE = "generate an image in {style} style: {prompt}"
@@ -86,8 +89,8 @@ def style_of(movie: Movie, run_dir) -> tuple[str, str]:
     if not path.exists(): return movie.style_keyword, movie.style_keyword
     from safetensors import safe_open
     try:  # the rows' bytes, not the file's: safetensors orders its metadata differently from process to process
-        with safe_open(str(path), framework="pt") as file:
-            token, rows = (file.metadata() or {})["token"], [file.get_tensor(k).numpy().tobytes() for k in sorted(file.keys())]
+        with safe_open(str(path), framework="numpy") as file:   # numpy: `status` needs no torch
+            token, rows = (file.metadata() or {})["token"], [file.get_tensor(k).tobytes() for k in sorted(file.keys())]
     except Exception as error:
         raise FormatError(f"{path}: not a style embedding with a token ({type(error).__name__}: {error}); "
                           "train it again (`dreamframe style RUN --redo`) or move it away") from None
@@ -290,6 +293,8 @@ def generate_keyframes(cfg: KeyframeConfig, pipe, movie: Movie, run_dir, *,
     mine = [group for group in groups if todo.intersection(group)][state.process_index::state.num_processes]
     manifest = run_dir / "frames" / (MANIFEST if state.num_processes == 1 else f"manifest.rank{state.process_index}.jsonl")
     initial = len(done) if state.num_processes == 1 else 0
+    from dreamframe.models import machine_record
+    machine = machine_record(pipe._execution_device, pipe.unet.dtype)   # what besides the settings decides the bytes
     with tqdm(total=initial + sum(len(todo.intersection(g)) for g in mine), initial=initial, unit="frame",
               desc="keyframes", disable=not progress) as bar, ThreadPoolExecutor(max_workers=1) as writer:
         writing = []
@@ -299,7 +304,8 @@ def generate_keyframes(cfg: KeyframeConfig, pipe, movie: Movie, run_dir, *,
                             **({"extra": condition.kwargs(group)} if condition is not None else {}))
             seconds = round((time.perf_counter() - start) / len(group), 3)
             for write in writing: write.result(); bar.update(1)   # the previous group is on disk before more is queued
-            writing = [writer.submit(save_frame, run_dir, manifest, i, image, {**now[i], "seconds": seconds})
+            made = {"seconds": seconds, "machine": machine}
+            writing = [writer.submit(save_frame, run_dir, manifest, i, image, {**now[i], **made})
                        for i, image in zip(group, images) if i in todo]
         for write in writing: write.result(); bar.update(1)
     state.wait_for_everyone()

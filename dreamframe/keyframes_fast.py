@@ -12,28 +12,37 @@ import dataclasses
 import warnings
 from typing import Literal
 
-import torch
-
 from .config import settings
 from .keyframes import KeyframeConfig, decode_latents, denoise_group, generate_keyframes
+from .lazy import lazy_module
 from .schema import Movie
 
 # %% auto #0
 __all__ = ['KeyframeSpeed', 'NotGraphable', 'call_key', 'record_cuda_graph', 'GraphedForward', 'graph_forward', 'ungraph_forward',
            'reset_graphs', 'speed_up', 'attention', 'fast_render', 'generate_keyframes_fast']
 
+# %% ../nbs/05a_keyframes_fast.ipynb #76094e90
+torch = lazy_module("torch")   # imported on first use: `dreamframe --help` and `status` need no torch
+
 # %% ../nbs/05a_keyframes_fast.ipynb #32dd7c77
 @settings
 class KeyframeSpeed:
     "How fast stage 3 draws on a GPU; never what (left out of the settings a frame records)."
-    compile: bool = False  # torch.compile the UNet(s) on a GPU (the first group pays ~2 min per SDXL UNet; pays off over a movie)
-    compile_mode: Literal["default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune"] = "default"  # torch.compile mode
-    compile_vae: bool = True  # with compile: also compile the VAE decoder (~30 s more compile, faster decode at 1024²)
-    cuda_graph: bool = True  # without compile: replay each UNet call as a CUDA graph (no host time per step; for batch 1)
-    attention_backend: Literal["default", "cudnn"] = "default"  # SDPA kernels of the UNet calls: PyTorch's choice, or cuDNN attention first
+    # torch.compile the UNet(s) on a GPU (the first group pays ~2 min per SDXL UNet; pays off over a movie)
+    compile: bool = False
+    # torch.compile mode
+    compile_mode: Literal["default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune"] = "default"
+    # with compile: also compile the VAE decoder (~30 s more compile, faster decode at 1024²)
+    compile_vae: bool = True
+    # without compile: replay each UNet call as a CUDA graph (no host time per step; for batch 1)
+    cuda_graph: bool = True
+    # SDPA kernels of the UNet calls: PyTorch's choice, or cuDNN attention first
+    attention_backend: Literal["default", "cudnn"] = "default"
     fuse_qkv: bool = True  # fuse each attention's query/key/value projections into one matmul
-    cudnn_benchmark: bool = False  # let cuDNN time its convolution algorithms (faster; two processes may then differ in the last bits)
-    channels_last: bool = True  # channels-last memory for the UNet(s) and VAE (faster convolutions on tensor cores)
+    # let cuDNN time its convolution algorithms (faster; two processes may then differ in the last bits)
+    cudnn_benchmark: bool = False
+    # channels-last memory for the UNet(s) and VAE (faster convolutions on tensor cores)
+    channels_last: bool = True
 
     @classmethod
     def off(cls) -> KeyframeSpeed:
@@ -46,7 +55,7 @@ class NotGraphable(Exception):
     "A call argument a CUDA graph cannot stand for (an object that does not say how it is copied)."
 
 def call_key(value, tensors: list, held: list):
-    "A hashable picture of `value` (tensors by shape, dtype and device); its tensors appended to `tensors`, an object's to `held`."
+    "A hashable picture of `value` (tensors by shape, dtype, device); tensors go to `tensors`, an object's to `held`."
     if torch.is_tensor(value):
         tensors.append(value)
         return ("tensor", tuple(value.shape), str(value.dtype), str(value.device))
@@ -77,7 +86,7 @@ def _copy_out(value):
 
 # %% ../nbs/05a_keyframes_fast.ipynb #74e188a3
 def record_cuda_graph(run, graphed) -> tuple:
-    "Record `run()` as a CUDA graph on `graphed`'s stream and memory pool: (replay, the outputs each replay rewrites)."
+    "Record `run()` as a CUDA graph on `graphed`'s stream and memory pool: (replay, the outputs a replay rewrites)."
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph, pool=graphed.pool, stream=graphed.stream):
         outputs = run()
@@ -180,7 +189,7 @@ def _layout(speed: KeyframeSpeed):
     return torch.channels_last if speed.channels_last else torch.contiguous_format
 
 def speed_up(pipe, speed: KeyframeSpeed, refiner=None):
-    "Apply `speed` to the base pipeline and the refiner in place, as asked, on any device; each model once per set of switches."
+    "Apply `speed` to the base pipeline and the refiner in place, on any device; once per switches and placement."
     if pipe._execution_device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = speed.cudnn_benchmark
@@ -193,7 +202,8 @@ def speed_up(pipe, speed: KeyframeSpeed, refiner=None):
         unet, fast = _plain(p.unet), not _offloaded(p.unet)
         state = (speed, fast, getattr(p, "memory_tier", None))   # switches and placement: a model moved later is redone
         if getattr(p, "_dreamframe_speed", None) == state: continue
-        fuse = speed.fuse_qkv and fast and getattr(p, "memory_tier", None) is None   # low memory: fusing keeps both copies (+1.2 GiB)
+        low_memory = getattr(p, "memory_tier", None) is not None
+        fuse = speed.fuse_qkv and fast and not low_memory   # fusing keeps both copies (+1.2 GiB): not in low memory
         if fast: unet.to(memory_format=_layout(speed))
         if _fused(unet) and not fuse: unet.unfuse_qkv_projections()
         elif fuse and not _fused(unet): unet.fuse_qkv_projections()
@@ -205,23 +215,27 @@ def speed_up(pipe, speed: KeyframeSpeed, refiner=None):
     vae = pipe.vae  # the base's VAE decodes every frame (the refiner shares it)
     decoder, fast = _plain(vae.decoder), not _offloaded(vae)
     if fast: vae.to(memory_format=_layout(speed))
-    vae.decoder = torch.compile(decoder, mode=mode, dynamic=False) if speed.compile and speed.compile_vae and fast else decoder
+    compile_decoder = speed.compile and speed.compile_vae and fast
+    vae.decoder = torch.compile(decoder, mode=mode, dynamic=False) if compile_decoder else decoder
     return pipe
 
 # %% ../nbs/05a_keyframes_fast.ipynb #49d925d3
 def attention(backend: str = "default"):
-    "Context choosing the SDPA kernels: PyTorch's choice, or cuDNN attention first (each kernel falls through to the next)."
+    "Context choosing the SDPA kernels: PyTorch's choice, or cuDNN attention first (each falls through to the next)."
     if backend == "default": return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
     order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
     return sdpa_kernel(order, set_priority=True)
 
 def fast_render(speed: KeyframeSpeed):
-    "The `render` hook of `generate_keyframes` for `speed`: padded short groups when compiled, the chosen attention kernels."
-    def render(cfg: KeyframeConfig, pipe, prompts: list[str], seeds: list[int], refiner=None, extra: dict | None = None) -> list:
+    "The `render` hook of `generate_keyframes` for `speed`: padded short groups when compiled, the chosen kernels."
+    def render(cfg: KeyframeConfig, pipe, prompts: list[str], seeds: list[int], refiner=None,
+               extra: dict | None = None) -> list:
         count, prompts, seeds = len(prompts), list(prompts), list(seeds)
-        if speed.compile and count < cfg.batch_size and not extra:  # a compiled model sees one batch shape only (identity's per-frame arguments are not padded)
-            prompts += [prompts[-1]] * (cfg.batch_size - count); seeds += [seeds[-1]] * (cfg.batch_size - count)
+        missing = cfg.batch_size - count
+        if speed.compile and missing > 0 and not extra:   # a compiled model sees one batch shape only
+            prompts += [prompts[-1]] * missing   # (identity's per-frame arguments are not padded)
+            seeds += [seeds[-1]] * missing
         with attention(speed.attention_backend):
             latents = denoise_group(cfg, pipe, prompts, seeds, refiner, extra)
         return decode_latents(pipe, latents, cfg.vae_dtype)[:count]
@@ -238,11 +252,12 @@ def generate_keyframes_fast(cfg: KeyframeConfig, speed: KeyframeSpeed, pipe, mov
     "`generate_keyframes` with `speed`'s switches on a CUDA GPU; elsewhere every switch is off (the plain loop)."
     if pipe._execution_device.type != "cuda": speed = KeyframeSpeed.off()
     if speed.compile and getattr(condition, "mode", "none") == "shared-attention":
-        warnings.warn("compile is off with identity shared-attention (its anchors join each UNet call through hooks that "
-                      "would make the compiled UNet trace again); the UNet calls are replayed as CUDA graphs instead",
+        warnings.warn("compile is off with identity shared-attention (its anchors join each UNet call through hooks "
+                      "that would make the compiled UNet trace again); the UNet calls are replayed as CUDA graphs",
                       stacklevel=2)
         speed = dataclasses.replace(speed, compile=False)
     speed_up(pipe, speed, refiner if cfg.refiner_steps else None)
-    reset_graphs(_plain(pipe.unet), _plain(refiner.unet) if refiner is not None else None)   # identity modes change the UNet
+    refiner_unet = _plain(refiner.unet) if refiner is not None else None
+    reset_graphs(_plain(pipe.unet), refiner_unet)   # identity modes change the UNet between runs
     return generate_keyframes(cfg, pipe, movie, run_dir, model_name=model_name, refiner=refiner, redo=redo,
                               progress=progress, render=fast_render(speed), condition=condition)

@@ -7,53 +7,62 @@ Docs: https://dreamframe.github.io/dreamframe/models.html.md"""
 # %% ../nbs/03_models.ipynb #698a0f93
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
-
-import torch
-from pydantic import Field
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 from typing import Literal
-from diffusers import (AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline,
-                       StableDiffusionXLPipeline, UNet2DConditionModel)
-from diffusers.models.attention_processor import AttnProcessor2_0
+
+from pydantic import Field
 
 from .config import settings
+from .lazy import lazy_module
 from .low_memory import place_low_memory
 
 # %% auto #0
-__all__ = ['SDXL_SCHEDULER', 'DTYPES', 'ModelConfig', 'check_source', 'load_sdxl', 'load_refiner', 'byte_tokenizer',
-           'sdxl_from_configs']
+__all__ = ['SDXL_SCHEDULER', 'HUB_PROBE_S', 'as_dtype', 'ModelConfig', 'hub_unreachable', 'check_source', 'machine_record',
+           'load_sdxl', 'load_refiner', 'byte_tokenizer', 'sdxl_from_configs']
+
+# %% ../nbs/03_models.ipynb #1a2b3c02
+torch = lazy_module("torch")   # each imported on first use: `ModelConfig` (the CLI, `status`) needs none of them
+transformers = lazy_module("transformers")
+diffusers = lazy_module("diffusers")
 
 # %% ../nbs/03_models.ipynb #766717ba
 SDXL_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
                       steps_offset=1, timestep_spacing="leading", prediction_type="epsilon",
                       interpolation_type="linear", use_karras_sigmas=False)  # SDXL's published Euler setting
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+def as_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    "A torch dtype from itself or its name (`\"float16\"`); anything else as it is, for the caller to refuse."
+    named = getattr(torch, dtype, None) if isinstance(dtype, str) else None
+    return named if isinstance(named, torch.dtype) else dtype
 
 @settings
 class ModelConfig:
     "Which SDXL the style and keyframe stages load, and where it runs."
-    model: str = Field("stabilityai/stable-diffusion-xl-base-1.0", min_length=1)  # SDXL base: hub id, local diffusers folder, or "tiny" (the untrained stand-in)
+    model: str = Field("stabilityai/stable-diffusion-xl-base-1.0", min_length=1)  # SDXL base: hub id, folder or "tiny"
     refiner: str | None = None  # SDXL refiner for keyframes' refiner_steps: hub id, local folder, or "tiny"
     vae: str | None = None  # replacement VAE, e.g. madebyollin/sdxl-vae-fp16-fix (float16 without overflow)
     variant: str | None = None  # weight files to read, e.g. "fp16" (half the download)
-    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")  # "auto" (cuda when available), "cpu", "cuda", "cuda:1", …
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # weights: "auto" = float16 on CUDA, float32 on CPU
-    low_memory: bool = False  # for 12-16 GB cards: keep on the GPU what fits the budget, move the rest (see `low_memory`)
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")  # "auto" (cuda when there), "cpu", "cuda:1", …
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # weights ("auto": float16 on CUDA, else float32)
+    low_memory: bool = False  # for 12-16 GB cards: keep on the GPU what fits the budget, move the rest
     gpu_memory: float | None = Field(None, gt=0)  # the low-memory budget in GiB (None: the card's free memory)
+    cpu_threads: int = Field(1, ge=1)  # torch's CPU threads in a stage: sums depend on it (more: faster, other bytes)
 
     def torch_device(self) -> torch.device:
         "The device to run on (`auto`: the first CUDA GPU when there is one, else the CPU)."
         if self.device != "auto": return torch.device(self.device)
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-    def torch_dtype(self, half: torch.dtype = torch.float16) -> torch.dtype:
+    def torch_dtype(self, half: str | torch.dtype = "float16") -> torch.dtype:
         "The weights' dtype (`auto`: `half` on a GPU, float32 on the CPU)."
-        if self.dtype != "auto": return DTYPES[self.dtype]
-        return half if self.torch_device().type == "cuda" else torch.float32
+        if self.dtype != "auto": return as_dtype(self.dtype)
+        return as_dtype(half) if self.torch_device().type == "cuda" else torch.float32
 
 # %% ../nbs/03_models.ipynb #35525eef
 def _hub_offline() -> bool:
@@ -61,6 +70,30 @@ def _hub_offline() -> bool:
     from huggingface_hub import constants
     return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "0").upper() in ("1", "TRUE", "YES", "ON")
 
+HUB_PROBE_S = 5.0  # seconds to wait for the hub's answer before calling it unreachable
+
+@functools.lru_cache(maxsize=1)
+def hub_unreachable() -> str | None:
+    "Why the Hugging Face hub cannot be reached (None when it answers), asked once per process with a short timeout."
+    from huggingface_hub import constants, get_session
+    try: get_session().head(constants.ENDPOINT, timeout=HUB_PROBE_S)
+    except Exception as error:   # no answer at all: a name that does not resolve, a refused connection, a timeout
+        return f"{constants.ENDPOINT} cannot be reached ({' '.join(str(error).split())[:120] or type(error).__name__})"
+    return None
+
+def _cache_only(source: str) -> bool:
+    "Must `source` (a hub id or a folder) load from the local cache only: the hub is offline or cannot be reached?"
+    if Path(source).is_dir(): return False
+    return _hub_offline() or hub_unreachable() is not None
+
+@contextlib.contextmanager
+def _quiet_loading():
+    "Load without the libraries' notes to their own callers (a deprecated argument diffusers still passes to the hub)."
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
+        yield
+
+# %% ../nbs/03_models.ipynb #1a2b3c03
 def _looks_local(model: str | Path) -> bool:
     "A Path, or a string that can only be a path (absolute, ./ ../ ~, or more than one `/`), never a hub id."
     if isinstance(model, Path): return True
@@ -82,14 +115,15 @@ def check_source(model: str | Path, what: str, marker: str) -> str:
                                     f"{'pipeline' if marker == 'model_index.json' else 'model'} folder; save one "
                                     f"with `pipe.save_pretrained(folder)` or pass a hub id")
         return str(folder)
-    if _hub_offline():
-        from huggingface_hub import try_to_load_from_cache
-        if not isinstance(try_to_load_from_cache(str(model), marker), str):
-            raise FileNotFoundError(f"{what}: hub id {str(model)!r} is not in the local Hugging Face cache and the hub is "
-                                    f"offline (HF_HUB_OFFLINE=1), so its weights cannot be downloaded (and no local folder "
-                                    f"of that name exists); pass a local folder in diffusers layout, or download it "
-                                    f"first with the hub online")
-    return str(model)
+    from huggingface_hub import constants, try_to_load_from_cache
+    if isinstance(try_to_load_from_cache(str(model), marker), str): return str(model)
+    reason = "the hub is offline (HF_HUB_OFFLINE=1)" if _hub_offline() else hub_unreachable()
+    if reason is None: return str(model)   # the hub answers: it downloads (or says the id does not exist)
+    raise FileNotFoundError(
+        f"{what} {str(model)!r} cannot be fetched: {reason}, and it is not in the local Hugging Face cache "
+        f"({constants.HF_HUB_CACHE}). Connect to the network and run again (a gated or private model also needs "
+        f"`hf auth login`), pass a local folder in diffusers layout instead, or download it where there is network "
+        f"(`hf download {model}`) and copy the cache here; HF_HUB_OFFLINE=1 uses the cache without asking the hub")
 
 def _vae_source(vae: str | Path) -> str:
     "A VAE folder (config.json), a pipeline folder's `vae/`, or a hub id of a VAE repository."
@@ -98,18 +132,25 @@ def _vae_source(vae: str | Path) -> str:
         return str(folder / "vae")
     return check_source(vae, "vae", "config.json")
 
-def _check_device(device: str | torch.device, dtype: torch.dtype) -> torch.device:
-    "Validate `device` and `dtype` before any weight is read."
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating torch.dtype like torch.float16, got {dtype!r}")
+def _check_device(device: str | torch.device, dtype: str | torch.dtype) -> tuple[torch.device, torch.dtype]:
+    "Validate `device` and `dtype` (a torch dtype or its name) before any weight is read."
+    checked = as_dtype(dtype)
+    if not isinstance(checked, torch.dtype) or not checked.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype like torch.float16 (or its name), got {dtype!r}")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device={str(device)!r} but CUDA is not available here; use device='cpu' (float32)")
-    return device
+    return device, checked
+
+def machine_record(device: str | torch.device, dtype: str | torch.dtype) -> dict:
+    "What besides the settings decides a picture's bytes: device type, dtype, library versions, torch's CPU threads."
+    return {"device": torch.device(device).type, "dtype": str(as_dtype(dtype)).removeprefix("torch."),
+            "cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "diffusers": diffusers.__version__}
 
 # %% ../nbs/03_models.ipynb #ede65107
 def _place(pipe, device: torch.device, low_memory: bool, gpu_memory: float | None = None, base=None):
-    "Move `pipe` to `device` (in low-memory mode: what fits, see `low_memory`), with SDPA attention and, on CUDA, channels-last."
+    "Move `pipe` to `device` (low memory: what fits), with SDPA attention and, on CUDA, channels-last."
+    from diffusers.models.attention_processor import AttnProcessor2_0
     for model in (pipe.unet, pipe.vae): model.set_attn_processor(AttnProcessor2_0())
     if device.type == "cuda":
         for model in (pipe.unet, pipe.vae): model.to(memory_format=torch.channels_last)
@@ -118,36 +159,43 @@ def _place(pipe, device: torch.device, low_memory: bool, gpu_memory: float | Non
     return pipe
 
 def load_sdxl(model: str | Path,  # hub id, or local folder in diffusers layout (holding model_index.json)
-              *, dtype: torch.dtype = torch.float32,  # weights' dtype: float32 on CPU, float16/bfloat16 on a GPU
+              *, dtype: str | torch.dtype = "float32",  # weights' dtype: float32 on CPU, float16/bfloat16 on a GPU
               device: str | torch.device = "cpu",  # where the pipeline runs
               vae: str | Path | None = None,  # replacement VAE: hub id or folder (e.g. madebyollin/sdxl-vae-fp16-fix)
               low_memory: bool = False,  # keep on the GPU only what fits (see `dreamframe.low_memory`)
               gpu_memory: float | None = None,  # low_memory's budget in GiB (None: the card's free memory)
               variant: str | None = None,  # weight file variant, e.g. "fp16" for half-size downloads
-             ) -> StableDiffusionXLPipeline:
+             ) -> diffusers.StableDiffusionXLPipeline:
     "Load an SDXL text-to-image pipeline from a hub id or local folder, validated first, placed on `device`."
     source = check_source(model, "model", "model_index.json")
     vae_source = None if vae is None else _vae_source(vae)
-    device = _check_device(device, dtype)
+    device, dtype = _check_device(device, dtype)
     if low_memory and device.type == "cpu":
         raise ValueError("low_memory=True offloads models to the CPU between uses of a GPU; it needs device='cuda' "
                          "(or another accelerator), got device='cpu'")
-    extra = {} if vae_source is None else {"vae": AutoencoderKL.from_pretrained(vae_source, dtype=dtype)}
-    pipe = StableDiffusionXLPipeline.from_pretrained(source, dtype=dtype, variant=variant, **extra)
+    with _quiet_loading():
+        extra = {}
+        if vae_source is not None:
+            extra["vae"] = diffusers.AutoencoderKL.from_pretrained(vae_source, dtype=dtype,
+                                                                   local_files_only=_cache_only(vae_source))
+        pipe = diffusers.StableDiffusionXLPipeline.from_pretrained(source, dtype=dtype, variant=variant,
+                                                                   local_files_only=_cache_only(source), **extra)
     return _place(pipe, device, low_memory, gpu_memory)
 
 def load_refiner(model: str | Path,  # hub id or local folder of an SDXL refiner (img2img) pipeline
-                 base: StableDiffusionXLPipeline,  # loaded base pipeline: its text_encoder_2, tokenizer_2, vae are shared
-                 *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                 base: diffusers.StableDiffusionXLPipeline,  # the base: its text_encoder_2, tokenizer_2, vae are shared
+                 *, dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu",
                  low_memory: bool = False, gpu_memory: float | None = None, variant: str | None = None,
-                ) -> StableDiffusionXLImg2ImgPipeline:
+                ) -> diffusers.StableDiffusionXLImg2ImgPipeline:
     "Load the SDXL refiner, sharing `base`'s second text encoder, its tokenizer (style tokens included) and VAE."
     source = check_source(model, "refiner model", "model_index.json")
-    device = _check_device(device, dtype)
+    device, dtype = _check_device(device, dtype)
     if low_memory and device.type == "cpu":
         raise ValueError("low_memory=True needs a GPU device, got device='cpu'")
-    pipe = StableDiffusionXLImg2ImgPipeline.from_pretrained(
-        source, text_encoder_2=base.text_encoder_2, tokenizer_2=base.tokenizer_2, vae=base.vae, dtype=dtype, variant=variant)
+    with _quiet_loading():
+        pipe = diffusers.StableDiffusionXLImg2ImgPipeline.from_pretrained(
+            source, text_encoder_2=base.text_encoder_2, tokenizer_2=base.tokenizer_2, vae=base.vae, dtype=dtype,
+            variant=variant, local_files_only=_cache_only(source))
     return _place(pipe, device, low_memory, gpu_memory, base=base)
 
 # %% ../nbs/03_models.ipynb #2939fcd8
@@ -157,7 +205,7 @@ def _byte_symbols() -> list[str]:
     shifted = iter(range(256, 512))
     return [chr(b) if b in printable else chr(next(shifted)) for b in range(256)]
 
-def byte_tokenizer(merges: list[tuple[str, str]] = (), max_length: int = 77) -> CLIPTokenizer:
+def byte_tokenizer(merges: list[tuple[str, str]] = (), max_length: int = 77) -> transformers.CLIPTokenizer:
     "A CLIP byte-level BPE tokenizer with `merges`, made on the spot (no download): any text, `add_tokens`, saving."
     symbols = _byte_symbols()
     vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols])}
@@ -165,8 +213,9 @@ def byte_tokenizer(merges: list[tuple[str, str]] = (), max_length: int = 77) -> 
     for special in ("<|startoftext|>", "<|endoftext|>"): vocab[special] = len(vocab)
     with tempfile.TemporaryDirectory() as folder:
         Path(folder, "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-        Path(folder, "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
-        return CLIPTokenizer.from_pretrained(folder, model_max_length=max_length)
+        merge_lines = "".join(f"{a} {b}\n" for a, b in merges)
+        Path(folder, "merges.txt").write_text("#version: 0.2\n" + merge_lines, encoding="utf-8")
+        return transformers.CLIPTokenizer.from_pretrained(folder, model_max_length=max_length)
 
 # %% ../nbs/03_models.ipynb #6ae69596
 def _config(config_dir: Path, name: str) -> dict:
@@ -177,44 +226,48 @@ def _config(config_dir: Path, name: str) -> dict:
                                 f"(the repository's bench/sdxl-configs)")
     return json.loads(file.read_text())
 
-def _clip_from_config(config: dict, tokenizer: CLIPTokenizer, projection: bool) -> torch.nn.Module:
+def _clip_from_config(config: dict, tokenizer, projection: bool) -> torch.nn.Module:
     "A CLIP text tower from a published config, with special-token ids set to `tokenizer`'s."
-    config = CLIPTextConfig.from_dict({**config, "bos_token_id": tokenizer.bos_token_id,
+    config = transformers.CLIPTextConfig.from_dict({**config, "bos_token_id": tokenizer.bos_token_id,
                                        "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id})
-    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval()
+    model = transformers.CLIPTextModelWithProjection if projection else transformers.CLIPTextModel
+    return model(config).eval()
 
-def sdxl_from_configs(config_dir: str | Path = "bench/sdxl-configs",  # folder with unet_base.json, vae.json, text_encoder*.json
-                      *, dtype: torch.dtype = torch.float16, device: str | torch.device = "cuda",
+def sdxl_from_configs(config_dir: str | Path = "bench/sdxl-configs",  # unet_base.json, vae.json, text_encoder*.json
+                      *, dtype: str | torch.dtype = "float16", device: str | torch.device = "cuda",
                       refiner: bool = False,  # also build the refiner (unet_refiner.json); returns (base, refiner)
                       seed: int = 0):
     "Full-size SDXL base (and refiner) with random weights from the published configs, built on `device` in `dtype`."
     config_dir = Path(config_dir)
-    device = _check_device(device, dtype)
-    configs = {name: _config(config_dir, f"{name}.json")
-               for name in ("unet_base", "vae", "text_encoder", "text_encoder_2") + (("unet_refiner",) if refiner else ())}
+    device, dtype = _check_device(device, dtype)
+    names = ["unet_base", "vae", "text_encoder", "text_encoder_2"] + (["unet_refiner"] if refiner else [])
+    configs = {name: _config(config_dir, f"{name}.json") for name in names}
     tokenizer, tokenizer_2 = byte_tokenizer(), byte_tokenizer()   # benchmarks need the shapes, not the words
     previous_dtype = torch.get_default_dtype()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.device(device):
         torch.manual_seed(seed)
         torch.set_default_dtype(dtype)  # parameters are born in `dtype` on `device`: no fp32 copy, no transfer
         try:
-            parts = dict(unet=UNet2DConditionModel.from_config(configs["unet_base"]).eval(),
-                         vae=AutoencoderKL.from_config(configs["vae"]).eval(),
+            parts = dict(unet=diffusers.UNet2DConditionModel.from_config(configs["unet_base"]).eval(),
+                         vae=diffusers.AutoencoderKL.from_config(configs["vae"]).eval(),
                          text_encoder=_clip_from_config(configs["text_encoder"], tokenizer, projection=False),
                          text_encoder_2=_clip_from_config(configs["text_encoder_2"], tokenizer_2, projection=True))
-            refiner_unet = UNet2DConditionModel.from_config(configs["unet_refiner"]).eval() if refiner else None
+            refiner_unet = None
+            if refiner: refiner_unet = diffusers.UNet2DConditionModel.from_config(configs["unet_refiner"]).eval()
         finally:
             torch.set_default_dtype(previous_dtype)
-    def settle(module):  # already built in place; only cast what the default dtype missed (avoids diffusers' cast warning)
+    def settle(module):  # built in place; cast only what the default dtype missed (no diffusers' cast warning)
         first = next(module.parameters())
-        return module if (first.dtype, first.device.type) == (dtype, device.type) else module.to(device=device, dtype=dtype)
+        if (first.dtype, first.device.type) == (dtype, device.type): return module
+        return module.to(device=device, dtype=dtype)
     parts = {name: settle(module) for name, module in parts.items()}
-    base = StableDiffusionXLPipeline(**parts, tokenizer=tokenizer, tokenizer_2=tokenizer_2,
-                                     scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER), add_watermarker=False)
+    base = diffusers.StableDiffusionXLPipeline(**parts, tokenizer=tokenizer, tokenizer_2=tokenizer_2,
+                                               scheduler=diffusers.EulerDiscreteScheduler(**SDXL_SCHEDULER),
+                                               add_watermarker=False)
     base = _place(base, device, low_memory=False)
     if not refiner: return base
-    refiner_pipe = StableDiffusionXLImg2ImgPipeline(
+    refiner_pipe = diffusers.StableDiffusionXLImg2ImgPipeline(
         vae=base.vae, text_encoder=None, text_encoder_2=base.text_encoder_2, tokenizer=None, tokenizer_2=tokenizer_2,
-        unet=settle(refiner_unet), scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER),
+        unet=settle(refiner_unet), scheduler=diffusers.EulerDiscreteScheduler(**SDXL_SCHEDULER),
         requires_aesthetics_score=True, force_zeros_for_empty_prompt=False, add_watermarker=False)
     return base, _place(refiner_pipe, device, low_memory=False)

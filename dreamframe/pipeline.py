@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from .config import (ConfigError, changed_settings, config_values, describe_changes, fingerprint, load_run_config,
                                make_config, save_run_config)
 from .run_folder import StagePlan, clean_partial_files, file_digest, read_manifest, record_stage, stage_records
-from .resources import Models, make_llm, preflight
+from .resources import Models, make_llm, preflight, stage_threads
 from .schema import FormatError, Movie
 
 # %% ../nbs/10_pipeline.ipynb #c414c1d8
@@ -90,8 +90,11 @@ def run_settings(run_dir: str | Path, sections, given: dict[str, dict] | None = 
     saved, given = load_run_config(run_dir), given or {}
     unknown = sorted(set(given) - set(SECTIONS))
     if unknown: raise ConfigError(f"unknown settings section(s) {unknown}; sections: {', '.join(SECTIONS)}")
+    source = Path(run_dir) / "config.json"
+    strays = sorted(set(saved) - set(SECTIONS))
+    if strays: raise FormatError(f"{source}: no settings section(s) {strays}; sections: {', '.join(SECTIONS)}. Correct or remove them")
     layered = {s: {**PRESETS.get(preset, {}).get(s, {}), **given.get(s, {})} for s in sections}
-    return {s: make_config(section_class(s), saved.get(s), layered[s]) for s in sections}
+    return {s: make_config(section_class(s), saved.get(s), layered[s], f"{source} [{s}]") for s in sections}
 
 # %% ../nbs/10_pipeline.ipynb #46d14d87
 STAGE_OUTPUTS = {"story": ("movie.json",), "style": ("style/embedding.safetensors",), "qa": ("qa.json",),
@@ -301,7 +304,8 @@ def run_pipeline(run_dir: str | Path, *,
         if plan.done and plan.unit != "files": log(f"resuming:{plan.line()}")   # e.g. "keyframes left 10/24 frames, about 3.2 min left"
         started = time.perf_counter()
         record_stage(run_dir, stage, {"state": "running"})
-        run_stage(stage, run_dir, settings, resources, redo, progress)
+        with stage_threads(stage, settings):   # torch's CPU threads as the settings say, whatever runs this
+            run_stage(stage, run_dir, settings, resources, redo, progress)
         settings = run_settings(run_dir, list(settings))   # as the stage saved them (e.g. a token it chose)
         record_stage(run_dir, stage, {"state": "done", "settings": stage_values(stage, settings), "inputs": stage_inputs(stage, run_dir)})
         after = plan_stage(stage, run_dir, settings, alone)

@@ -91,14 +91,14 @@ def append_manifest_line(path: str | Path, record: dict) -> None:
     "Append one checked line to a manifest file and fsync it."
     line = ManifestLine.model_validate(record).model_dump()
     with open(path, "a", encoding="utf-8") as file:
-        file.write(json.dumps(line, ensure_ascii=False) + "\n")
+        file.write(json.dumps(line, ensure_ascii=False, allow_nan=False) + "\n")
         file.flush()
         os.fsync(file.fileno())
 
 def write_manifest(frames_dir: str | Path, records: list[dict]) -> Path:
     "Replace the manifest with `records` (one line each, in order) atomically and remove the shards."
     frames_dir = Path(frames_dir)
-    text = "".join(json.dumps(ManifestLine.model_validate(r).model_dump(), ensure_ascii=False) + "\n" for r in records)
+    text = "".join(json.dumps(ManifestLine.model_validate(r).model_dump(), ensure_ascii=False, allow_nan=False) + "\n" for r in records)
     path = atomic_write_text(frames_dir / MANIFEST, text)
     for shard in frames_dir.glob("manifest.rank*.jsonl"): shard.unlink()
     return path

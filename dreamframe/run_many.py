@@ -26,7 +26,9 @@ def read_themes(path: str | Path) -> list[str]:
     "Themes from a text file: one per line, blank lines and `#` comments skipped."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"themes file {path} does not exist")
-    themes = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and not line.strip().startswith("#")]
+    themes = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.strip().startswith("#"): themes.append(line.strip())
     if not themes: raise ValueError(f"{path} has no themes (one per line; # starts a comment)")
     return themes
 
@@ -43,7 +45,7 @@ class RunManyConfig:
     "How `dreamframe run-many` spreads its movies."
     executor: Literal["local", "ray"] = "local"  # "local": one movie after another here; "ray": one Ray task per movie
     address: str | None = None  # ray: None starts Ray on this machine; "auto" or "ray://HOST:10001" joins a cluster
-    gpus_per_movie: float | None = Field(None, ge=0)  # GPUs each movie asks Ray for (None: 1 when this machine has a GPU, else 0)
+    gpus_per_movie: float | None = Field(None, ge=0)  # GPUs each movie asks Ray for (None: 1 with a GPU here, else 0)
     total_llm_concurrency: int = Field(128, ge=1)  # ray: LLM requests in flight across all movies at once
     max_retries: int = Field(3, ge=0)  # ray: times a movie whose worker died is run again (it resumes)
     refresh_s: float = Field(10.0, gt=0)  # seconds between progress lines while movies run
@@ -58,10 +60,12 @@ def movie_line(run_dir: Path, stages=None) -> str:
             plan = plan_stage(stage, run_dir, settings)
             if not plan.finished:
                 eta = f"  ETA {plan.eta_s / 60:.1f} min" if getattr(plan, "eta_s", None) else ""
-                return f"{run_dir.name:<40} {stage:<10} {plan.done}/{plan.total if plan.total is not None else '?'} {plan.unit}{eta}"
+                total = plan.total if plan.total is not None else "?"
+                return f"{run_dir.name:<40} {stage:<10} {plan.done}/{total} {plan.unit}{eta}"
         return f"{run_dir.name:<40} complete"
     except Exception as error:  # a folder not yet started or broken: say so, don't stop the others
-        return f"{run_dir.name:<40} {'not started' if not (run_dir / 'config.json').exists() else ' '.join(str(error).split())[:80]}"
+        started = (run_dir / "config.json").exists()
+        return f"{run_dir.name:<40} {' '.join(str(error).split())[:80] if started else 'not started'}"
 
 # %% ../nbs/10b_run_many.ipynb #c1cae4e5
 def run_movie(run_dir: Path, theme: str, given: dict, preset: str | None, redo: bool, progress: bool, llm_gate=None,
@@ -69,7 +73,8 @@ def run_movie(run_dir: Path, theme: str, given: dict, preset: str | None, redo: 
     "Run one movie's pipeline in `run_dir`; returns 'complete' or raises."
     from dreamframe.pipeline import STAGES, run_pipeline
     given = {**given, "story": {**given.get("story", {}), "theme": theme}}
-    run_pipeline(run_dir, stages=stages or STAGES, given=given, preset=preset, redo=redo, progress=progress, llm_gate=llm_gate)
+    run_pipeline(run_dir, stages=stages or STAGES, given=given, preset=preset, redo=redo, progress=progress,
+                 llm_gate=llm_gate)
     return "complete"
 
 def _failure(error: BaseException) -> str:
@@ -102,16 +107,23 @@ def _semaphore_actor(limit: int):
         async def release(self): self.slots.release()
     return Semaphore.remote(limit)
 
-def run_ray(folders: dict[str, Path], given: dict, preset, redo: bool, cfg: RunManyConfig, stages=None) -> dict[str, str]:
+def _passed_environment() -> dict[str, str]:
+    "The variables a Ray worker gets from this process: the hub's, the LLM's and the progress bars'."
+    return {name: value for name, value in os.environ.items() if name.startswith(("HF_", "OPENAI_", "TQDM_"))}
+
+def run_ray(folders: dict[str, Path], given: dict, preset, redo: bool, cfg: RunManyConfig,
+            stages=None) -> dict[str, str]:
     "Every movie as a Ray task (embedded Ray, or the cluster at `cfg.address`)."
     import ray
     if not ray.is_initialized():
         ray.init(address=cfg.address, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("HF_", "OPENAI_", "TQDM_"))}})
+                 runtime_env={"env_vars": _passed_environment()})
     gpus = cfg.gpus_per_movie if cfg.gpus_per_movie is not None else (1 if ray.cluster_resources().get("GPU") else 0)
     gate = RayGate(_semaphore_actor(cfg.total_llm_concurrency))
     task = ray.remote(num_gpus=gpus, max_retries=cfg.max_retries)(run_movie)
-    pending = {task.remote(run_dir.resolve(), theme, given, preset, redo, False, gate, stages): run_dir for theme, run_dir in folders.items()}
+    pending = {}
+    for theme, run_dir in folders.items():
+        pending[task.remote(run_dir.resolve(), theme, given, preset, redo, False, gate, stages)] = run_dir
     results, refs = {}, list(pending)
     while refs:
         ready, refs = ray.wait(refs, num_returns=1, timeout=cfg.refresh_s)

@@ -91,7 +91,7 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Path:
     "Write `obj` as JSON to `path` atomically."
-    return atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+    return atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False, allow_nan=False) + "\n")
 
 # %% ../nbs/00_schema.ipynb #1c0a5e07
 _USERINFO = re.compile(r"(?<=://)[^\s'\"<>]*@")   # user:password@ (up to the last @: a raw @ in a password too)

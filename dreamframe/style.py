@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Callable, Literal
 
-import numpy as np, torch, torch.nn.functional as F
+import numpy as np
 from PIL import Image
 from pydantic import Field
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load as load_safetensors, save as save_safetensors
 from tqdm.auto import tqdm
 
 from .config import ConfigError, changed_settings, config_values, describe_changes, fingerprint, save_stage_config, settings
+from .lazy import lazy_function, lazy_module, no_grad
 from .embedding import MAX_STYLE_VECTORS, add_style_rows, check_style_token, load_style, pipeline_source, read_style_embedding, save_style_embedding
 from .schema import Movie, atomic_write_bytes, atomic_write_json, slugify
 
@@ -29,6 +29,12 @@ __all__ = ['STYLE_TEMPLATES', 'StyleConfig', 'style_token', 'style_tokens', 'add
            'tokenize_prompts', 'encode_prompts', 'encode_style_latents', 'StyleTraining', 'prepare_training',
            'draw_update', 'sample_loss', 'accumulate', 'save_checkpoint', 'resume', 'plot_loss', 'train_embedding',
            'style_stage', 'train_style']
+
+# %% ../nbs/04_style.ipynb #8d5758f6
+torch = lazy_module("torch")   # imported on first use: `dreamframe --help` and `status` need no torch
+F = lazy_module("torch.nn.functional")
+load_safetensors = lazy_function("safetensors.torch", "load")
+save_safetensors = lazy_function("safetensors.torch", "save")
 
 # %% ../nbs/04_style.ipynb #f15fcf3f
 STYLE_TEMPLATES = (
@@ -121,7 +127,7 @@ def encode_prompts(pipe, ids_l: torch.Tensor, ids_g: torch.Tensor) -> tuple[torc
     out_g = pipe.text_encoder_2(ids_g, output_hidden_states=True)
     return torch.cat([out_l.hidden_states[-2], out_g.hidden_states[-2]], dim=-1), out_g[0]
 
-@torch.no_grad()
+@no_grad
 def encode_style_latents(vae, images: list[Image.Image], flip: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     "Encode the style images (and their mirror images) once: each latent's scaled mean and spread, fp32 `[n, 4, h, w]`."
     pixels = torch.from_numpy(np.stack([np.asarray(image.convert("RGB")) for image in images])).permute(0, 3, 1, 2).float() / 127.5 - 1

@@ -12,15 +12,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
-import torch
 from pydantic import Field
 
 from .config import settings
+from .lazy import lazy_module
 from .style import StyleConfig, StyleTraining, accumulate, sample_loss, style_stage, train_embedding
 
 # %% auto #0
 __all__ = ['StyleSpeed', 'fused_update', 'capture_cuda_graph', 'GraphedUpdate', 'speed_switches', 'can_graph',
            'train_embedding_fast', 'train_style_fast']
+
+# %% ../nbs/04a_style_fast.ipynb #5fe625ae
+torch = lazy_module("torch")   # imported on first use: `dreamframe --help` and `status` need no torch
 
 # %% ../nbs/04a_style_fast.ipynb #40282269
 @settings

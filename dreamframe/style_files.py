@@ -10,17 +10,21 @@ from __future__ import annotations
 import hashlib, io, warnings
 from pathlib import Path
 
-import numpy as np, torch
+import numpy as np
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 from .config import fingerprint
 from .embedding import save_style_embedding
+from .lazy import lazy_module
 from .schema import FormatError, Movie, atomic_write_bytes, atomic_write_json, read_json, slugify
 
 # %% auto #0
 __all__ = ['MAX_IMAGE_SIDE', 'BACKGROUND', 'IMAGE_SUFFIXES', 'to_rgb', 'open_style_image', 'fit_square', 'load_style_images',
            'images_digest', 'style_prompt', 'image_settings', 'image_record', 'make_style_images', 'convert_embedding']
+
+# %% ../nbs/04b_style_files.ipynb #88599656
+torch = lazy_module("torch")   # imported on first use: `dreamframe --help` and `status` need no torch
 
 # %% ../nbs/04b_style_files.ipynb #80320e0c
 MAX_IMAGE_SIDE = 8192  # longer sides are refused, as read from the file's header, before any pixel is decoded
