@@ -18,14 +18,15 @@ from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
 from .config import changed_settings, describe_changes, save_stage_config, settings
+from .embedding import STYLE_FILE, load_style, run_style
 from .lazy import lazy_module
-from .run_folder import StagePlan, clean_partial_files, file_digest
+from .run_folder import StagePlan, clean_partial_files, file_digest, finish_stage, open_image, pipeline_model
 from .schema import (FormatError, Movie, atomic_write_bytes, atomic_write_json, character_ids, name_pattern,
                                read_json, slugify)
 
 # %% auto #0
-__all__ = ['DEFAULT_SHEET_TEMPLATE', 'DEFAULT_SHEET_NEGATIVE', 'SHEETS_DIR', 'SHEETS_FILE', 'STYLE_FILE', 'RECORDED_ONLY',
-           'CharacterConfig', 'frame_characters', 'sheet_path', 'style_word', 'load_style_word', 'sheet_prompt',
+__all__ = ['DEFAULT_SHEET_TEMPLATE', 'DEFAULT_SHEET_NEGATIVE', 'SHEETS_DIR', 'SHEETS_FILE', 'RECORDED_ONLY', 'CharacterConfig',
+           'frame_characters', 'sheet_path', 'open_sheet', 'style_word', 'load_style_word', 'sheet_prompt',
            'sheet_seed', 'sheet_settings', 'read_sheets', 'sheet_states', 'plan_sheets', 'draw_candidates', 'png_bytes',
            'make_sheets']
 
@@ -78,23 +79,24 @@ def sheet_path(run_dir, character_id: str) -> Path:
         raise ValueError(f"character_id={character_id!r} is not a character id; take it from character_ids(movie)")
     return Path(run_dir) / SHEETS_DIR / f"{character_id}.png"
 
-# %% ../nbs/05b_characters.ipynb #7de11b95
-STYLE_FILE = "style/embedding.safetensors"
+def open_sheet(path):
+    "A sheet as an RGB PIL picture; a file that is no picture, or too large to decode safely, is refused by name."
+    return open_image(path, "character sheet").convert("RGB")
 
+# %% ../nbs/05b_characters.ipynb #7de11b95
 def style_word(movie: Movie, run_dir) -> tuple[str, str]:
-    "The style word of prompts and the style a sheet records: the embedding's token (with its rows' digest), or the keyword."
-    path = Path(run_dir) / STYLE_FILE
-    if not path.exists(): return movie.style_keyword, movie.style_keyword
-    from dreamframe.embedding import style_digest
-    return style_digest(path)   # read without torch: `status` asks this too
+    "The style word of prompts and the style a sheet records: the learned token (with its rows' digest), or the keyword (`embedding.run_style`)."
+    return run_style(run_dir, movie.style_keyword)
 
 def load_style_word(pipe, movie: Movie, run_dir) -> str:
     "Load the run's style embedding into `pipe` once per file version (as the keyframes do); return the style word."
+    word = style_word(movie, run_dir)[0]   # a run whose settings have a style stage but no usable embedding stops here
     path = Path(run_dir) / STYLE_FILE
-    if path.exists() and getattr(pipe, "_dreamframe_style", None) != (loaded := (str(path), file_digest(path))):
-        from dreamframe.embedding import load_style
-        load_style(pipe, path); pipe._dreamframe_style = loaded
-    return style_word(movie, run_dir)[0]
+    loaded = (str(path), file_digest(path))
+    if path.exists() and getattr(pipe, "_dreamframe_style", None) != loaded:
+        load_style(pipe, path)
+        pipe._dreamframe_style = loaded
+    return word
 
 def sheet_prompt(cfg: CharacterConfig, character, word: str) -> str:
     "The prompt of a character's sheet."
@@ -128,10 +130,17 @@ def sheet_states(run_dir, wanted: dict[str, dict]) -> dict[str, str | dict]:
     "Each wanted sheet's state: 'left', 'done', 'user', or the changed settings of a stale one."
     records, states = read_sheets(run_dir), {}
     for character_id, now in wanted.items():
-        record, digest = records.get(character_id), file_digest(sheet_path(run_dir, character_id))
-        if digest is None or (record and digest == record.get("replaces") and digest != record.get("digest")): states[character_id] = "left"
-        elif record is None or record.get("source") == "user" or digest != record.get("digest"): states[character_id] = "user"
-        else: states[character_id] = changed_settings({k: record.get(k) for k in now if k not in RECORDED_ONLY}, {k: v for k, v in now.items() if k not in RECORDED_ONLY}) or "done"
+        path = sheet_path(run_dir, character_id)
+        record, digest = records.get(character_id), file_digest(path)
+        if digest is None or (record and digest == record.get("replaces") and digest != record.get("digest")):
+            states[character_id] = "left"
+        elif record is None or record.get("source") == "user" or digest != record.get("digest"):
+            open_image(path, "character sheet", decode=False)   # the user's own file: a bomb or no picture is refused by name
+            states[character_id] = "user"
+        else:
+            recorded = {key: record.get(key) for key in now if key not in RECORDED_ONLY}
+            wanted_now = {key: value for key, value in now.items() if key not in RECORDED_ONLY}
+            states[character_id] = changed_settings(recorded, wanted_now) or "done"
     return states
 
 def plan_sheets(cfg: CharacterConfig, movie: Movie, run_dir, *, model_name: str, scorer: str | None = None) -> StagePlan:
@@ -165,15 +174,18 @@ def _save_records(run_dir: Path, records: dict) -> None:
 
 # %% ../nbs/05b_characters.ipynb #6935bd0d
 def make_sheets(cfg: CharacterConfig, pipe, movie: Movie, run_dir, *,
-                model_name: str,  # recorded with every sheet, e.g. ModelConfig.model
+                model_name: str | None = None,  # recorded with every sheet; None: the model `load_sdxl` noted on `pipe`
                 scorer: Callable[[list, str], list[float]] | None = None,  # (pictures, text) -> scores; None keeps the first candidate
                 redo: bool = False,  # also draw again the sheets made with other settings (never the user's own pictures)
                 progress: bool = True,  # show a progress bar
                ) -> dict:
     "Draw the sheet of every character that has none into `RUN/characters/`; return `characters.json`'s content."
     run_dir = Path(run_dir)
+    style_word(movie, run_dir)   # a run whose settings have a style stage but no usable embedding stops here
+    model_name = model_name or pipeline_model(run_dir, pipe)
     (run_dir / SHEETS_DIR).mkdir(parents=True, exist_ok=True)
-    clean_partial_files(run_dir / SHEETS_DIR); save_stage_config(run_dir, "characters", cfg)
+    clean_partial_files(run_dir / SHEETS_DIR)
+    save_stage_config(run_dir, "characters", cfg)
     pipe.set_progress_bar_config(disable=True)
     if (release := getattr(pipe, "_dreamframe_release", None)) is not None: release(pipe)   # sheets are drawn without identity
     load_style_word(pipe, movie, run_dir)
@@ -188,6 +200,7 @@ def make_sheets(cfg: CharacterConfig, pipe, movie: Movie, run_dir, *,
     for character_id, now in tqdm(wanted.items(), desc="sheets", unit="character", disable=not progress):
         state, path = states[character_id], sheet_path(run_dir, character_id)
         if state == "user" and records.get(character_id, {}).get("digest") != file_digest(path):
+            open_sheet(path)   # the user's own picture: a file that is no picture (or a decompression bomb) is refused by name
             records[character_id] = dict(name=names[character_id], path=path.relative_to(run_dir).as_posix(), source="user", digest=file_digest(path))
             _save_records(run_dir, records)
         if state in ("done", "user") or (isinstance(state, dict) and not redo): continue
@@ -200,4 +213,5 @@ def make_sheets(cfg: CharacterConfig, pipe, movie: Movie, run_dir, *,
                                      scores=scores, chosen=chosen, seed=now["seeds"][chosen], digest=hashlib.sha256(data).hexdigest()[:16], replaces=file_digest(path))
         _save_records(run_dir, records)   # the record first: a kill before the PNG lands leaves a sheet to draw again
         atomic_write_bytes(path, data)
+    if redo or not stale: finish_stage(run_dir, "characters", cfg)
     return {"characters": {i: records[i] for i in wanted if i in records}}

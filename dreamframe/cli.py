@@ -7,7 +7,8 @@ Docs: https://dreamframe.github.io/dreamframe/cli.html.md"""
 # %% auto #0
 __all__ = ['ALIASES', 'BATCH_SECTIONS', 'STAGE_HELP', 'COMMANDS', 'FUNCTIONS', 'WRITERS', 'CREATORS', 'flag_name', 'add_settings',
            'given_settings', 'UsageError', 'Parser', 'command_parser', 'quiet_libraries', 'run_command', 'view_command',
-           'status_command', 'function_command', 'run_many_command', 'one_line', 'main']
+           'status_command', 'function_command', 'run_many_command', 'export_many_command', 'long_video_command',
+           'one_line', 'main']
 
 # %% ../nbs/10a_cli.ipynb #3f7e44a1
 import argparse
@@ -54,7 +55,9 @@ def _converter(annotation):
         return text
     return convert
 
-BATCH_SECTIONS = {"run_many": ("dreamframe.run_many:RunManyConfig", "")}  # settings of a batch of movies: in no run folder
+BATCH_SECTIONS = {"run_many": ("dreamframe.run_many:RunManyConfig", ""),   # settings beside a run's stages: not saved
+                  "export_many": ("dreamframe.export_many:ExportManyConfig", "merge-"),
+                  "long_video": ("dreamframe.long_video:LongVideoConfig", "long-video-")}
 
 def _section(section: str) -> tuple[type, str]:
     "The settings class and flag prefix of `section` (a run folder's, or a batch's)."
@@ -117,7 +120,7 @@ STAGE_HELP = {
     "characters": "draw one reference sheet per character (for keyframes' --identity)",
     "keyframes": "stage 3: render every frame prompt with SDXL",
     "qa": "stage 4: build QA and dialogue items about the movie",
-    "export": "write LLaVA / LLaMA-VID JSON, JSONL and an mp4",
+    "export": "write the training files (LLaVA, LLaMA-Factory, VideoChat2, datasets) and the mp4",
     "view": "write a standalone HTML frame player (RUN/view.html)",
     "eval": "measure style consistency of a run's keyframes",
 }
@@ -246,18 +249,48 @@ def run_many_command(argv: list[str]) -> int:
     print("\n" + summary(results, args.out_dir))
     return 1 if any(not r.startswith("complete") for r in results.values()) else 0
 
+def _beside(command: str, section: str, argv: list[str], name: str, metavar: str, help_text: str):
+    "Parse a command beside the stages: one folder and `section`'s settings (none saved); returns (folder, settings, args)."
+    parser = Parser(prog=f"dreamframe {command}", description=COMMANDS[command].capitalize() + ".")
+    parser.add_argument(name, type=Path, metavar=metavar, help=help_text)
+    _common(parser, redo=False)
+    add_settings(parser, [section])
+    args = parser.parse_args(argv)
+    given = given_settings(args, args.set)
+    if set(given) - {section}: raise UsageError(f"this command takes {section} settings only, not {sorted(set(given) - {section})}")
+    if args.quiet: quiet_libraries()
+    return getattr(args, name), make_config(_section(section)[0], None, given.get(section, {})), args
+
+def export_many_command(argv: list[str]) -> int:
+    "`dreamframe export-many ROOT [options]`: the finished movies under ROOT as one training set in ROOT/export/."
+    from dreamframe.export_many import merge_exports, summary_table
+    root, cfg, args = _beside("export-many", "export_many", argv, "root", "ROOT", "the folder of run-many's movies")
+    summary = merge_exports(cfg, root, progress=not args.quiet)
+    print(summary_table(summary) + f"\nwrote {root / cfg.out}/: point every trainer at {root} as at a run folder")
+    return 0
+
+def long_video_command(argv: list[str]) -> int:
+    "`dreamframe long-video RUN --long-video-tower NAME [options]`."
+    from dreamframe.long_video import write_long_video
+    run_dir, cfg, args = _beside("long-video", "long_video", argv, "run_dir", "RUN", "the run folder")
+    print("\n".join(f"wrote {path}" for path in write_long_video(cfg, run_dir, progress=not args.quiet).values()))
+    return 0
+
+
 # %% ../nbs/10a_cli.ipynb #d3305bd5
 COMMANDS = {  # subcommand: one-line help
     "demo": "run the whole pipeline offline on a tiny stand-in model (the `demo` preset)",
     "run": "run every unfinished stage of one movie",
     "run-many": "run one movie per theme line of a text file",
     "status": "show what is done, stale and left in run folders",
+    "export-many": "merge the finished movies under a folder into one training set",
     **STAGE_HELP,
     "import-reference": "read a DreamFrame reference story into RUN/movie.json",
     "convert-embedding": "convert a reference {emb, emb2} .pt file to safetensors",
+    "long-video": "make LLaMA-VID's long-video features of a run with a vision tower",
 }
 FUNCTIONS = {"import-reference": "dreamframe.reference:import_reference", "convert-embedding": "dreamframe.style:convert_embedding"}
-WRITERS = {"demo", "run", "import-reference", *STAGE_HELP} - {"view"}  # commands that take the run folder's lock
+WRITERS = {"demo", "run", "import-reference", "long-video", *STAGE_HELP} - {"view"}  # commands that take the run folder's lock
 CREATORS = {"demo", "run", "story", "import-reference"}               # commands that may create the run folder
 
 # %% ../nbs/10a_cli.ipynb #df0100a0
@@ -272,6 +305,8 @@ def _run_folder(command: str, argv: list[str]) -> Path | None:
 def _dispatch(command: str, argv: list[str]) -> int:
     if command == "status": return status_command(argv)
     if command == "run-many": return run_many_command(argv)
+    if command == "export-many": return export_many_command(argv)
+    if command == "long-video": return long_video_command(argv)
     if command in FUNCTIONS: return function_command(FUNCTIONS[command], f"dreamframe {command}", argv)
     return run_command(command, argv)
 
@@ -308,14 +343,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     interrupted = []   # Ctrl-C inside torch's C code can surface as another exception: remember that it came
     def on_interrupt(signum, frame): interrupted.append(signum); raise KeyboardInterrupt
+    def swallowed(hit):   # raised where Python can only print and ignore it (a finalizer): remembered, not printed
+        if not issubclass(hit.exc_type, KeyboardInterrupt): return previous_hook(hit)
+        interrupted.append(signal.SIGINT)
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, on_interrupt) if main_thread else None
+    previous_hook, sys.unraisablehook = sys.unraisablehook, swallowed
     try:
         run_dir = _run_folder(command, rest)
         if run_dir is not None and not run_dir.is_dir() and command not in CREATORS:
             raise FileNotFoundError(f"no such run folder: {run_dir}")
         with run_lock(run_dir, " ".join(["dreamframe", *argv])[:200]) if run_dir is not None else contextlib.nullcontext():
-            return _dispatch(command, rest)
+            code = _dispatch(command, rest)
+        return _interrupted(prog) if interrupted else code   # a Ctrl-C that was swallowed still ends in status 130
     except KeyboardInterrupt: return _interrupted(prog)
     except UsageError as error:
         print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
@@ -329,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         if main_thread: signal.signal(signal.SIGINT, previous)
+        if sys.unraisablehook is swallowed: sys.unraisablehook = previous_hook
 
 # %% ../nbs/10a_cli.ipynb #723bd138
 if __name__ == "__main__": sys.exit(main())

@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,8 +158,26 @@ def fingerprint(values: Any) -> str:
     text = json.dumps(values, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+def _window(text: str, start: int, stop: int, width: int = 40, context: int = 10) -> str:
+    "`text[start:stop]` (the part that changed) with `context` characters before and after, quoted, '…' where cut."
+    first = max(0, start - context)
+    last = min(len(text), max(stop, start) + context, first + width)
+    quoted = repr(text[first:last])
+    return quoted[0] + ("…" if first else "") + quoted[1:-1] + ("…" if last < len(text) else "") + quoted[-1]
+
+def _shown(old, new, width: int = 40) -> tuple[str, str]:
+    "Both values in about `width` characters; two long texts show the part where they differ, not their common start."
+    if not (isinstance(old, str) and isinstance(new, str)) or max(len(repr(old)), len(repr(new))) <= width:
+        def short(value): return repr(value) if len(repr(value)) <= width else repr(value)[: width - 3] + "…"
+        return short(old), short(new)
+    same_start = len(os.path.commonprefix([old, new]))
+    same_end = len(os.path.commonprefix([old[same_start:][::-1], new[same_start:][::-1]]))
+    return (_window(old, same_start, len(old) - same_end, width), _window(new, same_start, len(new) - same_end, width))
+
 def describe_changes(changes: dict[str, tuple], limit: int = 6) -> str:
-    "`steps: 2 → 3, guidance: 5.0 → 6.0` (long values shortened)."
-    def short(value): return repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "…"
-    shown = [f"{name}: {short(old)} → {short(new)}" for name, (old, new) in list(changes.items())[:limit]]
+    "`steps: 2 → 3, guidance: 5.0 → 6.0` (long values shortened to the part that changed)."
+    shown = []
+    for name, (old, new) in list(changes.items())[:limit]:
+        old_text, new_text = _shown(old, new)
+        shown.append(f"{name}: {old_text} → {new_text}")
     return ", ".join(shown) + (f" and {len(changes) - limit} more" if len(changes) > limit else "")

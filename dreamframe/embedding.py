@@ -9,41 +9,66 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
-
 from safetensors import SafetensorError, safe_open
 
+from .config import load_run_config
 from .lazy import lazy_function, lazy_module
-from .schema import honour_umask
+from .run_folder import STYLE_FILE
+from .schema import atomic_write_bytes
 
 # %% auto #0
-__all__ = ['MAX_STYLE_VECTORS', 'save_style_embedding', 'vocabulary_word', 'style_token_sources', 'read_style_embedding',
-           'style_digest', 'check_style_token', 'add_style_rows', 'pipeline_source', 'load_style']
+__all__ = ['MAX_STYLE_VECTORS', 'safetensors_bytes', 'save_style_embedding', 'vocabulary_word', 'style_token_sources',
+           'read_style_embedding', 'style_digest', 'check_style_token', 'add_style_rows', 'pipeline_source',
+           'load_style', 'MissingStyleError', 'run_style']
 
 # %% ../nbs/03c_embedding.ipynb #35b36010
 torch = lazy_module("torch")   # imported on first use: `dreamframe --help` and `status` need no torch
-save_file = lazy_function("safetensors.torch", "save_file")
+save = lazy_function("safetensors.torch", "save")
 
 # %% ../nbs/03c_embedding.ipynb #968b5d77
 MAX_STYLE_VECTORS = 75  # a prompt window holds 77 tokens: start, end, and at most 75 others
 
-def _check_rows(source: str, token, clip_l, clip_g, limit: int = MAX_STYLE_VECTORS):
+def _remake(path: Path | None) -> str | None:
+    "The command that makes `path` again when it is a run folder's own embedding (None for any other file)."
+    if path is not None and path.name == "embedding.safetensors" and path.parent.name == "style":
+        return f"`dreamframe style {path.parent.parent}`"
+    return None
+
+def _fix(path: Path | None) -> str:
+    "What to do about a bad embedding file: for a run's own file, the command that trains it again."
+    command = _remake(path)
+    return f"train it again with {command} (or replace the file)" if command else "use another file"
+
+def _check_rows(source: str, token, clip_l, clip_g, limit: int = MAX_STYLE_VECTORS, fix: str = "use another file"):
     "Refuse a token or rows no pipeline should use; `source` names the file (or call) in the one-line message."
     if not isinstance(token, str) or not token or len(token) > 100 or any(c.isspace() for c in token):
         raise ValueError(f"{source}: the token must be one word without spaces, e.g. '<noir-style>', got {token!r}")
     for key, rows in (("clip_l", clip_l), ("clip_g", clip_g)):
         if not isinstance(rows, torch.Tensor) or rows.ndim != 2 or not rows.is_floating_point():
-            raise ValueError(f"{source}: {key} must be a 2-d float tensor [vectors, width], got {getattr(rows, 'shape', type(rows).__name__)} {getattr(rows, 'dtype', '')}")
+            found = f"{getattr(rows, 'shape', type(rows).__name__)} {getattr(rows, 'dtype', '')}"
+            raise ValueError(f"{source}: {key} must be a 2-d float tensor [vectors, width], got {found}")
         if not 1 <= rows.shape[0] <= limit:
-            raise ValueError(f"{source}: {key} has {rows.shape[0]} vectors; a style token needs 1 to {limit} (they must fit the prompt window)")
+            raise ValueError(f"{source}: {key} has {rows.shape[0]} vectors; a style token needs 1 to {limit} "
+                             "(they must fit the prompt window)")
         if not torch.isfinite(rows).all():
-            raise ValueError(f"{source}: {key} holds {int((~torch.isfinite(rows)).sum())} NaN/inf value(s), so every prompt using it "
-                             f"would render flat frames; retrain the style (redo) or use another file")
+            raise ValueError(f"{source}: {key} holds {int((~torch.isfinite(rows)).sum())} NaN/inf value(s), so every "
+                             f"prompt using it would render flat frames; {fix}")
     if clip_l.shape[0] != clip_g.shape[0]:
-        raise ValueError(f"{source}: clip_l has {clip_l.shape[0]} vectors but clip_g has {clip_g.shape[0]}; both encoders need the same number")
+        raise ValueError(f"{source}: clip_l has {clip_l.shape[0]} vectors but clip_g has {clip_g.shape[0]}; "
+                         "both encoders need the same number")
+
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    "A safetensors file as bytes, its metadata keys sorted (safetensors writes them in an order that changes)."
+    data = save(tensors, metadata=metadata)
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)   # the tensors' bytes stay 8-byte aligned
+    return len(text).to_bytes(8, "little") + text + data[8 + size:]
 
 def save_style_embedding(path: str | Path,  # file to write, e.g. RUN/style/embedding.safetensors
                          token: str,  # the placeholder token, e.g. "<dreamframe-style>"
@@ -52,16 +77,13 @@ def save_style_embedding(path: str | Path,  # file to write, e.g. RUN/style/embe
                          *, settings: dict | None = None,  # what the rows were made with, kept as JSON in the metadata
                         ) -> Path:
     "Write a two-encoder textual-inversion embedding as safetensors (keys clip_l, clip_g; metadata token), atomically."
-    _check_rows(f"save_style_embedding({str(path)!r})", token, clip_l, clip_g)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    metadata = {"token": token, **({"settings": json.dumps(settings, sort_keys=True)} if settings is not None else {})}
-    save_file({"clip_l": clip_l.detach().float().cpu().contiguous(), "clip_g": clip_g.detach().float().cpu().contiguous()},
-              str(partial), metadata=metadata)
-    honour_umask(partial)   # save_file makes it -rw-------
-    os.replace(partial, path)
-    return path
+    _check_rows(f"save_style_embedding({str(path)!r})", token, clip_l, clip_g,
+                fix="nothing was written (from a style training: it diverged; lower StyleConfig.lr)")
+    metadata = {"token": token}
+    if settings is not None: metadata["settings"] = json.dumps(settings, sort_keys=True)
+    tensors = {}
+    for key, rows in (("clip_l", clip_l), ("clip_g", clip_g)): tensors[key] = rows.detach().float().cpu().contiguous()
+    return atomic_write_bytes(path, safetensors_bytes(tensors, metadata))
 
 # %% ../nbs/03c_embedding.ipynb #075e2d12
 def vocabulary_word(tokenizer, token: str) -> bool:
@@ -81,48 +103,54 @@ def _style_tokens(token: str, n_vectors: int) -> list[str]:
 def _same_embedding(owner: str | None, path: Path) -> bool:
     "Is `path` the file that added a token, or a copy of it with the same bytes (a run folder copied, say)?"
     if owner is None: return False
-    return owner == str(path.resolve()) or (Path(owner).is_file() and path.is_file() and Path(owner).read_bytes() == path.read_bytes())
+    if owner == str(path.resolve()): return True
+    return Path(owner).is_file() and path.is_file() and Path(owner).read_bytes() == path.read_bytes()
 
 def _check_token(source: str, path: Path, tokenizer, name: str, token: str, n_vectors: int):
-    "Refuse a token that is a vocabulary word, or that something other than an earlier load of this file (or a copy) added."
+    "Refuse a token that is a vocabulary word, or that anything but an earlier load of this file (or a copy) added."
     owners, added = style_token_sources(tokenizer), tokenizer.added_tokens_encoder
     for word in _style_tokens(token, n_vectors):
         if vocabulary_word(tokenizer, word):
-            raise ValueError(f"{source}: its token {word!r} is a word of the pipeline's {name} vocabulary, so using it would change "
-                             f"every prompt with that word; choose a new token like '<my-style>'")
+            raise ValueError(f"{source}: its token {word!r} is a word of the pipeline's {name} vocabulary, so using it "
+                             f"would change every prompt with that word; choose a new token like '<my-style>'")
         if word in added and not _same_embedding(owners.get(word), path):
+            owner = owners.get(word, "something other than dreamframe")
             raise ValueError(f"{source}: token {word!r} is already in the pipeline's {name} tokenizer, added for "
-                             f"{owners.get(word, 'something other than dreamframe')!r}; use a fresh pipeline or another token")
+                             f"{owner!r}; use a fresh pipeline or another token")
     if f"{token}_{n_vectors}" in added:
-        raise ValueError(f"{source}: token {token!r} is already in the pipeline's {name} tokenizer with another number of vectors "
-                         f"than the {n_vectors} in this file; load it into a fresh pipeline")
+        raise ValueError(f"{source}: token {token!r} is already in the pipeline's {name} tokenizer with another number "
+                         f"of vectors than the {n_vectors} in this file; load it into a fresh pipeline")
 
 # %% ../nbs/03c_embedding.ipynb #115579e0
 def read_style_embedding(path: str | Path,  # a file written by `save_style_embedding`
                          pipe=None,  # when given, also check widths and token against this pipeline's encoders
                         ) -> tuple[str, torch.Tensor, torch.Tensor]:
     "Read and check `(token, clip_l, clip_g)` from a style embedding file; every problem is one line naming the file."
-    path, source = Path(path), f"style embedding {str(path)!r}"
+    path = Path(path)
+    source, fix = f"style embedding {str(path)!r}", _fix(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{source} does not exist; train one with the style stage (it writes RUN/style/embedding.safetensors)")
+        command = _remake(path)
+        make = f"make it with {command}" if command else "train one with the style stage"
+        raise FileNotFoundError(f"{source} does not exist; {make}")
     try:
         with safe_open(str(path), framework="pt") as file:
             tensors, metadata = {key: file.get_tensor(key) for key in file.keys()}, file.metadata() or {}
     except (OSError, SafetensorError) as error:
-        raise ValueError(f"{source} is not a readable safetensors file ({error})") from None
+        raise ValueError(f"{source} is not a readable safetensors file ({error}); {fix}") from None
     if set(tensors) != {"clip_l", "clip_g"}:
-        raise ValueError(f"{source} must hold exactly the keys clip_l and clip_g, found {sorted(tensors)}")
+        raise ValueError(f"{source} must hold exactly the keys clip_l and clip_g, found {sorted(tensors)}; {fix}")
     if "token" not in metadata:
-        raise ValueError(f"{source} has no 'token' in its metadata; write it with save_style_embedding")
+        raise ValueError(f"{source} has no 'token' in its metadata; write it with save_style_embedding, or {fix}")
     token, clip_l, clip_g = metadata["token"], tensors["clip_l"], tensors["clip_g"]
-    _check_rows(source, token, clip_l, clip_g)
+    _check_rows(source, token, clip_l, clip_g, fix=fix)
     _check_pipeline(source, path, pipe, token, clip_l, clip_g)
     return token, clip_l, clip_g
 
 def _targets(pipe, clip_l: torch.Tensor, clip_g: torch.Tensor) -> list[tuple]:
     "(tokenizer, encoder, rows, key, name) for each text encoder `pipe` has (none without a pipeline)."
     if pipe is None: return []
-    targets = [(getattr(pipe, "tokenizer", None), getattr(pipe, "text_encoder", None), clip_l, "clip_l", "text_encoder"),
+    first = (getattr(pipe, "tokenizer", None), getattr(pipe, "text_encoder", None))
+    targets = [(*first, clip_l, "clip_l", "text_encoder"),
                (pipe.tokenizer_2, pipe.text_encoder_2, clip_g, "clip_g", "text_encoder_2")]
     return [t for t in targets if t[1] is not None]
 
@@ -131,29 +159,35 @@ def _check_pipeline(source: str, path: Path, pipe, token: str, clip_l: torch.Ten
     for tokenizer, encoder, rows, key, name in _targets(pipe, clip_l, clip_g):
         width = encoder.get_input_embeddings().weight.shape[1]
         if rows.shape[1] != width:
-            raise ValueError(f"{source}: {key} rows are {rows.shape[1]} wide but the pipeline's {name} expects {width}; it was trained for a different model")
+            raise ValueError(f"{source}: {key} rows are {rows.shape[1]} wide but the pipeline's {name} expects "
+                             f"{width}; it was trained for a different model")
         if rows.shape[0] > tokenizer.model_max_length - 2:
-            raise ValueError(f"{source}: {rows.shape[0]} vectors do not fit the {name} tokenizer's {tokenizer.model_max_length}-token window")
+            raise ValueError(f"{source}: {rows.shape[0]} vectors do not fit the {name} tokenizer's "
+                             f"{tokenizer.model_max_length}-token window")
         _check_token(source, path, tokenizer, name, token, rows.shape[0])
 
 # %% ../nbs/03c_embedding.ipynb #e5b0d002
 def style_digest(path: str | Path) -> tuple[str, str]:
     "The token of a style embedding file and `token@digest` of its rows (clip_g, then clip_l), read without torch."
     path = Path(path)
-    source = f"style embedding {str(path)!r}"
+    source, fix = f"style embedding {str(path)!r}", _fix(path)
+    if not path.is_file():
+        command = _remake(path)
+        make = f"make it with {command}" if command else "train one with the style stage"
+        raise FileNotFoundError(f"{source} does not exist; {make}")
     try:
         with safe_open(str(path), framework="numpy") as file:
             metadata = file.metadata() or {}
             rows = {key: file.get_tensor(key) for key in file.keys()}
     except (OSError, SafetensorError, TypeError, ValueError) as error:
-        raise ValueError(f"{source} is not a readable safetensors file of float rows ({error})") from None
+        raise ValueError(f"{source} is not a readable safetensors file of float rows ({error}); {fix}") from None
     if set(rows) != {"clip_l", "clip_g"} or "token" not in metadata:
-        raise ValueError(f"{source} must hold the keys clip_l and clip_g and a token in its metadata; "
-                         "write it with save_style_embedding")
+        raise ValueError(f"{source} must hold the keys clip_l and clip_g and a token in its metadata "
+                         f"(save_style_embedding writes them); {fix}")
     for key, values in sorted(rows.items()):
         if not np.isfinite(values).all():
-            raise ValueError(f"{source}: {key} holds NaN/inf values, so every prompt using it would render flat frames; "
-                             "train the style again or use another file")
+            raise ValueError(f"{source}: {key} holds NaN/inf values, so every prompt using it would render flat "
+                             f"frames; {fix}")
     token = metadata["token"]
     digest = hashlib.sha256(rows["clip_g"].tobytes() + rows["clip_l"].tobytes()).hexdigest()[:16]
     return token, f"{token}@{digest}"
@@ -166,7 +200,7 @@ def check_style_token(pipe, token: str, n_vectors: int, path: str | Path):
 
 def add_style_rows(pipe,  # an SDXL pipeline (base: both encoders; refiner: only text_encoder_2 gets clip_g)
                    token: str, clip_l: torch.Tensor, clip_g: torch.Tensor,  # as in `save_style_embedding`
-                   path: str | Path,  # the embedding file these rows belong to (the style training: the one it will write)
+                   path: str | Path,  # the embedding file the rows belong to (the style training: the one it writes)
                   ) -> str:
     "Check, then add `token` to the pipeline's tokenizers and write the rows into its encoders; return the token."
     source, path = f"style embedding {str(path)!r}", Path(path)
@@ -184,14 +218,32 @@ def add_style_rows(pipe,  # an SDXL pipeline (base: both encoders; refiner: only
     return token
 
 def pipeline_source(pipe, root: str | Path | None = None) -> str | None:
-    "Where `pipe` was loaded from: a local folder's absolute path (relative to `root` inside it), a hub id as given, or None."
+    "Where `pipe` was loaded from: a local folder's absolute path (relative to `root` inside it), a hub id, or None."
     name = getattr(pipe, "name_or_path", None) or None
     if not (name and Path(name).exists()): return name
     path = Path(name).resolve()
-    return path.relative_to(Path(root).resolve()).as_posix() if root and path.is_relative_to(Path(root).resolve()) else str(path)
+    if root and path.is_relative_to(Path(root).resolve()): return path.relative_to(Path(root).resolve()).as_posix()
+    return str(path)
 
 def load_style(pipe,  # an SDXL pipeline (base: both encoders; refiner: only text_encoder_2 gets clip_g)
                path: str | Path,  # a file written by `save_style_embedding`
               ) -> str:
-    "Load a checked style embedding into the pipeline's text encoders and tokenizers; return the token to use in prompts."
+    "Load a checked style embedding into the pipeline's text encoders and tokenizers; return the token for prompts."
     return add_style_rows(pipe, *read_style_embedding(path), path)
+
+# %% ../nbs/03c_embedding.ipynb #8c420e7e
+class MissingStyleError(RuntimeError):
+    "The run's settings include the style stage, but its embedding is missing or unusable."
+
+def run_style(run_dir: str | Path,  # the run folder
+              keyword: str,  # the movie's style keyword: the prompts' style word when the run has no style stage
+             ) -> tuple[str, str]:
+    "A run's style word and the style its results record: the token (with its rows' digest), or the keyword."
+    run_dir = Path(run_dir)
+    path = run_dir / STYLE_FILE
+    if not path.exists() and "style" not in load_run_config(run_dir): return keyword, keyword
+    try: return style_digest(path)   # read without torch: `dreamframe status` asks this too
+    except (FileNotFoundError, ValueError) as error:
+        config = run_dir / "config.json"
+        raise MissingStyleError(f"{error}; this run's settings include the style stage (a style section in {config}), "
+                                "so nothing is drawn with the plain keyword instead") from None

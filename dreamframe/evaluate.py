@@ -19,9 +19,9 @@ from tqdm.auto import tqdm
 
 from .schema import (FormatError, Movie, atomic_write_bytes, atomic_write_json, character_ids, name_pattern,
                                read_json)
-from .config import save_stage_config, settings
+from .config import settings
 from .lazy import lazy_module, no_grad
-from .run_folder import read_manifest
+from .run_folder import finish_stage, read_manifest
 
 # %% auto #0
 __all__ = ['CLIP_MEAN', 'CLIP_STD', 'IMAGENET_MEAN', 'IMAGENET_STD', 'METRICS', 'EvalConfig', 'to_pixels', 'EvalModels',
@@ -376,7 +376,8 @@ def read_metrics(path: str | Path) -> EvalResult:
     "The metrics the eval stage saved: a run folder's `eval/metrics.json`, or that file itself."
     path = Path(path)
     if path.is_dir(): path = path / "eval" / "metrics.json"
-    if not path.exists(): raise FileNotFoundError(f"no metrics at {path}; run `dreamframe eval` on the run first")
+    if not path.exists():
+        raise FileNotFoundError(f"no metrics at {path}; run `dreamframe eval {path.parent.parent}` first")
     return EvalResult(read_json(path))
 
 # %% ../nbs/09_evaluate.ipynb #849c806e
@@ -433,7 +434,7 @@ def evaluate_with(cfg: EvalConfig, models: EvalModels, run_dir: str | Path, *, p
     fig.savefig(buf, format="png", dpi=80)
     plt.close(fig)
     atomic_write_bytes(run_dir / "eval" / "metrics.png", buf.getvalue())
-    save_stage_config(run_dir, "eval", cfg)
+    finish_stage(run_dir, "eval", cfg)   # its settings and inputs, as `dreamframe run` records them
     return result
 
 def evaluate_run(cfg: EvalConfig, run_dir: str | Path, *, device: str | torch.device = "cpu",

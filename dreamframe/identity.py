@@ -18,7 +18,7 @@ from PIL import Image
 
 from .lazy import lazy_module
 from .characters import (
-    CharacterConfig, character_ids, frame_characters, sheet_path, sheet_prompt, style_word)
+    CharacterConfig, character_ids, frame_characters, open_sheet, sheet_path, sheet_prompt, style_word)
 from .run_folder import file_digest
 from .schema import Movie
 
@@ -59,7 +59,7 @@ class IdentityCondition:
             folder = self.run_dir / "characters"
             raise FileNotFoundError(f"no sheet for {missing} in {folder}; draw the sheets first "
                                     "(characters.make_sheets, the characters stage) or put your own pictures there")
-        return {i: Image.open(path).convert("RGB") for i, path in self.sheets.items()}
+        return {i: open_sheet(path) for i, path in self.sheets.items()}   # a bad file is refused by name
 
     def kwargs(self, frame_ids: list[str]) -> dict:
         "Extra arguments of the base pipeline's call for one group of frames."

@@ -21,16 +21,17 @@ from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
 from .config import changed_settings, describe_changes, save_stage_config, settings
+from .embedding import STYLE_FILE, run_style
 from .lazy import lazy_module
-from .run_folder import (
-    MANIFEST, StagePlan, append_manifest_line, clean_partial_files, file_digest, read_manifest, write_manifest)
-from .schema import FormatError, FrameId, Movie, atomic_write_bytes
+from .run_folder import (MANIFEST, StagePlan, append_manifest_line, clean_partial_files, file_digest, finish_stage,
+                                   pipeline_model, read_manifest, write_manifest)
+from .schema import FrameId, Movie, atomic_write_bytes
 
 # %% auto #0
-__all__ = ['DEFAULT_TEMPLATE', 'DEFAULT_NEGATIVE_PROMPT', 'STYLE_FILE', 'IDENTITY_NONE', 'OLDER_LINES', 'KeyframeConfig',
-           'frame_seed', 'frame_noise', 'style_of', 'frame_settings', 'warn_truncated', 'png_ok', 'frame_states',
-           'removed_frames', 'select_frames', 'plan_keyframes', 'denoise_group', 'decode_latents', 'render_group',
-           'merge_manifest', 'set_aside', 'save_frame', 'generate_keyframes']
+__all__ = ['DEFAULT_TEMPLATE', 'DEFAULT_NEGATIVE_PROMPT', 'IDENTITY_NONE', 'OLDER_LINES', 'KeyframeConfig', 'frame_seed',
+           'frame_noise', 'style_of', 'frame_settings', 'warn_truncated', 'png_ok', 'frame_states', 'removed_frames',
+           'select_frames', 'plan_keyframes', 'denoise_group', 'decode_latents', 'render_group', 'merge_manifest',
+           'set_aside', 'save_frame', 'generate_keyframes']
 
 # %% ../nbs/05_keyframes.ipynb #f9538c75
 torch = lazy_module("torch")   # imported on first use: `dreamframe --help` and `status` need no torch
@@ -81,20 +82,9 @@ def frame_noise(seed: int, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.
     return torch.randn((1, *shape), generator=generator, dtype=torch.float32), generator
 
 # %% ../nbs/05_keyframes.ipynb #c8b18e60
-STYLE_FILE = "style/embedding.safetensors"
-
 def style_of(movie: Movie, run_dir) -> tuple[str, str]:
-    "The style word for prompts and the style a frame records: the embedding's token (with its rows' digest), or the keyword."
-    path = Path(run_dir) / STYLE_FILE
-    if not path.exists(): return movie.style_keyword, movie.style_keyword
-    from safetensors import safe_open
-    try:  # the rows' bytes, not the file's: safetensors orders its metadata differently from process to process
-        with safe_open(str(path), framework="numpy") as file:   # numpy: `status` needs no torch
-            token, rows = (file.metadata() or {})["token"], [file.get_tensor(k).tobytes() for k in sorted(file.keys())]
-    except Exception as error:
-        raise FormatError(f"{path}: not a style embedding with a token ({type(error).__name__}: {error}); "
-                          "train it again (`dreamframe style RUN --redo`) or move it away") from None
-    return token, f"{token}@{hashlib.sha256(b''.join(rows)).hexdigest()[:16]}"
+    "The style word for prompts and the style a frame records: the learned token (with its rows' digest), or the keyword (`embedding.run_style`)."
+    return run_style(run_dir, movie.style_keyword)
 
 IDENTITY_NONE = dict(identity="none", identity_characters={}, identity_settings={})  # a frame drawn without identity conditioning (and a line older than it)
 OLDER_LINES = {**IDENTITY_NONE, "recipe": "reference"}  # what a manifest line written before a setting existed was drawn with
@@ -243,11 +233,11 @@ def _prepare(pipe, refiner, movie: Movie, run_dir):
     for p in (pipe, refiner):
         if p is not None: p.set_progress_bar_config(disable=True)
     path = Path(run_dir) / STYLE_FILE
-    if not path.exists():
-        warnings.warn(f"no style embedding at {path}: drawing with the style keyword {movie.style_keyword!r} instead "
-                      "of a learned token (run the style stage first for consistent frames)", stacklevel=3)
+    if not path.exists():   # `style_of` has already refused a run whose settings have a style stage
+        warnings.warn(f"no style embedding at {path}, and this run's settings have no style stage: drawing with the plain "
+                      f"style keyword {movie.style_keyword!r} (train the style first for one consistent look)", stacklevel=3)
         return
-    from dreamframe import embedding, models
+    from dreamframe import embedding
     loaded = (str(path), file_digest(path))
     for p in (pipe, refiner):
         if p is not None and getattr(p, "_dreamframe_style", None) != loaded:
@@ -256,7 +246,7 @@ def _prepare(pipe, refiner, movie: Movie, run_dir):
 
 # %% ../nbs/05_keyframes.ipynb #31aea136
 def generate_keyframes(cfg: KeyframeConfig, pipe, movie: Movie, run_dir, *,
-                       model_name: str,  # recorded with every frame, e.g. ModelConfig.model (+ " + " the refiner's)
+                       model_name: str | None = None,  # recorded with every frame; None: the one `load_sdxl` noted on `pipe` (+ refiner's)
                        refiner=None,  # SDXL refiner pipeline; needed when cfg.refiner_steps > 0
                        redo: bool = False,  # also draw again the finished frames made with other settings
                        progress: bool = True,  # show a progress bar
@@ -266,15 +256,21 @@ def generate_keyframes(cfg: KeyframeConfig, pipe, movie: Movie, run_dir, *,
     "Draw the selected frames that are not done into `RUN/frames/`; return their manifest lines in story order."
     from accelerate import PartialState
     if cfg.refiner_steps and refiner is None: raise ValueError(f"refiner_steps={cfg.refiner_steps} needs a refiner pipeline (refiner=...)")
+    state, run_dir = PartialState(cpu=pipe._execution_device.type == "cpu"), Path(run_dir)
+    selected = select_frames(cfg, movie)
+    style_of(movie, run_dir)   # a run with a style stage but no usable embedding stops here, before any file changes
     carried = getattr(pipe, "_dreamframe_recipe", None)   # the distilled checkpoint `distilled.apply_recipe` put in the pipeline
+    if model_name is None:
+        model_name = pipeline_model(run_dir, pipe, refiner if cfg.refiner_steps else None, save=state.is_main_process)
+        model_name += f" + {carried}" if carried is not None else ""   # as `distilled.model_name` names it
     if (cfg.recipe == "distilled") != (carried is not None) or (carried is not None and carried not in model_name):
         raise ValueError(f"recipe={cfg.recipe!r}, the pipeline carries {carried or 'no distilled checkpoint'!r} and model_name={model_name!r}: "
                          "for 'distilled' apply it with distilled.apply_recipe(pipe, cfg) and pass model_name=distilled.model_name(base, cfg)")
-    state, run_dir = PartialState(cpu=pipe._execution_device.type == "cpu"), Path(run_dir)
-    selected = select_frames(cfg, movie)
     if state.is_main_process:
         (run_dir / "frames").mkdir(parents=True, exist_ok=True)
-        clean_partial_files(run_dir / "frames"); set_aside(movie, run_dir); save_stage_config(run_dir, "keyframes", cfg)
+        clean_partial_files(run_dir / "frames")
+        set_aside(movie, run_dir)
+        save_stage_config(run_dir, "keyframes", cfg)
     state.wait_for_everyone()
     _prepare(pipe, refiner, movie, run_dir)
     if condition is not None: condition.prepare(pipe)
@@ -309,7 +305,9 @@ def generate_keyframes(cfg: KeyframeConfig, pipe, movie: Movie, run_dir, *,
                        for i, image in zip(group, images) if i in todo]
         for write in writing: write.result(); bar.update(1)
     state.wait_for_everyone()
-    if state.is_main_process: merge_manifest(movie, run_dir)
+    if state.is_main_process:
+        merge_manifest(movie, run_dir)
+        if redo or not stale: finish_stage(run_dir, "keyframes", cfg)   # every selected frame is drawn with these settings
     state.wait_for_everyone()
     lines = read_manifest(run_dir / "frames")
     return [lines[frame.id] for frame in selected if frame.id in lines]

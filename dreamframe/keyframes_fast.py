@@ -243,7 +243,7 @@ def fast_render(speed: KeyframeSpeed):
 
 # %% ../nbs/05a_keyframes_fast.ipynb #e7fa2ca5
 def generate_keyframes_fast(cfg: KeyframeConfig, speed: KeyframeSpeed, pipe, movie: Movie, run_dir, *,
-                            model_name: str,  # recorded with every frame (see `generate_keyframes`)
+                            model_name: str | None = None,  # recorded with every frame (`generate_keyframes`)
                             refiner=None,  # SDXL refiner pipeline; needed when cfg.refiner_steps > 0
                             redo: bool = False,  # also draw again the finished frames made with other settings
                             progress: bool = True,  # show a progress bar

@@ -263,9 +263,9 @@ class LLM:
         return clients[self._turn]
 
     def _where(self) -> str:
-        "Where a call went (and the run folder to resume), for error messages."
+        "Where a call went (and the run folder of its cache), for error messages; the stage says how to resume."
         where = f" ({self.url}, model {self.cfg.model!r})"
-        if self.cache_dir: where += f"; run folder {self.cache_dir.parent} (run again to resume)"
+        if self.cache_dir: where += f"; run folder {self.cache_dir.parent}"
         return where
 
     async def aclose(self):

@@ -21,6 +21,7 @@ from pydantic import Field
 from .config import settings
 from .lazy import lazy_module
 from .low_memory import place_low_memory
+from .run_folder import remember_models
 
 # %% auto #0
 __all__ = ['SDXL_SCHEDULER', 'HUB_PROBE_S', 'as_dtype', 'ModelConfig', 'hub_unreachable', 'check_source', 'machine_record',
@@ -180,7 +181,9 @@ def load_sdxl(model: str | Path,  # hub id, or local folder in diffusers layout 
                                                                    local_files_only=_cache_only(vae_source))
         pipe = diffusers.StableDiffusionXLPipeline.from_pretrained(source, dtype=dtype, variant=variant,
                                                                    local_files_only=_cache_only(source), **extra)
-    return _place(pipe, device, low_memory, gpu_memory)
+    pipe = _place(pipe, device, low_memory, gpu_memory)
+    vae_name = None if vae is None else str(vae)
+    return remember_models(pipe, model=str(model), vae=vae_name, variant=variant)   # the name its results record
 
 def load_refiner(model: str | Path,  # hub id or local folder of an SDXL refiner (img2img) pipeline
                  base: diffusers.StableDiffusionXLPipeline,  # the base: its text_encoder_2, tokenizer_2, vae are shared
@@ -196,7 +199,7 @@ def load_refiner(model: str | Path,  # hub id or local folder of an SDXL refiner
         pipe = diffusers.StableDiffusionXLImg2ImgPipeline.from_pretrained(
             source, text_encoder_2=base.text_encoder_2, tokenizer_2=base.tokenizer_2, vae=base.vae, dtype=dtype,
             variant=variant, local_files_only=_cache_only(source))
-    return _place(pipe, device, low_memory, gpu_memory, base=base)
+    return remember_models(_place(pipe, device, low_memory, gpu_memory, base=base), refiner=str(model))
 
 # %% ../nbs/03_models.ipynb #2939fcd8
 def _byte_symbols() -> list[str]:

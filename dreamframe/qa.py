@@ -20,8 +20,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field
 
 from .schema import QA, Frame, Movie, Sentence, Shot, Turn, atomic_write_json
-from .config import save_stage_config, settings
+from .config import settings
 from .llm import run_sync
+from .run_folder import finish_stage
 from .qa_llm import LLM_TYPES, llm_qa, norm_text
 
 # %% ../nbs/06_qa.ipynb #fa886a5c
@@ -335,5 +336,5 @@ def build_qa(cfg: QAConfig, llm, run_dir: str | Path, *, progress: bool = True) 
     if problems := check_qa(movie, items): raise ValueError(f"{len(problems)} QA item(s) failed the checks:\n  " + "\n  ".join(problems[:10]))
     items = [item.model_copy(update={"id": f"qa{k + 1:04d}"}) for k, item in enumerate(items)]
     atomic_write_json(run_dir / "qa.json", [item.model_dump(mode="json") for item in items])
-    save_stage_config(run_dir, "qa", cfg)
+    finish_stage(run_dir, "qa", cfg)   # its settings and inputs, as `dreamframe run` records them
     return QASet(movie_id=movie.id, items=items, failed_requests=failed)

@@ -74,6 +74,7 @@ class Models:
         self.pipe = models.load_sdxl(model_source(self.cfg.model, self.run_dir), dtype=self.cfg.torch_dtype(half),
                                      device=self.device(), vae=self.cfg.vae, variant=self.cfg.variant,
                                      gpu_memory=self.cfg.gpu_memory, low_memory=low_memory)
+        models.remember_models(self.pipe, model=self.cfg.model, vae=self.cfg.vae, variant=self.cfg.variant)   # "tiny"
         if recipe is not None:   # on a fresh base: fusing is not undone exactly
             _resolve("dreamframe.distilled:apply_recipe")(self.pipe, recipe)
         self.half = wanted
@@ -82,10 +83,12 @@ class Models:
     def refiner(self):
         "The refiner, sharing the base's second encoder and VAE (None when the settings name none)."
         if not self.cfg.refiner: return None
-        return importlib.import_module("dreamframe.models").load_refiner(
+        models = importlib.import_module("dreamframe.models")
+        refiner = models.load_refiner(
             model_source(self.cfg.refiner, self.run_dir, "refiner"), self.base(), dtype=self.cfg.torch_dtype("float16"),
             device=self.device(), variant=self.cfg.variant, low_memory=self.cfg.low_memory,
             gpu_memory=self.cfg.gpu_memory)
+        return models.remember_models(refiner, refiner=self.cfg.refiner)
 
     def release(self):
         "Drop the loaded pipeline and free its memory."

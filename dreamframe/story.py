@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from .config import save_stage_config, settings
 from .llm import run_sync
+from .run_folder import finish_stage
 from .schema import (QA, Character, Frame, Line, Location, Movie, Name, Prompt, Sentence, Shot, Substory,
                                name_pattern, text_field)
 
@@ -424,6 +425,7 @@ async def expand_story_async(cfg: StoryConfig, llm, run_dir: str | Path, *, toke
         state["scripts"][key] = answer
         if time.monotonic() - state["saved"] >= save_every: save()
     await _run_level("level 3", calls, on_script, save, progress, llm)
+    finish_stage(run_dir, "story", cfg)   # the record `dreamframe run` leaves: either continues the other's run
     return state["movie"]
 
 def expand_story(cfg: StoryConfig, llm, run_dir: str | Path, *, tokenizer: Callable | None = None,

@@ -7,7 +7,7 @@ Docs: https://dreamframe.github.io/dreamframe/style.html.md"""
 # %% ../nbs/04_style.ipynb #efc14d4d
 from __future__ import annotations
 
-import dataclasses, io, json, math
+import dataclasses, io, json, math, time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +21,9 @@ from tqdm.auto import tqdm
 
 from .config import ConfigError, changed_settings, config_values, describe_changes, fingerprint, save_stage_config, settings
 from .lazy import lazy_function, lazy_module, no_grad
-from .embedding import MAX_STYLE_VECTORS, add_style_rows, check_style_token, load_style, pipeline_source, read_style_embedding, save_style_embedding
+from .embedding import (MAX_STYLE_VECTORS, add_style_rows, check_style_token, load_style, pipeline_source,
+                                  read_style_embedding, safetensors_bytes, save_style_embedding)
+from .run_folder import finish_stage, pipeline_model, stage_records
 from .schema import Movie, atomic_write_bytes, atomic_write_json, slugify
 
 # %% auto #0
@@ -211,25 +213,44 @@ def accumulate(run: StyleTraining, draws: tuple) -> torch.Tensor:
 
 # %% ../nbs/04_style.ipynb #c9fd86f2
 def save_checkpoint(path: Path, run: StyleTraining, optimizer, losses: torch.Tensor, step: int) -> None:
-    "The rows, AdamW's state and the losses after `step` updates, written atomically (the draws come from (seed, step): no RNG state)."
-    tensors = {f"{name}.{key}": value for key, rows in run.rows.items() for name, value in [("rows", rows.detach()), *optimizer.state[rows].items()]}
-    metadata = {"step": str(step), "fingerprint": run.fingerprint, "token": run.cfg.token, "scaler": json.dumps(run.scaler.state_dict())}
-    atomic_write_bytes(path, save_safetensors({k: v.cpu().contiguous() for k, v in {**tensors, "loss": losses[:step]}.items()}, metadata=metadata))
+    "The rows, AdamW's state and the losses after `step` updates, written atomically (draws come from (seed, step))."
+    tensors = {"loss": losses[:step]}
+    for key, rows in run.rows.items():
+        tensors[f"rows.{key}"] = rows.detach()
+        for name, value in optimizer.state[rows].items(): tensors[f"{name}.{key}"] = value
+    metadata = {"step": str(step), "fingerprint": run.fingerprint, "token": run.cfg.token,
+                "scaler": json.dumps(run.scaler.state_dict())}
+    on_cpu = {name: value.cpu().contiguous() for name, value in tensors.items()}
+    atomic_write_bytes(path, safetensors_bytes(on_cpu, metadata))
+
+def _usable_checkpoint(path: Path, run: StyleTraining) -> tuple[dict, dict] | None:
+    "The tensors and metadata of a checkpoint made with these settings and images, its rows finite (None: not usable)."
+    try:
+        with safe_open(str(path), "pt") as file: metadata = file.metadata() or {}
+        if metadata.get("fingerprint") != run.fingerprint: return None
+        tensors = load_safetensors(path.read_bytes())
+    except (OSError, SafetensorError): return None   # does not read back
+    rows = [tensors.get(f"rows.{key}") for key in run.rows]
+    if any(r is None or not torch.isfinite(r).all() for r in rows): return None
+    return tensors, metadata
 
 def resume(folder: Path, run: StyleTraining, optimizer, losses: torch.Tensor) -> int:
-    "Restore the newest checkpoint in `folder` made with these settings and images; return its step (0: none). Others are deleted."
+    "Restore the newest usable checkpoint in `folder` made with these settings and images; return its step (0: none)."
+    # newer checkpoints that are not usable (other settings, cut short, NaN rows) are deleted
     folder.mkdir(parents=True, exist_ok=True)
     steps = {path: int(path.stem[5:]) for path in folder.glob("step-*.safetensors") if path.stem[5:].isdigit()}
     for path in sorted(steps, key=steps.get, reverse=True):
-        try:
-            with safe_open(str(path), "pt") as file: metadata = file.metadata() or {}
-            if metadata.get("fingerprint") == run.fingerprint: tensors = load_safetensors(path.read_bytes()); break
-        except (OSError, SafetensorError): pass  # does not read back: not resumed from
+        found = _usable_checkpoint(path, run)
+        if found is not None: break
         path.unlink()
     else: return 0
+    tensors, metadata = found
     for key, rows in run.rows.items():  # AdamW keeps its step count on the CPU, the moments beside the rows
         with torch.no_grad(): rows.copy_(tensors[f"rows.{key}"])
-        optimizer.state[rows] = {name: tensors[f"{name}.{key}"].to(rows.device if name != "step" else "cpu") for name in ("step", "exp_avg", "exp_avg_sq")}
+        state = {}
+        for name in ("step", "exp_avg", "exp_avg_sq"):
+            state[name] = tensors[f"{name}.{key}"].to(rows.device if name != "step" else "cpu")
+        optimizer.state[rows] = state
     run.scaler.load_state_dict(json.loads(metadata["scaler"]) or run.scaler.state_dict())
     losses[: steps[path]] = tensors["loss"].to(losses.device)
     return steps[path]
@@ -237,69 +258,119 @@ def resume(folder: Path, run: StyleTraining, optimizer, losses: torch.Tensor) ->
 # %% ../nbs/04_style.ipynb #9352f56b
 def plot_loss(losses: list[float], path: Path) -> None:
     "Save the loss of every update and its running mean as a small PNG."
-    import matplotlib; matplotlib.use("Agg", force=False); import matplotlib.pyplot as plt
-    fig, ax, window = *plt.subplots(figsize=(5, 2.6), dpi=80), max(1, len(losses) // 20)
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5, 2.6), dpi=80)
+    window = max(1, len(losses) // 20)
     ax.plot(range(1, len(losses) + 1), losses, lw=0.6, alpha=0.4, label="update")
-    ax.plot(range(window, len(losses) + 1), np.convolve(losses, np.ones(window) / window, "valid"), label=f"mean of {window}")
-    ax.set(xlabel="update", ylabel="MSE", title="style embedding loss"); ax.legend(); fig.tight_layout()
-    png = io.BytesIO(); fig.savefig(png, format="png"); plt.close(fig)
+    running_mean = np.convolve(losses, np.ones(window) / window, "valid")
+    ax.plot(range(window, len(losses) + 1), running_mean, label=f"mean of {window}")
+    ax.set(xlabel="update", ylabel="MSE", title="style embedding loss")
+    ax.legend()
+    fig.tight_layout()
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    plt.close(fig)
     atomic_write_bytes(path, png.getvalue())
 
-def train_embedding(cfg: StyleConfig, pipe, images: list[Image.Image], style_dir: str | Path, *, init_word: str = "style",
-                    progress: bool = True, checkpoint_every: int = 100, log_every: int = 25, unet: Callable | None = None,
+def train_embedding(cfg: StyleConfig, pipe, images: list[Image.Image], style_dir: str | Path, *,
+                    init_word: str = "style", progress: bool = True,
+                    checkpoint_every: int = 100,  # write a checkpoint every this many updates, and at the end
+                    checkpoint_seconds: float = 60.0,  # ... and whenever this long has passed since the last one
+                    log_every: int = 25, unet: Callable | None = None,
                     forward_backward: Callable = accumulate) -> dict[str, torch.Tensor]:
-    "Learn `cfg.token` on both text encoders from `images`; checkpoints and loss.json/.png go in `style_dir`; returns fp32 rows."
-    if cfg.token is None: raise ValueError("train_embedding needs StyleConfig.token set (train_style derives it from the movie)")
-    run, style_dir = prepare_training(cfg, pipe, images, style_dir, init_word=init_word, unet=unet), Path(style_dir)
+    "Learn `cfg.token` on both text encoders from `images`; checkpoints and loss.json/.png go in `style_dir`; fp32 rows."
+    if cfg.token is None:
+        raise ValueError("train_embedding needs StyleConfig.token set (train_style derives it from the movie)")
+    run = prepare_training(cfg, pipe, images, style_dir, init_word=init_word, unet=unet)
+    style_dir = Path(style_dir)
     optimizer = torch.optim.AdamW(list(run.rows.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
     losses = torch.zeros(cfg.steps, device=run.alphas.device)  # read back every log_every updates only
-    start = resume(style_dir / "checkpoints", run, optimizer, losses)
-    with spliced_rows(pipe, cfg.token, run.rows), tqdm(total=cfg.steps, initial=start, desc=f"style {cfg.token}", disable=not progress) as bar:
-        for step in range(start, cfg.steps):
-            for group in optimizer.param_groups: group["lr"] = cfg.lr_at(step)
-            losses[step] = forward_backward(run, draw_update(run, step))
-            run.scaler.unscale_(optimizer)
-            if cfg.max_grad_norm: torch.nn.utils.clip_grad_norm_(list(run.rows.values()), cfg.max_grad_norm)
-            run.scaler.step(optimizer); run.scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            done = step + 1; bar.update()
-            if done % log_every == 0 or done == cfg.steps:
-                recent = losses[max(0, done - log_every):done].mean().item()
-                if not math.isfinite(recent): raise FloatingPointError(f"style loss became {recent} by update {done}; lower StyleConfig.lr or use dtype='bfloat16'")
-                bar.set_postfix(loss=f"{recent:.4f}")
-            if done % checkpoint_every == 0 or done == cfg.steps:
-                save_checkpoint(style_dir / "checkpoints" / f"step-{done:04d}.safetensors", run, optimizer, losses, done)
+    done = resume(style_dir / "checkpoints", run, optimizer, losses)
+    saved, saved_at, committing = done, time.monotonic(), False
+    def checkpoint():
+        nonlocal saved, saved_at
+        save_checkpoint(style_dir / "checkpoints" / f"step-{done:04d}.safetensors", run, optimizer, losses, done)
+        saved, saved_at = done, time.monotonic()
+    bar = tqdm(total=cfg.steps, initial=done, desc=f"style {cfg.token}", disable=not progress)
+    with spliced_rows(pipe, cfg.token, run.rows), bar:
+        try:
+            for step in range(done, cfg.steps):
+                for group in optimizer.param_groups: group["lr"] = cfg.lr_at(step)
+                losses[step] = forward_backward(run, draw_update(run, step))
+                run.scaler.unscale_(optimizer)
+                if cfg.max_grad_norm: torch.nn.utils.clip_grad_norm_(list(run.rows.values()), cfg.max_grad_norm)
+                committing = True   # rows, AdamW and the scaler change together: no checkpoint in between
+                run.scaler.step(optimizer)
+                run.scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                done, committing = step + 1, False
+                bar.update()
+                if done % log_every == 0 or done == cfg.steps:
+                    recent = losses[max(0, done - log_every):done].mean().item()
+                    if not math.isfinite(recent):
+                        raise FloatingPointError(f"style loss became {recent} by update {done}; lower StyleConfig.lr "
+                                                 "or use dtype='bfloat16'")
+                    bar.set_postfix(loss=f"{recent:.4f}")
+                due = done % checkpoint_every == 0 or time.monotonic() - saved_at >= checkpoint_seconds
+                if due or done == cfg.steps: checkpoint()
+        except BaseException as error:   # stopped between two updates (Ctrl-C, an error): keep what is done
+            if done > saved and not committing and not isinstance(error, FloatingPointError): checkpoint()
+            raise
     atomic_write_json(style_dir / "loss.json", {"token": cfg.token, "loss": losses.tolist()})
     plot_loss(losses.tolist(), style_dir / "loss.png")
     return {key: rows.detach().float().cpu() for key, rows in run.rows.items()}
 
 # %% ../nbs/04_style.ipynb #aafbdb6b
-def style_stage(cfg: StyleConfig, pipe, run_dir: str | Path, train: Callable, *, redo: bool = False, progress: bool = True) -> Path:
-    "Stage 2 around a training function (the lesson's or the engine's): the token, the images, what is stale, the embedding."
-    run_dir = Path(run_dir); movie = Movie.load(run_dir); out = run_dir / "style" / "embedding.safetensors"
+def _embedding_settings(cfg: StyleConfig, movie: Movie, images: list | None, model: str | None) -> dict:
+    "What an embedding is trained with, as its file records it: the settings, the images (prompt or pixels), the model."
+    values = config_values(cfg)
+    if images is None: return {**values, "style_prompt": style_prompt(movie), "model": model}
+    kept = {key: value for key, value in values.items() if key not in _IMAGE_FIELDS}
+    return {**kept, "images_digest": images_digest(images), "model": model}
+
+def _trained_with(path: Path, wanted: dict) -> dict | None:
+    "How the settings `path` was trained with differ from `wanted` (None: no usable embedding there, so it is trained)."
+    try:
+        read_style_embedding(path)
+        with safe_open(str(path), "pt") as file: saved = json.loads((file.metadata() or {}).get("settings") or "{}")
+    except (FileNotFoundError, ValueError): return None
+    return changed_settings(saved, wanted)
+
+def style_stage(cfg: StyleConfig, pipe, run_dir: str | Path, train: Callable, *, redo: bool = False,
+                progress: bool = True,
+                model_name: str | None = None,  # the model as the stage's record names it; None: the one on `pipe`
+               ) -> Path:
+    "Stage 2 around a training function (the lesson's or the engine's): the token, the images, what is stale, the file."
+    run_dir = Path(run_dir)
+    movie = Movie.load(run_dir)
+    out = run_dir / "style" / "embedding.safetensors"
     cfg = dataclasses.replace(cfg, token=cfg.token or style_token(movie.style_keyword or movie.id))
     check_style_token(pipe, cfg.token, cfg.num_vectors, out)  # a vocabulary word, another file's token: refused up front
-    images, values, record = load_style_images(cfg.images_dir, cfg.resolution) if cfg.images_dir else None, config_values(cfg), image_record(run_dir)
-    wanted = {**({**values, "style_prompt": style_prompt(movie)} if images is None else {**{k: v for k, v in values.items() if k not in _IMAGE_FIELDS},
-              "images_digest": images_digest(images)}), "model": pipeline_source(pipe, run_dir)}
+    images = load_style_images(cfg.images_dir, cfg.resolution) if cfg.images_dir else None
+    wanted = _embedding_settings(cfg, movie, images, pipeline_source(pipe, run_dir))
+    record = image_record(run_dir)
     stale = changed_settings(record["settings"], image_settings(cfg, movie)) if images is None and record["done"] else {}
-    try:  # the settings a finished embedding was trained with; a missing or broken one is simply trained (again)
-        read_style_embedding(out)
-        with safe_open(str(out), "pt") as file: changes = changed_settings(json.loads((file.metadata() or {}).get("settings") or "{}"), wanted)
-    except (FileNotFoundError, ValueError): changes = None
+    changes = _trained_with(out, wanted)
     if (changes or stale) and not redo:  # stop before touching anything
         what = f"{out} was trained" if changes else f"the style images in {out.parent / 'images'} were made"
         redone = ("retrain it" + (" and remake the style images" if stale else "")) if changes else "remake them and retrain"
         raise ConfigError(f"{what} with other settings ({describe_changes(changes or stale)}); nothing was changed: pass "
                           f"redo=True (--redo) to {redone}, or keep the saved settings")
-    if changes != {} or stale:
+    model = model_name or pipeline_model(run_dir, pipe)
+    trains = changes != {} or stale
+    if trains:
         save_stage_config(run_dir, "style", cfg)
         if images is None: images = make_style_images(cfg, pipe, movie, run_dir, progress=progress)
         rows = train(cfg, pipe, images, out.parent, init_word=movie.style_keyword or "style", progress=progress)
         save_style_embedding(out, cfg.token, rows["clip_l"], rows["clip_g"], settings=wanted)  # replaces an old one at the very end
     load_style(pipe, out)  # the pipeline renders with the style from here on
+    if trains or stage_records(run_dir).get("style", {}).get("state") != "done":   # (a finished stage touches no file)
+        finish_stage(run_dir, "style", cfg, model=model)   # recorded done only once the embedding is written
     return out
 
-def train_style(cfg: StyleConfig, pipe, run_dir: str | Path, *, redo: bool = False, progress: bool = True) -> Path:
+def train_style(cfg: StyleConfig, pipe, run_dir: str | Path, *, redo: bool = False, progress: bool = True,
+                model_name: str | None = None) -> Path:
     "Stage 2, the plain way: style images and textual inversion on both encoders -> RUN/style/embedding.safetensors."
-    return style_stage(cfg, pipe, run_dir, train_embedding, redo=redo, progress=progress)
+    return style_stage(cfg, pipe, run_dir, train_embedding, redo=redo, progress=progress, model_name=model_name)

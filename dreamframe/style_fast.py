@@ -28,15 +28,16 @@ torch = lazy_module("torch")   # imported on first use: `dreamframe --help` and 
 # %% ../nbs/04a_style_fast.ipynb #40282269
 @settings
 class StyleSpeed:
-    "How fast stage 2 learns, never what: switches left out of what an embedding records, each tested equal to the plain loop."
-    fuse_accumulation: bool = True  # run the batch_size x grad_accum samples of an update as one pass (the same mean loss, one launch per kernel)
-    cuda_graph: bool = True  # on CUDA, record one update as a CUDA graph and replay it (needs fuse_accumulation; falls back to eager with a warning)
+    "How fast stage 2 learns, never what: switches an embedding does not record, each tested equal to the plain loop."
+    fuse_accumulation: bool = True  # the batch_size x grad_accum samples of an update as one pass (same mean loss)
+    cuda_graph: bool = True  # on CUDA, replay one recorded update as a CUDA graph (needs fuse_accumulation)
     compile_unet: bool = False  # torch.compile the UNet (pays off on long runs at one resolution; no CUDA graph then)
     channels_last: bool = True  # channels-last UNet weights and inputs (faster convolutions on a GPU)
-    gradient_checkpointing: bool = False  # recompute the UNet's activations in the backward pass: less memory, about 30% slower
+    gradient_checkpointing: bool = False  # recompute the UNet's activations when going back: less memory, ~30% slower
     attention_slicing: bool = False  # compute attention in slices: less memory on GPUs without fused attention
     checkpoint_every: int = Field(100, ge=1)  # save RUN/style/checkpoints/step-NNNN.safetensors every this many updates
-    log_every: int = Field(25, ge=1)  # read the loss back from the device (progress bar, NaN check) every this many updates
+    checkpoint_seconds: float = Field(60.0, gt=0, allow_inf_nan=False)  # ... and this long after the last one
+    log_every: int = Field(25, ge=1)  # read the loss back (progress bar, NaN check) every this many updates
 
     @classmethod
     def off(cls, **changes) -> StyleSpeed:
@@ -46,16 +47,17 @@ class StyleSpeed:
 
 # %% ../nbs/04a_style_fast.ipynb #651fcc6b
 def fused_update(run: StyleTraining, draws: tuple) -> torch.Tensor:
-    "Forward and backward of one update as ONE pass of all its samples (the accumulated passes' mean loss); returns the loss."
+    "Forward and backward of one update as ONE pass of all its samples (the accumulated passes' mean loss)."
     loss = sample_loss(run, draws, slice(None))
     run.scaler.scale(loss).backward()
     return loss.detach()
 
 # %% ../nbs/04a_style_fast.ipynb #d55387c8
 def capture_cuda_graph(update: Callable, example: tuple, params: list[torch.Tensor]) -> Callable | None:
-    "Record `update(inputs)` (forward and backward into `params`' grads) as a CUDA graph: `replay(inputs) -> loss`, or None."
+    "Record `update(inputs)` (forward and backward into `params`' grads) as a CUDA graph: `replay(inputs) -> loss`."
     static = tuple(tensor.clone() for tensor in example)
-    side = torch.cuda.Stream(); side.wait_stream(torch.cuda.current_stream())
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
     try:
         with torch.cuda.stream(side):  # warm-up outside the capture
             for _ in range(2):
@@ -63,11 +65,12 @@ def capture_cuda_graph(update: Callable, example: tuple, params: list[torch.Tens
                 for param in params: param.grad = None
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph): loss = update(static)  # grads are None: the graph owns their buffers and rewrites them
-    except Exception as error:  # a host sync or copy inside the models: run eagerly instead
+        with torch.cuda.graph(graph): loss = update(static)  # grads are None: the graph owns their buffers
+    except Exception as error:  # a host sync or copy inside the models: run eagerly instead (None)
         torch.cuda.synchronize()
         for param in params: param.grad = None
-        warnings.warn(f"CUDA graph capture of the style update failed ({type(error).__name__}: {error}); running eagerly")
+        failure = f"{type(error).__name__}: {error}"
+        warnings.warn(f"CUDA graph capture of the style update failed ({failure}); running eagerly")
         return None
     grads = [param.grad for param in params]
     def replay(inputs: tuple) -> torch.Tensor:
@@ -84,20 +87,23 @@ class GraphedUpdate:
 
     def __call__(self, run: StyleTraining, draws: tuple) -> torch.Tensor:
         if not self.tried:
-            self.replay, self.tried = self.capture(lambda inputs: self.update(run, inputs), draws, list(run.rows.values())), True
+            self.replay = self.capture(lambda inputs: self.update(run, inputs), draws, list(run.rows.values()))
+            self.tried = True
         return self.replay(draws) if self.replay else self.update(run, draws)
 
 # %% ../nbs/04a_style_fast.ipynb #bb924354
 @contextmanager
 def speed_switches(speed: StyleSpeed, pipe):
-    "Within the block, the UNet switches of `speed` (channels-last, checkpointing, slicing, compile); yields the UNet to call."
+    "Within the block, the UNet switches of `speed` (channels-last, checkpointing, slicing, compile); yields the UNet."
     unet, processors = pipe.unet, pipe.unet.attn_processors
-    layout = torch.channels_last if unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    was_channels_last = unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    layout = torch.channels_last if was_channels_last else torch.contiguous_format
     if speed.channels_last: unet.to(memory_format=torch.channels_last)
     if speed.gradient_checkpointing: unet.enable_gradient_checkpointing()
     if speed.attention_slicing: unet.set_attention_slice("auto")
     call = torch.compile(unet) if speed.compile_unet else unet
-    def channels_last_call(sample, *args, **kwargs): return call(sample.contiguous(memory_format=torch.channels_last), *args, **kwargs)
+    def channels_last_call(sample, *args, **kwargs):
+        return call(sample.contiguous(memory_format=torch.channels_last), *args, **kwargs)
     try: yield channels_last_call if speed.channels_last else call
     finally:
         unet.to(memory_format=layout)
@@ -105,7 +111,7 @@ def speed_switches(speed: StyleSpeed, pipe):
         if speed.attention_slicing: unet.set_attn_processor(processors)
 
 def can_graph(cfg: StyleConfig, speed: StyleSpeed, pipe) -> bool:
-    "Whether an update can be a CUDA graph: on CUDA, one pass, no float16 loss scaling, nothing that recompiles or recomputes."
+    "Whether an update can be a CUDA graph: on CUDA, one pass, no float16 loss scaling, nothing that recompiles."
     return (speed.cuda_graph and speed.fuse_accumulation and pipe.unet.device.type == "cuda" and cfg.dtype != "float16"
             and not (speed.compile_unet or speed.gradient_checkpointing or speed.attention_slicing))
 
@@ -115,11 +121,13 @@ def train_embedding_fast(cfg: StyleConfig, speed: StyleSpeed, pipe, images: list
     update = fused_update if speed.fuse_accumulation else accumulate
     with speed_switches(speed, pipe) as unet:
         return train_embedding(cfg, pipe, images, style_dir, init_word=init_word, progress=progress, unet=unet,
-                               checkpoint_every=speed.checkpoint_every, log_every=speed.log_every,
+                               checkpoint_every=speed.checkpoint_every, checkpoint_seconds=speed.checkpoint_seconds,
+                               log_every=speed.log_every,
                                forward_backward=GraphedUpdate(update) if can_graph(cfg, speed, pipe) else update)
 
 def train_style_fast(cfg: StyleConfig, speed: StyleSpeed, pipe, run_dir: str | Path, *, redo: bool = False,
-                     progress: bool = True) -> Path:
-    "Stage 2 with the engine: `train_style`'s bookkeeping around `train_embedding_fast` -> RUN/style/embedding.safetensors."
-    def train(cfg, pipe, images, style_dir, **kwargs): return train_embedding_fast(cfg, speed, pipe, images, style_dir, **kwargs)
-    return style_stage(cfg, pipe, run_dir, train, redo=redo, progress=progress)
+                     progress: bool = True, model_name: str | None = None) -> Path:
+    "Stage 2 with the engine: `train_style`'s bookkeeping around `train_embedding_fast` -> the run's embedding."
+    def train(cfg, pipe, images, style_dir, **kwargs):
+        return train_embedding_fast(cfg, speed, pipe, images, style_dir, **kwargs)
+    return style_stage(cfg, pipe, run_dir, train, redo=redo, progress=progress, model_name=model_name)

@@ -7,63 +7,66 @@ Docs: https://dreamframe.github.io/dreamframe/style_files.html.md"""
 # %% ../nbs/04b_style_files.ipynb #5974d747
 from __future__ import annotations
 
-import hashlib, io, warnings
+import hashlib, io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 from tqdm.auto import tqdm
 
 from .config import fingerprint
 from .embedding import save_style_embedding
 from .lazy import lazy_module
+from .run_folder import MAX_IMAGE_SIDE, open_image
 from .schema import FormatError, Movie, atomic_write_bytes, atomic_write_json, read_json, slugify
 
 # %% auto #0
-__all__ = ['MAX_IMAGE_SIDE', 'BACKGROUND', 'IMAGE_SUFFIXES', 'to_rgb', 'open_style_image', 'fit_square', 'load_style_images',
-           'images_digest', 'style_prompt', 'image_settings', 'image_record', 'make_style_images', 'convert_embedding']
+__all__ = ['BACKGROUND', 'IMAGE_SUFFIXES', 'to_rgb', 'open_style_image', 'fit_square', 'load_style_images', 'images_digest',
+           'style_prompt', 'image_settings', 'image_record', 'make_style_images', 'convert_embedding']
 
 # %% ../nbs/04b_style_files.ipynb #88599656
 torch = lazy_module("torch")   # imported on first use: `dreamframe --help` and `status` need no torch
 
 # %% ../nbs/04b_style_files.ipynb #80320e0c
-MAX_IMAGE_SIDE = 8192  # longer sides are refused, as read from the file's header, before any pixel is decoded
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 def to_rgb(image: Image.Image, background: tuple[int, int, int] = BACKGROUND) -> Image.Image:
-    "8-bit RGB from any mode: 16/32-bit scaled (not clipped), palette and alpha composited on `background`, CMYK converted."
+    "8-bit RGB from any mode: 16/32-bit scaled (not clipped), palette and alpha composited on `background`, CMYK too."
     if image.mode in ("I", "F") or image.mode.startswith("I;16"):  # integers count 0-65535, floats 0-1
         scale = 255 / (1.0 if image.mode == "F" else 65535.0)
-        image = Image.fromarray(np.clip(np.asarray(image, dtype=np.float64) * scale + 0.5, 0, 255).astype(np.uint8))
-    if image.mode not in ("RGBA", "LA", "PA", "RGBa", "La") and "transparency" not in image.info: return image.convert("RGB")
+        pixels = np.asarray(image, dtype=np.float64) * scale + 0.5
+        image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    transparent = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+    if not transparent: return image.convert("RGB")
     image = image.convert("RGBA")
     return Image.alpha_composite(Image.new("RGBA", image.size, (*background, 255)), image).convert("RGB")
 
 def open_style_image(path: str | Path) -> Image.Image:
     "Read one style image as 8-bit RGB; a file too large to decode safely is refused before it is decoded."
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                if max(image.size) > MAX_IMAGE_SIDE: raise ValueError(f"it is {image.width}x{image.height} px, over {MAX_IMAGE_SIDE} px a side")
-                return to_rgb(ImageOps.exif_transpose(image))
-    except (ValueError, OSError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ValueError(f"style image {str(path)!r} cannot be used: {error}; replace it (or shrink it)") from None
+    return to_rgb(open_image(path, "style image"))
 
 def fit_square(image: Image.Image, resolution: int) -> Image.Image:
     "Resize the shorter side to `resolution` and centre-crop a square."
     width, height = (max(resolution, round(side * resolution / min(image.size))) for side in image.size)
     left, top = (width - resolution) // 2, (height - resolution) // 2
-    return image.resize((width, height), Image.Resampling.LANCZOS).crop((left, top, left + resolution, top + resolution))
+    resized = image.resize((width, height), Image.Resampling.LANCZOS)
+    return resized.crop((left, top, left + resolution, top + resolution))
 
 def load_style_images(folder: str | Path, resolution: int, min_images: int = 4) -> list[Image.Image]:
     "Your own style images: each image file in `folder` (by name), read safely, at least 64 px a side, square-cropped."
-    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.name[0] != ".") if Path(folder).is_dir() else []
-    if len(files) < min_images: raise ValueError(f"style images folder {str(folder)!r} (images_dir) has {len(files)} image file(s); at least {min_images} are needed")
+    folder = Path(folder)
+    files = []
+    if folder.is_dir():
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.name[0] != ".")
+    if len(files) < min_images:
+        raise ValueError(f"style images folder {str(folder)!r} (images_dir) has {len(files)} image file(s); "
+                         f"at least {min_images} are needed")
     images = {path: open_style_image(path) for path in files}
     for path, image in images.items():
-        if min(image.size) < 64: raise ValueError(f"style image {str(path)!r} is {image.width}x{image.height} px; both sides must be at least 64 px")
+        if min(image.size) < 64:
+            raise ValueError(f"style image {str(path)!r} is {image.width}x{image.height} px; "
+                             "both sides must be at least 64 px")
     return [fit_square(image, resolution) for image in images.values()]
 
 def images_digest(images: list[Image.Image]) -> str:
@@ -80,47 +83,59 @@ def style_prompt(movie: Movie) -> str:
 
 def image_settings(cfg, movie: Movie) -> dict:  # cfg: the stage's StyleConfig
     "What the generated style images depend on (image i is seeded from seed, movie id and i)."
-    return dict(prompt=style_prompt(movie), resolution=cfg.resolution, steps=cfg.image_steps, guidance=cfg.image_guidance, seed=cfg.seed, movie=movie.id)
+    return dict(prompt=style_prompt(movie), resolution=cfg.resolution, steps=cfg.image_steps,
+                guidance=cfg.image_guidance, seed=cfg.seed, movie=movie.id)
 
 def image_record(run_dir: str | Path) -> dict:
     "RUN/style/images.json: the settings the generated style images were made with, and the files finished with them."
     path = Path(run_dir) / "style" / "images.json"
     record = read_json(path) if path.exists() else {"settings": {}, "done": []}
-    if not isinstance(record, dict) or not isinstance(record.get("settings"), dict) or not isinstance(record.get("done"), list):
-        raise FormatError(f"{path}: expected {{\"settings\": {{...}}, \"done\": [\"000.png\", ...]}}; delete it to make the style images again")
+    shaped = isinstance(record, dict) and isinstance(record.get("settings"), dict)
+    if not shaped or not isinstance(record.get("done"), list):
+        raise FormatError(f"{path}: expected {{\"settings\": {{...}}, \"done\": [\"000.png\", ...]}}; "
+                          "delete it to make the style images again")
     return record
 
-def make_style_images(cfg, pipe, movie: Movie, run_dir: str | Path, *, progress: bool = True) -> list[Image.Image]:  # cfg: a StyleConfig
+def make_style_images(cfg, pipe, movie: Movie, run_dir: str | Path, *,  # cfg: a StyleConfig
+                      progress: bool = True) -> list[Image.Image]:
     "The style images RUN/style/images/NNN.png: each kept if it reads back and was made with these settings, else made."
-    folder, record, wanted, images = Path(run_dir) / "style" / "images", image_record(run_dir), image_settings(cfg, movie), {}
+    folder, record, wanted = Path(run_dir) / "style" / "images", image_record(run_dir), image_settings(cfg, movie)
     done = set(record["done"]) if record["settings"] == wanted else set()  # made with other settings: made again
+    images = {}
     for i in range(cfg.n_images):
         try: image = open_style_image(folder / f"{i:03d}.png") if f"{i:03d}.png" in done else None
         except ValueError: image = None  # cut short or damaged: made again
         if image is not None and image.size == (cfg.resolution, cfg.resolution): images[i] = image
-    todo, bar_config = [i for i in range(cfg.n_images) if i not in images], getattr(pipe, "_progress_bar_config", {})
+    todo = [i for i in range(cfg.n_images) if i not in images]
+    bar_config = getattr(pipe, "_progress_bar_config", {})
     pipe.set_progress_bar_config(disable=True)
     try:
-        for i in tqdm(todo, desc="style images", initial=cfg.n_images - len(todo), total=cfg.n_images, disable=not progress):
-            generator = torch.Generator(pipe.device).manual_seed(int(fingerprint([cfg.seed, movie.id, "style-image", i]), 16))
-            images[i] = pipe(prompt=wanted["prompt"], height=cfg.resolution, width=cfg.resolution, num_inference_steps=cfg.image_steps,
-                             guidance_scale=cfg.image_guidance, generator=generator).images[0]
-            png = io.BytesIO(); images[i].save(png, format="PNG")
+        done_before = cfg.n_images - len(todo)
+        for i in tqdm(todo, desc="style images", initial=done_before, total=cfg.n_images, disable=not progress):
+            seed = int(fingerprint([cfg.seed, movie.id, "style-image", i]), 16)
+            generator = torch.Generator(pipe.device).manual_seed(seed)
+            images[i] = pipe(prompt=wanted["prompt"], height=cfg.resolution, width=cfg.resolution,
+                             num_inference_steps=cfg.image_steps, guidance_scale=cfg.image_guidance,
+                             generator=generator).images[0]
+            png = io.BytesIO()
+            images[i].save(png, format="PNG")
             atomic_write_bytes(folder / f"{i:03d}.png", png.getvalue())  # the picture first, then its record
-            done.add(f"{i:03d}.png"); atomic_write_json(folder.parent / "images.json", {"settings": wanted, "done": sorted(done)})
+            done.add(f"{i:03d}.png")
+            atomic_write_json(folder.parent / "images.json", {"settings": wanted, "done": sorted(done)})
     finally: pipe._progress_bar_config = bar_config
     return [images[i] for i in range(cfg.n_images)]
 
 # %% ../nbs/04b_style_files.ipynb #0434a73f
-def convert_embedding(src: str | Path,  # the reference's torch file: a dict with 'emb' (CLIP-L row or rows) and 'emb2' (CLIP-G)
-                      dst: str | Path,  # the .safetensors file to write (keys clip_l and clip_g, the token in its metadata)
+def convert_embedding(src: str | Path,  # the reference's torch file: {'emb': CLIP-L row or rows, 'emb2': CLIP-G}
+                      dst: str | Path,  # the .safetensors file to write (keys clip_l and clip_g, the token in metadata)
                       token: str | None = None,  # the token to store; None: '<SRC-stem>'
                      ) -> Path:
     "Convert a reference `{'emb': clip_l, 'emb2': clip_g}` torch file to dreamframe's embedding file, checked."
     src = Path(src)
     try: data = torch.load(src, map_location="cpu", weights_only=True)
     except FileNotFoundError: raise ValueError(f"embedding file {str(src)!r} does not exist") from None
-    except Exception as error: raise ValueError(f"{str(src)!r} is not a torch file of tensors ({type(error).__name__}: {error})") from None
+    except Exception as error:
+        raise ValueError(f"{str(src)!r} is not a torch file of tensors ({type(error).__name__}: {error})") from None
     if not isinstance(data, dict) or not {"emb", "emb2"} <= set(data):
         found = sorted(map(str, data)) if isinstance(data, dict) else type(data).__name__
         raise ValueError(f"{str(src)!r} should hold a dict with keys 'emb' (CLIP-L) and 'emb2' (CLIP-G); found {found}")
@@ -128,6 +143,7 @@ def convert_embedding(src: str | Path,  # the reference's torch file: a dict wit
     for key, name in (("clip_l", "emb"), ("clip_g", "emb2")):
         value = data[name]
         if not isinstance(value, torch.Tensor) or value.ndim not in (1, 2) or not value.is_floating_point():
-            raise ValueError(f"{str(src)!r}: {name!r} must be a float row or [k, d] tensor, got {getattr(value, 'shape', type(value).__name__)}")
+            found = getattr(value, "shape", type(value).__name__)
+            raise ValueError(f"{str(src)!r}: {name!r} must be a float row or [k, d] tensor, got {found}")
         rows[key] = value.detach().float().reshape(-1, value.shape[-1])
     return save_style_embedding(dst, token or f"<{slugify(src.stem)}>", rows["clip_l"], rows["clip_g"])

@@ -23,9 +23,9 @@ from PIL import Image
 from pydantic import Field
 
 from .schema import FormatError, Movie, atomic_write_text, character_ids, read_json
-from .config import save_stage_config, settings
+from .config import settings
 from .lazy import lazy_module
-from .run_folder import read_manifest
+from .run_folder import finish_stage, read_manifest
 
 # %% auto #0
 __all__ = ['FrameView', 'run_frames', 'image_bytes', 'data_uri', 'FramePlayer', 'frames_to_html', 'ViewConfig', 'write_view',
@@ -341,7 +341,7 @@ def write_view(cfg: ViewConfig, run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     out = Path(cfg.html) if cfg.html else run_dir / "view.html"
     frames_to_html(run_dir, out, compare=cfg.against, thumb_size=cfg.thumb_size, image_size=cfg.image_size, embed=not cfg.link)
-    save_stage_config(run_dir, "view", cfg)
+    finish_stage(run_dir, "view", cfg)   # its settings and inputs, as `dreamframe run` records them
     return out
 
 # %% ../nbs/08_viewer.ipynb #2f160eb1
@@ -365,8 +365,9 @@ def plot_loss_curve(run_dir: str | Path, smoothing: float = 0.9):
     "The style-training loss from `RUN/style/loss.json` (`{token, loss: [one value per update]}`), raw and smoothed."
     path = Path(run_dir) / "style" / "loss.json"
     if not path.exists():
-        raise FileNotFoundError(f"no style loss history at {path}: the style stage writes it while training "
-                                f"(`dreamframe style {run_dir}`)")
+        embedding = Path(run_dir) / "style" / "embedding.safetensors"
+        raise FileNotFoundError(f"no style loss history at {path}: the style stage writes it when it trains the "
+                                f"embedding here (remove {embedding} and run `dreamframe style {run_dir}`)")
     history = read_json(path)
     if isinstance(history, dict): history = history.get("history", history.get("loss", []))
     if history and all(isinstance(h, (int, float)) for h in history):

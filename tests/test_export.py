@@ -6,9 +6,10 @@ import pytest
 from PIL import Image
 
 from dreamframe.config import ConfigError
-from dreamframe.export import (QA_JSONL_KEYS, ExportConfig, check_frames, export_run, frame_path, llava_records, load_qa,
-                               long_video_inputs, srt_text, validate_llava, validate_long_video, validate_qa_jsonl,
-                               validate_srt, video_frame_count)
+from dreamframe.export import (QA_JSONL_KEYS, ExportConfig, check_frames, export_run, frame_path, load_qa,
+                               long_video_inputs, media_groups, validate_qa_jsonl)
+from dreamframe.trainers import llava_records, validate_llava
+from dreamframe.video import srt_text, validate_srt, video_frame_count
 from dreamframe.run_folder import write_manifest
 from dreamframe.schema import FormatError, sample_movie
 
@@ -33,29 +34,38 @@ def make_run(tmp_path, size=(64, 48), n_substories=3):
     return movie
 
 
+def llava(movie, items, cfg):
+    return llava_records(movie.id, media_groups(movie, items, cfg), cfg.rounds_per_record)
+
+
 def test_export_run_validates_everything(tmp_path):
     movie = make_run(tmp_path)
-    written = export_run(ExportConfig(rounds_per_record=3), tmp_path, progress=False)
-    assert sorted(written) == ["clip s01", "clip s03", "llava", "long_video", "qa_jsonl", "srt", "video"]
-    assert video_frame_count(written["clip s03"]) == 8
-    llava = json.loads(written["llava"].read_text())
-    assert validate_llava(llava, root=tmp_path) == len(llava)
-    rounds = sum(len(r["conversations"]) // 2 for r in llava)
-    assert rounds == 3 + 5 + 5 and all(len(r["conversations"]) <= 6 for r in llava)
-    assert all(r["conversations"][0]["value"].startswith("<image>\n") for r in llava)
-    assert sum(r["conversations"][0]["value"].count("<image>") for r in llava) == len(llava)
-    long_video = json.loads(written["long_video"].read_text())
-    assert validate_long_video(long_video, root=tmp_path) == len(movie.frames)
-    flat = [json.loads(line) for line in written["qa_jsonl"].read_text().splitlines()]
+    written = export_run(ExportConfig(rounds_per_record=3), tmp_path, progress=False, log=lambda line: None)
+    assert sorted(written) == ["README.md", "clips/s01.mp4", "clips/s03.mp4", "dataset_info.json", "llamafactory.json",
+                               "llava.json", "movie.mp4", "movie.srt", "qa.jsonl", "videochat2.json"]
+    assert all(path == tmp_path / "export" / name for name, path in written.items())
+    assert video_frame_count(written["clips/s03.mp4"]) == 8
+    records = json.loads(written["llava.json"].read_text())
+    assert validate_llava(records, root=tmp_path) == len(records)
+    rounds = sum(len(r["conversations"]) // 2 for r in records)
+    assert rounds == 3 + 5 + 5 and all(len(r["conversations"]) <= 6 for r in records)
+    assert all(r["conversations"][0]["value"].startswith("<image>\n") for r in records)
+    assert sum(r["conversations"][0]["value"].count("<image>") for r in records) == len(records)
+    assert not (tmp_path / "export" / "long_video.json").exists()   # no features yet: no records that cannot load
+    flat = [json.loads(line) for line in written["qa.jsonl"].read_text().splitlines()]
     assert validate_qa_jsonl(flat, movie) == 5 and all(tuple(r) == QA_JSONL_KEYS for r in flat)
     assert flat[1]["frame_paths"] == ["frames/s01.t01.f02.png", "frames/s02.t01.f01.png"]
-    assert validate_srt(written["srt"].read_text()) == len(movie.lines)
-    assert video_frame_count(written["video"]) == len(movie.frames)
+    assert [r["turns"] == [] for r in flat] == [True, True, True, False, False] and flat[2]["choices"] == []
+    assert validate_srt(written["movie.srt"].read_text()) == len(movie.lines)
+    assert video_frame_count(written["movie.mp4"]) == len(movie.frames)
     saved = json.loads((tmp_path / "config.json").read_text())["export"]
     assert saved["rounds_per_record"] == 3 and "progress" not in saved
 
 
 def test_settings_are_checked():
+    with pytest.raises(ConfigError, match=r"video_fps \(--export-video-fps\) = 0.5: .* round\(0.5\) = 0"):
+        ExportConfig(video_fps=0.5, seconds_per_frame=2)
+    assert ExportConfig(video_fps=0.75, seconds_per_frame=4).repeat == 3   # round(0.75) = 1: loaders can sample it
     with pytest.raises(ConfigError, match=r"(?s)seconds_per_frame × video_fps = 1.5 must be a whole number"):
         ExportConfig(seconds_per_frame=1.5, video_fps=1)
     with pytest.raises(ConfigError, match=r"at \$\.media: .*'clip', 'video' or 'image' \(got 'gif'\)"): ExportConfig(media="gif")
@@ -67,9 +77,9 @@ def test_settings_are_checked():
 def test_mp4_repeats_and_odd_sizes(tmp_path):
     movie = make_run(tmp_path, size=(65, 49))  # odd sides: yuv420p needs them even
     written = export_run(ExportConfig(seconds_per_frame=2, video_fps=1, media="video"), tmp_path, progress=False)
-    assert video_frame_count(written["video"]) == 2 * len(movie.frames)
+    assert video_frame_count(written["movie.mp4"]) == 2 * len(movie.frames)
     import imageio_ffmpeg
-    reader = imageio_ffmpeg.read_frames(str(written["video"]))
+    reader = imageio_ffmpeg.read_frames(str(written["movie.mp4"]))
     meta = next(reader)
     assert meta["size"] == (64, 48)
     assert sum(1 for _ in reader) == 2 * len(movie.frames)
@@ -152,14 +162,14 @@ def test_qa_items_must_be_grounded_in_the_movie(tmp_path):
 @pytest.mark.parametrize("mutate, message", [
     (lambda r: r[0]["conversations"][0].update(value="no token"), "exactly once"),
     (lambda r: r[0]["conversations"][0].update(value="<image>\n<image>\nQ"), "exactly once"),
-    (lambda r: r[0]["conversations"][-1].update(value=r[0]["conversations"][-1]["value"] + "<image>"), "only appear in the first human turn"),
+    (lambda r: r[0]["conversations"][-1].update(value=r[0]["conversations"][-1]["value"] + "<image>"), "belongs to the first turn only"),
     (lambda r: r[0]["conversations"].pop(), "human/gpt pairs"),
     (lambda r: r[0].update(image="x.png"), "exactly one of 'video' or 'image'"),
     (lambda r: r[1].update(id=r[0]["id"]), "duplicate id"),
 ])
 def test_validate_llava_rejects(tmp_path, mutate, message):
     movie = make_run(tmp_path)
-    records = llava_records(movie, load_qa(tmp_path, movie), ExportConfig(rounds_per_record=2))
+    records = llava(movie, load_qa(tmp_path, movie), ExportConfig(rounds_per_record=2))
     validate_llava(records)
     mutate(records)
     with pytest.raises(ValueError, match=message): validate_llava(records)
@@ -167,7 +177,7 @@ def test_validate_llava_rejects(tmp_path, mutate, message):
 
 def test_image_media(tmp_path):
     movie = make_run(tmp_path)
-    records = llava_records(movie, load_qa(tmp_path, movie), ExportConfig(media="image"))
+    records = llava(movie, load_qa(tmp_path, movie), ExportConfig(media="image"))
     assert validate_llava(records, root=tmp_path) == len(records)
     # the overview (about every frame) has no one picture: left out; the others show their first frame
     assert {r["image"] for r in records} == {"frames/s01.t01.f01.png", "frames/s01.t01.f02.png", "frames/s03.t02.f04.png"}
@@ -182,28 +192,28 @@ def test_long_video_inputs_and_srt_timing(tmp_path):
     for k, frame in enumerate(movie.frames):
         assert chunks[k] == " ".join(f"{l.speaker}: {l.text}" for l in movie.lines if l.frame_id == frame.id)
     assert long_video_inputs(movie, speaker_names=False).split("<image>")[1] == "Line 1 of shot 1 in part 1."
-    srt = srt_text(movie, ExportConfig(seconds_per_frame=2, video_fps=1)).strip().split("\n\n")
+    srt = srt_text(movie, seconds_per_frame=2).strip().split("\n\n")
     index = [f.id for f in movie.frames].index(movie.lines[1].frame_id)
     assert srt[1].splitlines()[1].startswith(f"00:00:{2 * index:02d},000 --> ")
 
 
-def test_qa_jsonl_loads_with_datasets(tmp_path):
+def test_qa_jsonl_loads_with_datasets_through_its_card(tmp_path):
     datasets = pytest.importorskip("datasets")
     make_run(tmp_path)
-    written = export_run(ExportConfig(write_video=False), tmp_path, progress=False)
-    ds = datasets.load_dataset("json", data_files=str(written["qa_jsonl"]), split="train", cache_dir=str(tmp_path / "hf"))
+    export_run(ExportConfig(write_video=False), tmp_path, progress=False, log=lambda line: None)
+    ds = datasets.load_dataset(str(tmp_path / "export"), "qa", split="train", cache_dir=str(tmp_path / "hf"))
     assert len(ds) == 5 and ds.column_names == list(QA_JSONL_KEYS)
     assert ds[3]["turns"][4] == {"question": "Q5", "answer": "A5"}
 
 
 def test_clip_and_video_media(tmp_path):
     movie = make_run(tmp_path)
-    clip = {r["video"] for r in llava_records(movie, load_qa(tmp_path, movie), ExportConfig())}
+    clip = {r["video"] for r in llava(movie, load_qa(tmp_path, movie), ExportConfig())}
     assert clip == {"export/clips/s01.mp4", "export/clips/s03.mp4", "export/movie.mp4"}   # qa0002 spans parts 1 and 2: the movie
-    whole = {r["video"] for r in llava_records(movie, load_qa(tmp_path, movie), ExportConfig(media="video"))}
+    whole = {r["video"] for r in llava(movie, load_qa(tmp_path, movie), ExportConfig(media="video"))}
     assert whole == {"export/movie.mp4"}
     written = export_run(ExportConfig(media="video"), tmp_path, progress=False)
-    assert not any(k.startswith("clip") for k in written) and not (tmp_path / "export" / "clips").exists()
+    assert not any("clips" in k for k in written) and not (tmp_path / "export" / "clips").exists()
 
 
 def test_frames_come_from_the_manifest(tmp_path):

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dreamframe.export import ExportConfig, export_run, validate_srt
-from dreamframe.schema import sample_movie
+from dreamframe.export import ExportConfig, export_run, long_video_inputs, validate_srt
+from dreamframe.schema import Movie, sample_movie
 
 
 def hand_written_run(run: Path, text: str) -> dict:
@@ -49,9 +49,9 @@ def test_blank_line_inside_a_dialogue_line_cannot_start_a_subtitle(tmp_path):
     run = tmp_path / "run"
     story = hand_written_run(run, "Hello.\n\n99\n00:00:00,000 --> 00:00:01,000\nA fake subtitle.")
     written = export_run(ExportConfig(write_video=False), run)
-    srt = written["srt"].read_text()
+    srt = written["movie.srt"].read_text()
     lines = sum(len(shot["lines"]) for sub in story["substories"] for shot in sub["shots"])
     assert validate_srt(srt) == lines
     assert srt.split("\n\n")[0].splitlines()[2] == "Mara: Hello. 99 00:00:00,000 --> 00:00:01,000 A fake subtitle."
-    inputs = json.loads(written["long_video"].read_text())["inputs"]
+    inputs = long_video_inputs(Movie.load(run))
     assert "\n" not in inputs and inputs.count("<image>") == 8

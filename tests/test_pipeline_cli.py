@@ -57,9 +57,9 @@ def test_run_many_keeps_going_past_a_failed_movie(tmp_path, capsys):
 
 def test_run_with_a_refiner(tmp_path):
     "`--refiner` reaches the keyframes stage when keyframes.refiner_steps > 0 (tiny base + tiny refiner, 64 px)."
-    run = tmp_path / "refined"
+    run = tmp_path / "refined"   # the demo preset has a style stage, so the frames need its embedding: style runs too
     assert main(["run", str(run), "--theme", "a fox learns to sail", *SMALL, "--refiner", "tiny", "--refiner-steps", "1",
-                 "--negative-prompt", "blurry", "--only", "story,characters,keyframes"]) == 0
+                 "--negative-prompt", "blurry", "--only", "story,style,characters,keyframes"]) == 0
     assert done(run, "keyframes")
     manifest = [json.loads(line) for line in (run / "frames" / "manifest.jsonl").read_text().splitlines()]
     assert {record["refiner_steps"] for record in manifest} == {1} and "+ tiny" in manifest[0]["model"]

@@ -1,6 +1,7 @@
 """The Colab tutorial runs: its parameter cell is swapped for the tiny stand-in SDXL and the offline LLM, and every
 cell runs except those flagged `gpu` (Colab secrets) and shell lines (`!pip`, `!dreamframe`, checked by test_docs).
-A cell that raises fails the test."""
+A cell that raises fails the test. The run folder its Python calls made is one the command line continues:
+`dreamframe status` finds every stage done (none "brought by the user"), and `dreamframe run` redraws nothing."""
 import json
 import os
 import re
@@ -49,3 +50,15 @@ def test_tutorial_runs_on_the_tiny_model(tmp_path, monkeypatch):
         lines = [json.loads(l) for l in (tmp_path / f"run-{mode}" / "frames" / "manifest.jsonl").read_text().splitlines()]
         assert len(lines) == 4 and {l["identity"] for l in lines} == {mode}
         assert (tmp_path / f"run-{mode}" / "style" / "embedding.safetensors").exists()
+    refined = [json.loads(l) for l in (tmp_path / "run-refined" / "frames" / "manifest.jsonl").read_text().splitlines()]
+    assert {l["style"].split("@")[0] for l in refined} == {"<watercolor-style>"}   # the refined frames keep the style
+
+    from dreamframe.cli import main
+    from dreamframe.pipeline import status
+    run = tmp_path / "run"
+    text = status(run)
+    assert "brought by the user" not in text and all(" done " in line for line in text.splitlines()[1:]), text
+    made = {p: p.read_bytes() for p in sorted((run / "frames").glob("*.png")) + [run / "style" / "embedding.safetensors"]}
+    stamps = {p: p.stat().st_mtime_ns for p in made}
+    assert main(["run", str(run), "--quiet"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in made} == stamps and {p: p.read_bytes() for p in made} == made
