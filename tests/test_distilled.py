@@ -80,6 +80,18 @@ def test_lora_and_swapped_unet_draw_byte_stable_frames(tiny, checkpoints, tmp_pa
     assert all(drawn["lora"][i] != drawn["unet"][i] for i in plain)
 
 
+def test_a_left_out_model_name_names_the_recipe(tiny, checkpoints, tmp_path):
+    "Without `model_name`, a frame records the model `load_sdxl` noted on the pipeline and the recipe it carries."
+    recipe = DistilledConfig(weights=str(checkpoints["lora"]))
+    movie = sample_movie()
+    movie.save(tmp_path)
+    pipe = apply_recipe(load_sdxl(tiny), recipe)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lines = generate_keyframes(dataclasses.replace(FAST, limit=2), pipe, movie, tmp_path, progress=False)
+    assert {line["model"] for line in lines} == {model_name(str(tiny), recipe)}
+
+
 def test_switching_recipe_marks_frames_stale_both_ways(tiny, checkpoints, tmp_path):
     recipe = DistilledConfig(weights=str(checkpoints["lora"]))
     reference = dataclasses.replace(FAST, recipe="reference", guidance=5.0)
