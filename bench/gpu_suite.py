@@ -81,6 +81,7 @@ VIT_H = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num
              patch_size=14, projection_dim=1024)
 T0 = time.perf_counter()
 DEADLINE = [None]   # seconds after the start past which no step begins (--deadline)
+SKIP = set()   # steps not to run (--skip)
 
 
 def log(*parts):
@@ -259,6 +260,9 @@ class Results(dict):
     def step(self, name: str, measure):
         "Run `measure()` into `self[name]`, save, and log; an exception is recorded (the other steps still run)."
         started = time.perf_counter()
+        if name in SKIP:
+            log(name, "skipped (--skip)")
+            return self.get(name, {})
         if DEADLINE[0] is not None and started - T0 > DEADLINE[0]:
             self[name] = {"skipped": f"--deadline {DEADLINE[0]:.0f} s passed before this step"}
             self.save()
@@ -654,12 +658,6 @@ def low_memory_part(args, base, refiner) -> None:
     if "base" in drawn and "base-eager" in drawn:
         results["cuda_graph_frames_identical_to_eager"] = drawn["base"] == drawn["base-eager"]
 
-    def busy(speed):
-        cfg = dataclasses.replace(one, frame_ids=[f.id for f in movie.frames[10:14]])
-        return profiled(lambda: draw(args, base, movie, "busy", cfg, speed))
-    results.step("profile_4_frames_cuda_graph", lambda: busy(default))
-    results.step("profile_4_frames_eager", lambda: busy(ungraphed))
-
     for mode in MODES:
         results.step(f"identity_{mode}", lambda mode=mode: low(f"id-{mode}", one, KeyframeSpeed(fuse_qkv=False), mode=mode))
     none = results.get("identity_none", {}).get("seconds_per_frame", {}).get("median")
@@ -673,6 +671,12 @@ def low_memory_part(args, base, refiner) -> None:
         return {**low("refiner", with_refiner, default, refiner, against="refiner"),
                 "tier": f"base {base.memory_tier}, refiner {refiner_tier}"}
     results.step("base_refiner", base_and_refiner)
+    def busy(speed):
+        cfg = dataclasses.replace(one, frame_ids=[f.id for f in movie.frames[10:10 + args.profile_frames]])
+        return profiled(lambda: draw(args, base, movie, "busy", cfg, speed))
+    results.step("profile_cuda_graph", lambda: busy(default))
+    results.step("profile_eager", lambda: busy(ungraphed))
+
     verdict = {}
     for name in ("base_only", "base_refiner"):
         entry = results.get(name, {})
@@ -680,7 +684,7 @@ def low_memory_part(args, base, refiner) -> None:
             met = entry["ratio_to_normal"] <= 1.5 and entry.get("peak_reserved_gib", 0) <= args.cap
             verdict[name] = f"{'met' if met else 'missed'}: {entry['ratio_to_normal']}x the uncapped batch-1 time, " \
                             f"peak reserved {entry.get('peak_reserved_gib')} GiB"
-    share = results.get("profile_4_frames_cuda_graph", {}).get("device_busy_share")
+    share = results.get("profile_cuda_graph", {}).get("device_busy_share")
     if share is not None: verdict["device_busy_share"] = f"{'met' if share >= 0.85 else 'missed'}: {share}"
     results["verdict"] = verdict
     results["total_s"] = round(time.perf_counter() - T0, 1)
@@ -705,6 +709,8 @@ def main():
     parser.add_argument("--cap", type=float, default=15.0, help="GiB the low-memory part may use")
     parser.add_argument("--out", type=Path, default=None, help="folder of the result files (default $OUT or bench/results)")
     parser.add_argument("--deadline", type=float, default=None, help="seconds after which no further step starts")
+    parser.add_argument("--skip", default="", help="comma-separated steps not to run, e.g. style_low_memory,profile_eager")
+    parser.add_argument("--profile-frames", type=int, default=8, help="frames in one profiled low-memory stage call")
     args = parser.parse_args()
     parts = [p for p in args.only.split(",") if p]
     unknown = sorted(set(parts) - set(PARTS))
@@ -720,6 +726,7 @@ def main():
         return
     if not args.tiny and not torch.cuda.is_available(): parser.error("no CUDA card here; use --tiny to rehearse on the CPU")
     DEADLINE[0] = args.deadline
+    SKIP.update(step for step in args.skip.split(",") if step)
     args.out = args.out or (Path(os.environ["OUT"]) if os.environ.get("OUT") else ROOT / "bench" / "results")
     if args.tiny and args.out == ROOT / "bench" / "results": args.out = Path(tempfile.mkdtemp()) / "results"
     args.work = Path(tempfile.mkdtemp(prefix="gpu-suite-"))

@@ -13,6 +13,7 @@ __all__ = ['CONFIG_FILE', 'ConfigError', 'settings', 'Setting', 'setting_fields'
 import dataclasses
 import functools
 import hashlib
+import importlib
 import json
 import os
 import re
@@ -42,9 +43,15 @@ _SETTINGS = ConfigDict(
 )
 
 def _help(cls) -> dict[str, str]:
-    "Each field's help: the comment beside its definition (none when the source can't be read, e.g. a reloaded module)."
-    try: docs = docments(cls, full=True)
-    except (TypeError, OSError): return {}
+    "Each field's help: the comment beside its definition (none when the source can't be read)."
+    try:
+        docs = docments(cls, full=True)
+    except (TypeError, OSError):   # its module was dropped from sys.modules (a test, a reload): import it again
+        try:
+            importlib.import_module(cls.__module__)
+            docs = docments(cls, full=True)
+        except (TypeError, OSError, ImportError):
+            return {}
     return {name: (doc.get("docment") or "") for name, doc in docs.items() if name != "return"}
 
 def settings(cls):

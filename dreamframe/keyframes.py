@@ -28,10 +28,10 @@ from .run_folder import (MANIFEST, StagePlan, append_manifest_line, clean_partia
 from .schema import FrameId, Movie, atomic_write_bytes
 
 # %% auto #0
-__all__ = ['DEFAULT_TEMPLATE', 'DEFAULT_NEGATIVE_PROMPT', 'IDENTITY_NONE', 'KeyframeConfig', 'frame_seed', 'frame_noise',
-           'style_of', 'frame_settings', 'warn_truncated', 'png_ok', 'frame_states', 'removed_frames', 'select_frames',
-           'plan_keyframes', 'denoise_group', 'decode_latents', 'render_group', 'merge_manifest', 'set_aside',
-           'save_frame', 'generate_keyframes']
+__all__ = ['DEFAULT_TEMPLATE', 'DEFAULT_NEGATIVE_PROMPT', 'IDENTITY_NONE', 'OLDER_LINES', 'KeyframeConfig', 'frame_seed',
+           'frame_noise', 'style_of', 'frame_settings', 'warn_truncated', 'png_ok', 'frame_states', 'removed_frames',
+           'select_frames', 'plan_keyframes', 'denoise_group', 'decode_latents', 'render_group', 'merge_manifest',
+           'set_aside', 'save_frame', 'generate_keyframes']
 
 # %% ../nbs/05_keyframes.ipynb #f9538c75
 torch = lazy_module("torch")   # imported on first use: `dreamframe --help` and `status` need no torch
@@ -56,6 +56,7 @@ class KeyframeConfig:
     limit: int | None = Field(None, ge=1)  # only the first N frames in story order
     frame_ids: list[FrameId] | None = None  # only these frames, e.g. ["s01.t01.f01"] (with limit: both must hold)
     identity: Literal["none", "ip-adapter", "shared-attention"] = "none"  # keep characters the same person: condition each frame on its characters' sheets (settings: section characters)
+    recipe: Literal["reference", "distilled"] = "reference"  # reference: the base model as loaded; distilled: a few-step checkpoint fused in, drawn as its authors do (settings: section distilled)
 
     @model_validator(mode="after")
     def _template_fields(self):
@@ -86,6 +87,7 @@ def style_of(movie: Movie, run_dir) -> tuple[str, str]:
     return run_style(run_dir, movie.style_keyword)
 
 IDENTITY_NONE = dict(identity="none", identity_characters={}, identity_settings={})  # a frame drawn without identity conditioning (and a line older than it)
+OLDER_LINES = {**IDENTITY_NONE, "recipe": "reference"}  # what a manifest line written before a setting existed was drawn with
 
 def frame_settings(cfg: KeyframeConfig, movie: Movie, run_dir, model_name: str, condition=None) -> dict[str, dict]:
     "What each frame of the story is drawn with, as its manifest line records it, by frame id (`condition`: see below)."
@@ -94,7 +96,7 @@ def frame_settings(cfg: KeyframeConfig, movie: Movie, run_dir, model_name: str, 
     word, style = style_of(movie, run_dir)
     shared = dict(negative_prompt=cfg.negative_prompt, steps=cfg.steps, refiner_steps=cfg.refiner_steps,
                   guidance=cfg.guidance, size=[cfg.resolution, cfg.resolution], batch_size=cfg.batch_size,
-                  vae_dtype=cfg.vae_dtype, model=model_name, style=style)
+                  vae_dtype=cfg.vae_dtype, model=model_name, style=style, recipe=cfg.recipe)
     return {frame.id: dict(prompt=cfg.template.format(style=word, prompt=movie.render_prompt(frame)), seed=frame_seed(movie.id, frame.id, cfg.seed),
                            **shared, **(condition.settings(frame) if condition is not None else IDENTITY_NONE)) for frame in movie.frames}
 
@@ -128,7 +130,7 @@ def frame_states(run_dir, wanted: dict[str, dict]) -> tuple[set[str], dict[str, 
     for frame_id, now in wanted.items():
         line = lines.get(frame_id)
         if line is None or not png_ok(frames_dir / f"{frame_id}.png", line.get("size")): continue
-        changes = changed_settings({name: line.get(name, IDENTITY_NONE.get(name)) for name in now}, now)
+        changes = changed_settings({name: line.get(name, OLDER_LINES.get(name)) for name in now}, now)
         if changes: stale[frame_id] = changes
         else: done.add(frame_id)
     return done, stale
@@ -257,7 +259,13 @@ def generate_keyframes(cfg: KeyframeConfig, pipe, movie: Movie, run_dir, *,
     state, run_dir = PartialState(cpu=pipe._execution_device.type == "cpu"), Path(run_dir)
     selected = select_frames(cfg, movie)
     style_of(movie, run_dir)   # a run with a style stage but no usable embedding stops here, before any file changes
-    model_name = model_name or pipeline_model(run_dir, pipe, refiner if cfg.refiner_steps else None, save=state.is_main_process)
+    carried = getattr(pipe, "_dreamframe_recipe", None)   # the distilled checkpoint `distilled.apply_recipe` put in the pipeline
+    if model_name is None:
+        model_name = pipeline_model(run_dir, pipe, refiner if cfg.refiner_steps else None, save=state.is_main_process)
+        model_name += f" + {carried}" if carried is not None else ""   # as `distilled.model_name` names it
+    if (cfg.recipe == "distilled") != (carried is not None) or (carried is not None and carried not in model_name):
+        raise ValueError(f"recipe={cfg.recipe!r}, the pipeline carries {carried or 'no distilled checkpoint'!r} and model_name={model_name!r}: "
+                         "for 'distilled' apply it with distilled.apply_recipe(pipe, cfg) and pass model_name=distilled.model_name(base, cfg)")
     if state.is_main_process:
         (run_dir / "frames").mkdir(parents=True, exist_ok=True)
         clean_partial_files(run_dir / "frames")

@@ -37,6 +37,7 @@ SECTIONS = {  # RUN/config.json section: (settings class, flag prefix)
     "characters": ("dreamframe.characters:CharacterConfig", "characters-"),
     "keyframes": ("dreamframe.keyframes:KeyframeConfig", ""),
     "keyframes_speed": ("dreamframe.keyframes_fast:KeyframeSpeed", ""),
+    "distilled": ("dreamframe.distilled:DistilledConfig", "distilled-"),
     "qa": ("dreamframe.qa:QAConfig", "qa-"),
     "export": ("dreamframe.export:ExportConfig", "export-"),
     "view": ("dreamframe.viewer:ViewConfig", ""),
@@ -44,7 +45,8 @@ SECTIONS = {  # RUN/config.json section: (settings class, flag prefix)
 }
 STAGE_SECTIONS = {"story": ("story", "llm"), "style": ("models", "style", "style_speed"),
                   "characters": ("models", "keyframes", "characters", "eval"),
-                  "keyframes": ("models", "keyframes", "keyframes_speed", "characters"), "qa": ("qa", "llm"),
+                  "keyframes": ("models", "keyframes", "keyframes_speed", "characters", "distilled"),
+                  "qa": ("qa", "llm"),
                   "export": ("export",), "view": ("view",), "eval": ("models", "eval")}
 
 def resolve(target: str) -> Any:
@@ -78,6 +80,9 @@ PRESETS = {
         "style_speed": {"gradient_checkpointing": True},
         "keyframes": {"resolution": 768, "refiner_steps": 0, "batch_size": 1},
     },
+    "fast": {  # few-step distilled keyframes: 4 UNet calls a frame instead of 60; the checkpoint: section distilled
+        "keyframes": {"recipe": "distilled", "steps": 4, "guidance": 0.0, "refiner_steps": 0},
+    },
 }
 
 def run_settings(run_dir: str | Path, sections, given: dict[str, dict] | None = None,
@@ -102,9 +107,12 @@ STAGE_OUTPUTS = {"story": ("movie.json",), "style": ("style/embedding.safetensor
                             "export/videochat2.json", "export/README.md"), "view": ("view.html",),
                  "eval": ("eval/metrics.json",)}
 
-def model_name(settings: dict, refiner: bool = False) -> str:
-    "The model as results record it (`run_folder.model_label` of the `models` settings): base (+ VAE) (+ refiner)."
-    return model_label(config_values(settings["models"]), refiner=refiner)
+def model_name(settings: dict, refiner: bool = False, recipe: bool = False) -> str:
+    "The model as results record it (`run_folder.model_label`): base (+ VAE) (+ refiner) (+ a distilled `recipe`)."
+    name = model_label(config_values(settings["models"]), refiner=refiner)
+    if recipe and settings["keyframes"].recipe == "distilled":   # the keyframes' checkpoint (`distilled.model_name`)
+        name = resolve("dreamframe.distilled:model_name")(name, settings["distilled"])
+    return name
 
 def scorer_name(settings: dict) -> str:
     "The CLIP that picks the character sheets (`eval`'s, or its untrained stand-in)."
@@ -155,7 +163,8 @@ def _plan_drawing(stage: str, run_dir: Path, settings: dict) -> StagePlan:
                            scorer=scorer_name(settings))
     cfg = settings["keyframes"]
     plan_keyframes = resolve("dreamframe.keyframes:plan_keyframes")
-    plan = plan_keyframes(cfg, movie, run_dir, model_name=model_name(settings, refiner=bool(cfg.refiner_steps)),
+    drawn_with = model_name(settings, refiner=bool(cfg.refiner_steps), recipe=True)
+    plan = plan_keyframes(cfg, movie, run_dir, model_name=drawn_with,
                           condition=identity(settings, movie, run_dir))
     lines = read_manifest(run_dir / "frames").values()
     seconds = [line["seconds"] for line in lines if isinstance(line.get("seconds"), (int, float))]
@@ -239,11 +248,12 @@ def run_stage(stage: str, run_dir: Path, settings: dict, resources: dict, redo: 
     if stage == "keyframes":
         models, cfg, movie = resources["models"](), settings["keyframes"], Movie.load(run_dir)
         refiner = models.refiner() if cfg.refiner_steps else None
+        base = models.base(recipe=settings["distilled"] if cfg.recipe == "distilled" else None)
         generate_keyframes_fast = resolve("dreamframe.keyframes_fast:generate_keyframes_fast")
         return generate_keyframes_fast(
-            cfg, settings["keyframes_speed"], models.base(), movie, run_dir, refiner=refiner,
+            cfg, settings["keyframes_speed"], base, movie, run_dir, refiner=refiner,
             condition=identity(settings, movie, run_dir), redo=redo, progress=progress,
-            model_name=model_name(settings, refiner=bool(cfg.refiner_steps)))
+            model_name=model_name(settings, refiner=bool(cfg.refiner_steps), recipe=True))
     if stage == "qa":
         return resolve("dreamframe.qa:build_qa")(settings["qa"], resources["llm"](), run_dir, progress=progress)
     if stage == "export": return resolve("dreamframe.export:export_run")(settings["export"], run_dir, progress=progress)
@@ -267,6 +277,8 @@ def describe_plan(settings: dict, preset: str) -> str:
     if frames:
         refined = f" + {frames.refiner_steps} refiner" if frames.refiner_steps else ", base only"
         parts.append(f"at {frames.resolution}px, {frames.steps} steps{refined}")
+    if frames and frames.recipe == "distilled" and "distilled" in settings:
+        parts.append(f"distilled: {resolve('dreamframe.distilled:recipe_name')(settings['distilled'])}")
     if models:
         how = [models.dtype] + ([models.vae] if models.vae else []) + (["low memory"] if models.low_memory else [])
         parts.append(f"{models.model} ({', '.join(how)})")

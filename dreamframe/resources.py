@@ -64,9 +64,10 @@ class Models:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         return device
 
-    def base(self, half: str = "float16", training: bool = False):
-        "The base pipeline; `half`: what an 'auto' dtype means on a GPU; `training`: every model on the device."
-        if self.pipe is not None and self.half == (half, training): return self.pipe
+    def base(self, half: str = "float16", training: bool = False, recipe=None):
+        "The base pipeline; `half`: 'auto' on a GPU; `training`: all on the device; `recipe`: a `DistilledConfig`."
+        wanted = (half, training, None if recipe is None else repr(recipe))
+        if self.pipe is not None and self.half == wanted: return self.pipe
         self.release()
         models = importlib.import_module("dreamframe.models")
         low_memory = self.cfg.low_memory and not training   # the style's backward pass runs through the encoders
@@ -74,7 +75,9 @@ class Models:
                                      device=self.device(), vae=self.cfg.vae, variant=self.cfg.variant,
                                      gpu_memory=self.cfg.gpu_memory, low_memory=low_memory)
         models.remember_models(self.pipe, model=self.cfg.model, vae=self.cfg.vae, variant=self.cfg.variant)   # "tiny"
-        self.half = (half, training)
+        if recipe is not None:   # on a fresh base: fusing is not undone exactly
+            _resolve("dreamframe.distilled:apply_recipe")(self.pipe, recipe)
+        self.half = wanted
         return self.pipe
 
     def refiner(self):
@@ -185,6 +188,9 @@ def preflight(run_dir: Path, settings: dict, stages: list[str], llm=None) -> Non
     if sources:
         models = importlib.import_module("dreamframe.models")
         for flag, name, marker in sources: models.check_source(name, flag, marker)
+    keyframes = settings.get("keyframes")
+    if "keyframes" in stages and keyframes is not None and keyframes.recipe == "distilled":   # rules and checkpoint
+        _resolve("dreamframe.distilled:check_recipe")(keyframes, settings["distilled"])
     if {"style", "characters", "keyframes"} & set(stages) or ("eval" in stages and "models" in settings):
         import torch
         cfg = settings["models"]

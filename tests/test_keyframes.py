@@ -21,7 +21,7 @@ from dreamframe.testing import tiny_sdxl
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(steps=2, resolution=64, batch_size=2, negative_prompt="blurry, low quality")
 LINE_KEYS = {"frame_id", "path", "prompt", "negative_prompt", "seed", "steps", "refiner_steps", "guidance", "size",
-             "batch_size", "vae_dtype", "model", "style", "identity", "identity_characters", "identity_settings", "seconds",
+             "batch_size", "vae_dtype", "model", "style", "recipe", "identity", "identity_characters", "identity_settings", "seconds",
              "machine"}
 
 
