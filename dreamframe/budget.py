@@ -12,13 +12,14 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from .lazy import lazy_module
+from .style_fast import graphable
 
 # %% auto #0
 __all__ = ['H200_FRAME_SECONDS', 'H200_FRAME_SIDE', 'H200_FRAME_STEPS', 'H200_UPDATE_SECONDS', 'H200_UPDATE_SIDE',
-           'H200_UPDATE_SAMPLES', 'CHECKPOINTING_COST', 'T4_SLOWER', 'KB', 'MB', 'GB', 'HUB_FILES', 'TORCH_FILES',
-           'DOWNLOAD_MB_PER_S', 'OTHER_MINUTES', 'RECONNECT_MINUTES', 'SESSION_MINUTES', 't4_picture_seconds',
-           't4_update_seconds', 'frames_drawn', 'Download', 'size_text', 'is_download', 'hub_download',
-           'torch_download', 'Work', 'Budget', 'budget_table', 'run_budget']
+           'H200_UPDATE_SAMPLES', 'CHECKPOINTING_COST', 'T4_SLOWER', 'EAGER_UPDATE_SECONDS', 'KB', 'MB', 'GB',
+           'HUB_FILES', 'TORCH_FILES', 'DOWNLOAD_MB_PER_S', 'OTHER_MINUTES', 'RECONNECT_MINUTES', 'SESSION_MINUTES',
+           't4_picture_seconds', 't4_update_seconds', 'frames_drawn', 'Download', 'size_text', 'is_download',
+           'hub_download', 'torch_download', 'Work', 'Budget', 'budget_table', 'run_budget']
 
 # %% ../nbs/10c_budget.ipynb #266f9a4c
 torch = lazy_module("torch")   # only `Download.cached` reads torch's hub folder
@@ -32,6 +33,7 @@ H200_UPDATE_SIDE = 768       # the side of that measurement's style images
 H200_UPDATE_SAMPLES = 2      # samples per update in that measurement (batch_size x grad_accum)
 CHECKPOINTING_COST = 1.3     # gradient checkpointing recomputes activations: about 30% more time per update
 T4_SLOWER = 15               # H200 / T4: float16 tensor throughput ~990 / 65 TFLOP/s, memory 4,800 / 320 GB/s
+EAGER_UPDATE_SECONDS = 0.44   # the host work of one update that is no CUDA graph (float16 or checkpointing), H100 host
 
 def t4_picture_seconds(resolution: int,  # side of the square picture in pixels
                        steps: int,       # denoising steps (base and refiner together)
@@ -41,11 +43,13 @@ def t4_picture_seconds(resolution: int,  # side of the square picture in pixels
     return H200_FRAME_SECONDS * area * steps / H200_FRAME_STEPS * T4_SLOWER
 
 def t4_update_seconds(style, speed) -> float:
-    "Estimated seconds of one style update on a T4 with `style` (`StyleConfig`) and `speed` (`StyleSpeed`)."
+    """Estimated seconds of one style update on a T4 with `style` (`StyleConfig`) and `speed` (`StyleSpeed`): the
+    device's work scaled as for a picture, never less than the host's work of an update that is no CUDA graph."""
     area = (style.resolution / H200_UPDATE_SIDE) ** 2
     samples = style.batch_size * style.grad_accum / H200_UPDATE_SAMPLES
     slower = CHECKPOINTING_COST if speed.gradient_checkpointing else 1.0
-    return H200_UPDATE_SECONDS * area * samples * slower * T4_SLOWER
+    device = H200_UPDATE_SECONDS * area * samples * slower * T4_SLOWER
+    return device if graphable(style, speed) else max(device, EAGER_UPDATE_SECONDS)
 
 # %% ../nbs/10c_budget.ipynb #46bba379
 def frames_drawn(keyframes, story) -> int:

@@ -19,7 +19,7 @@ from .lazy import lazy_module
 from .style import StyleConfig, StyleTraining, accumulate, sample_loss, style_stage, train_embedding
 
 # %% auto #0
-__all__ = ['StyleSpeed', 'fused_update', 'capture_cuda_graph', 'GraphedUpdate', 'speed_switches', 'can_graph',
+__all__ = ['StyleSpeed', 'fused_update', 'capture_cuda_graph', 'GraphedUpdate', 'speed_switches', 'graphable', 'can_graph',
            'train_embedding_fast', 'train_style_fast']
 
 # %% ../nbs/04a_style_fast.ipynb #5fe625ae
@@ -110,10 +110,14 @@ def speed_switches(speed: StyleSpeed, pipe):
         if speed.gradient_checkpointing: unet.disable_gradient_checkpointing()
         if speed.attention_slicing: unet.set_attn_processor(processors)
 
-def can_graph(cfg: StyleConfig, speed: StyleSpeed, pipe) -> bool:
-    "Whether an update can be a CUDA graph: on CUDA, one pass, no float16 loss scaling, nothing that recompiles."
-    return (speed.cuda_graph and speed.fuse_accumulation and pipe.unet.device.type == "cuda" and cfg.dtype != "float16"
+def graphable(cfg: StyleConfig, speed: StyleSpeed) -> bool:
+    "Whether these settings let an update be a CUDA graph: one pass, no float16 loss scaling, nothing that recompiles."
+    return (speed.cuda_graph and speed.fuse_accumulation and cfg.dtype != "float16"
             and not (speed.compile_unet or speed.gradient_checkpointing or speed.attention_slicing))
+
+def can_graph(cfg: StyleConfig, speed: StyleSpeed, pipe) -> bool:
+    "Whether an update of `pipe` will be a CUDA graph: `graphable` settings and a UNet on CUDA."
+    return pipe.unet.device.type == "cuda" and graphable(cfg, speed)
 
 def train_embedding_fast(cfg: StyleConfig, speed: StyleSpeed, pipe, images: list[Image.Image], style_dir: str | Path, *,
                          init_word: str = "style", progress: bool = True) -> dict[str, torch.Tensor]:
