@@ -42,6 +42,15 @@ def _fix(path: Path | None) -> str:
     command = _remake(path)
     return f"train it again with {command} (or replace the file)" if command else "use another file"
 
+def _existing(path: Path) -> tuple[str, str]:
+    "`(source, fix)` for messages about the embedding file `path`; a missing file is refused, saying how to make it."
+    source = f"style embedding {str(path)!r}"
+    if not path.is_file():
+        command = _remake(path)
+        make = f"make it with {command}" if command else "train one with the style stage"
+        raise FileNotFoundError(f"{source} does not exist; {make}")
+    return source, _fix(path)
+
 def _check_rows(source: str, token, clip_l, clip_g, limit: int = MAX_STYLE_VECTORS, fix: str = "use another file"):
     "Refuse a token or rows no pipeline should use; `source` names the file (or call) in the one-line message."
     if not isinstance(token, str) or not token or len(token) > 100 or any(c.isspace() for c in token):
@@ -127,11 +136,7 @@ def read_style_embedding(path: str | Path,  # a file written by `save_style_embe
                         ) -> tuple[str, torch.Tensor, torch.Tensor]:
     "Read and check `(token, clip_l, clip_g)` from a style embedding file; every problem is one line naming the file."
     path = Path(path)
-    source, fix = f"style embedding {str(path)!r}", _fix(path)
-    if not path.is_file():
-        command = _remake(path)
-        make = f"make it with {command}" if command else "train one with the style stage"
-        raise FileNotFoundError(f"{source} does not exist; {make}")
+    source, fix = _existing(path)
     try:
         with safe_open(str(path), framework="pt") as file:
             tensors, metadata = {key: file.get_tensor(key) for key in file.keys()}, file.metadata() or {}
@@ -170,11 +175,7 @@ def _check_pipeline(source: str, path: Path, pipe, token: str, clip_l: torch.Ten
 def style_digest(path: str | Path) -> tuple[str, str]:
     "The token of a style embedding file and `token@digest` of its rows (clip_g, then clip_l), read without torch."
     path = Path(path)
-    source, fix = f"style embedding {str(path)!r}", _fix(path)
-    if not path.is_file():
-        command = _remake(path)
-        make = f"make it with {command}" if command else "train one with the style stage"
-        raise FileNotFoundError(f"{source} does not exist; {make}")
+    source, fix = _existing(path)
     try:
         with safe_open(str(path), framework="numpy") as file:
             metadata = file.metadata() or {}

@@ -2,52 +2,18 @@
 import errno
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
-
-import pytest
 
 from dreamframe.cli import main
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
-DREAMFRAME = [sys.executable, "-m", "dreamframe.cli"]
-
-
-def dreamframe(*args, timeout=600):
-    return subprocess.run([*DREAMFRAME, *map(str, args)], capture_output=True, text=True, env=ENV, timeout=timeout)
-
-
-
-def one_line_failure(done, *words):
-    "The command failed with one line on stderr, no traceback, naming `words`."
-    lines = done.stderr.strip().splitlines()
-    assert done.returncode >= 1, done.stdout
-    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
-    for word in words: assert word in lines[0], (word, lines[0])
-    return lines[0]
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("demo") / "run"
-    assert main(["demo", str(run_dir), "--quiet", "--substories", "2", "--shots", "1", "--frames", "2"]) == 0
-    return run_dir
-
-
-@pytest.fixture
-def run_copy(demo_run, tmp_path) -> Path:
-    shutil.copytree(demo_run, tmp_path / "run")
-    return tmp_path / "run"
+from cli_support import DREAMFRAME, ENV, SMALL, demo_run, one_line_failure, run_copy  # noqa: F401 (fixtures)
 
 
 def test_ctrl_c_says_how_to_resume(tmp_path):
     run_dir = tmp_path / "run"
-    small = ["--substories", "2", "--shots", "1", "--frames", "2", "--quiet"]
-    process = subprocess.Popen([*DREAMFRAME, "demo", str(run_dir), *small], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen([*DREAMFRAME, "demo", str(run_dir), *SMALL], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for _ in range(600):
         if (run_dir / "movie.json").exists(): break
         time.sleep(0.02)

@@ -40,11 +40,6 @@ def one_thread_here():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return tiny_sdxl(tmp_path_factory.mktemp("tiny") / "sdxl")
-
-
-@pytest.fixture(scope="module")
 def checkpoints(tiny, tmp_path_factory):
     "A random LoRA (diffusers' format) and a random UNet (one state-dict file) for the tiny UNet."
     folder = tmp_path_factory.mktemp("checkpoints")

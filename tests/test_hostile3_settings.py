@@ -35,9 +35,7 @@ Repository hygiene (point 13)
 """
 import json
 import math
-import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -52,32 +50,9 @@ from dreamframe.config import ConfigError, save_run_config
 from dreamframe.run_folder import append_manifest_line, write_manifest
 from dreamframe.schema import atomic_write_json
 
+from cli_support import DREAMFRAME, ENV, SMALL, demo_run, one_line_failure as one_line, run_copy  # noqa: F401 (fixtures)
+
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
-DREAMFRAME = [sys.executable, "-m", "dreamframe.cli"]
-SMALL = ["--substories", "2", "--shots", "1", "--frames", "2", "--quiet"]
-
-
-def one_line(done, *words) -> str:
-    "The command failed with one line on stderr naming `words`."
-    lines = done.stderr.strip().splitlines()
-    assert done.returncode >= 1, done.stdout
-    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
-    for word in words: assert word in lines[0], (word, lines[0])
-    return lines[0]
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("demo") / "run"
-    assert main(["demo", str(run_dir), *SMALL]) == 0
-    return run_dir
-
-
-@pytest.fixture
-def run_copy(demo_run, tmp_path) -> Path:
-    shutil.copytree(demo_run, tmp_path / "run")
-    return tmp_path / "run"
 
 
 def records(run_dir: Path) -> dict[str, bytes]:

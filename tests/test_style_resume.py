@@ -46,12 +46,6 @@ def _child(*args):
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from dreamframe.testing import tiny_sdxl
-    return tiny_sdxl(tmp_path_factory.mktemp("tiny") / "sdxl")
-
-
-@pytest.fixture(scope="module")
 def whole(tiny, tmp_path_factory):
     "An uninterrupted run of the engine (checkpoints at 3, 6, 8)."
     run = tmp_path_factory.mktemp("whole") / "run"
