@@ -34,33 +34,52 @@ __all__ = ['DEFAULT_SHEET_TEMPLATE', 'DEFAULT_SHEET_NEGATIVE', 'SHEETS_DIR', 'SH
 torch = lazy_module("torch")   # imported on first use: `dreamframe --help` and `status` need no torch
 
 # %% ../nbs/05b_characters.ipynb #6dab3993
-DEFAULT_SHEET_TEMPLATE = "a character portrait in {style} style: {look}, full body, facing the viewer, plain light background"
-DEFAULT_SHEET_NEGATIVE = "blurry, low quality, watermark, text, cropped, deformed, bad anatomy, extra limbs, several people, crowd"
+DEFAULT_SHEET_TEMPLATE = ("a character portrait in {style} style: {look}, full body, facing the viewer, "
+                          "plain light background")
+DEFAULT_SHEET_NEGATIVE = ("blurry, low quality, watermark, text, cropped, deformed, bad anatomy, "
+                          "extra limbs, several people, crowd")
 
 @settings
 class CharacterConfig:
-    "Settings of the character sheets and of identity conditioning (section `characters`, flags `--characters-<field>`)."
-    template: str = DEFAULT_SHEET_TEMPLATE  # a sheet's prompt: {look} = the character's look-alike text, {style} = the style token (or keyword), {name} its name
+    """Settings of the character sheets and of identity conditioning (section `characters`, flags
+    `--characters-<field>`)."""
+    # a sheet's prompt: {look} = the character's look-alike text, {style} = the style token (or keyword),
+    # {name} its name
+    template: str = DEFAULT_SHEET_TEMPLATE
     negative_prompt: str = DEFAULT_SHEET_NEGATIVE  # negative prompt of every sheet
-    candidates: int = Field(4, ge=1)  # seeded pictures drawn per character; the scorer's best is kept (the first without a scorer)
+    # seeded pictures drawn per character; the scorer's best is kept (the first without a scorer)
+    candidates: int = Field(4, ge=1)
     steps: int = Field(30, ge=1)  # denoising steps of each candidate
     guidance: float = Field(5.0, ge=0)  # classifier-free guidance scale of the sheets
     resolution: int = Field(1024, ge=64, multiple_of=32)  # width = height of a sheet in pixels
-    seed: int = 0  # mixed with the movie id, the character id and the candidate number into each seed; also seeds the anchors' noise
-    ip_adapter: str = Field("h94/IP-Adapter", min_length=1)  # identity="ip-adapter": hub id or local folder of the IP-Adapter weights
-    ip_adapter_subfolder: str = "sdxl_models"  # folder of the weight file inside `ip_adapter` ("" for its top)
-    ip_adapter_weight: str = Field("ip-adapter-plus_sdxl_vit-h.safetensors", min_length=1)  # the weight file (.safetensors or .bin)
-    image_encoder: str = Field("models/image_encoder", min_length=1)  # the CLIP image encoder: a name is a folder in `ip_adapter_subfolder`, a path with "/" is from the top of `ip_adapter`
-    scale: float = Field(0.6, ge=0)  # identity="ip-adapter": weight of the sheets' image tokens (faces start to blend above ~0.6)
-    style_only: bool = False  # identity="ip-adapter": only the style layer listens to the sheets (InstantStyle's block scales): their look, not who they are
-    shared_strength: float = Field(1.0, ge=0)  # identity="shared-attention": weight of a character's anchor tokens beside a frame's own (0 = off, 1 = equal)
-    shared_layers: Literal["lowest", "all"] = "lowest"  # identity="shared-attention": self-attention layers that share (lowest: the UNet's lowest-resolution level, SDXL's 32×32 at 1024²)
+    # mixed with the movie id, the character id and the candidate number into each seed; also seeds the anchors' noise
+    seed: int = 0
+    # identity="ip-adapter": hub id or local folder of the IP-Adapter weights
+    ip_adapter: str = Field("h94/IP-Adapter", min_length=1)
+    # folder of the weight file inside `ip_adapter` ("" for its top)
+    ip_adapter_subfolder: str = "sdxl_models"
+    # the weight file (.safetensors or .bin)
+    ip_adapter_weight: str = Field("ip-adapter-plus_sdxl_vit-h.safetensors", min_length=1)
+    # the CLIP image encoder: a name is a folder in `ip_adapter_subfolder`, a path with "/" is from the top
+    # of `ip_adapter`
+    image_encoder: str = Field("models/image_encoder", min_length=1)
+    # identity="ip-adapter": weight of the sheets' image tokens (faces start to blend above ~0.6)
+    scale: float = Field(0.6, ge=0)
+    # identity="ip-adapter": only the style layer listens to the sheets (InstantStyle's block scales):
+    # their look, not who they are
+    style_only: bool = False
+    # identity="shared-attention": weight of a character's anchor tokens beside a frame's own (0 = off, 1 = equal)
+    shared_strength: float = Field(1.0, ge=0)
+    # identity="shared-attention": self-attention layers that share (lowest: the UNet's lowest-resolution
+    # level, SDXL's 32×32 at 1024²)
+    shared_layers: Literal["lowest", "all"] = "lowest"
 
     @model_validator(mode="after")
     def _template_fields(self):
         fields = {name for _, name, _, _ in string.Formatter().parse(self.template) if name is not None}
         if "look" not in fields or not fields <= {"look", "style", "name"}:
-            raise ValueError(f"template needs {{look}} and may use {{style}} and {{name}}, nothing else, e.g. {DEFAULT_SHEET_TEMPLATE!r}")
+            raise ValueError(f"template needs {{look}} and may use {{style}} and {{name}}, nothing else, "
+                             f"e.g. {DEFAULT_SHEET_TEMPLATE!r}")
         return self
 
 # %% ../nbs/05b_characters.ipynb #38daad36
@@ -68,15 +87,22 @@ SHEETS_DIR = "characters"
 SHEETS_FILE = "characters/characters.json"
 
 def frame_characters(movie: Movie, frame) -> list[str]:
-    "Ids of the characters `frame` (a Frame or its id) shows: its list and whole-word mentions in its prompt, in cast order."
+    """Ids of the characters `frame` (a Frame or its id) shows: its list and whole-word mentions in its
+    prompt, in cast order."""
     frame = movie.frame(frame) if isinstance(frame, str) else frame
     ids = character_ids(movie)
-    return [ids[c.name] for c in movie.characters if c.name in frame.characters or name_pattern(c.name).search(frame.prompt)]
+    shown = []
+    for c in movie.characters:
+        if c.name in frame.characters or name_pattern(c.name).search(frame.prompt):
+            shown.append(ids[c.name])
+    return shown
 
 def sheet_path(run_dir, character_id: str) -> Path:
     "Where the sheet of `character_id` (from `schema.character_ids`) lives: `RUN/characters/<character_id>.png`."
-    if slugify(character_id) != character_id:   # ids are slugs: no separators, dots or anything a file system refuses
-        raise ValueError(f"character_id={character_id!r} is not a character id; take it from character_ids(movie)")
+    # ids are slugs: no separators, dots or anything a file system refuses
+    if slugify(character_id) != character_id:
+        raise ValueError(f"character_id={character_id!r} is not a character id; "
+                         "take it from character_ids(movie)")
     return Path(run_dir) / SHEETS_DIR / f"{character_id}.png"
 
 def open_sheet(path):
@@ -85,12 +111,14 @@ def open_sheet(path):
 
 # %% ../nbs/05b_characters.ipynb #7de11b95
 def style_word(movie: Movie, run_dir) -> tuple[str, str]:
-    "The style word of prompts and the style a sheet records: the learned token (with its rows' digest), or the keyword (`embedding.run_style`)."
+    """The style word of prompts and the style a sheet records: the learned token (with its rows' digest), or
+    the keyword (`embedding.run_style`)."""
     return run_style(run_dir, movie.style_keyword)
 
 def load_style_word(pipe, movie: Movie, run_dir) -> str:
     "Load the run's style embedding into `pipe` once per file version (as the keyframes do); return the style word."
-    word = style_word(movie, run_dir)[0]   # a run whose settings have a style stage but no usable embedding stops here
+    # a run whose settings have a style stage but no usable embedding stops here
+    word = style_word(movie, run_dir)[0]
     path = Path(run_dir) / STYLE_FILE
     loaded = (str(path), file_digest(path))
     if path.exists() and getattr(pipe, "_dreamframe_style", None) != loaded:
@@ -104,16 +132,21 @@ def sheet_prompt(cfg: CharacterConfig, character, word: str) -> str:
 
 def sheet_seed(movie_id: str, character_id: str, candidate: int, seed: int = 0) -> int:
     "Stable 63-bit seed of one candidate sheet."
-    digest = hashlib.sha256(f"{movie_id}\x00character\x00{character_id}\x00{candidate}\x00{seed}".encode()).digest()
+    key = f"{movie_id}\x00character\x00{character_id}\x00{candidate}\x00{seed}"
+    digest = hashlib.sha256(key.encode()).digest()
     return int.from_bytes(digest[:8], "big") & (2**63 - 1)
 
-def sheet_settings(cfg: CharacterConfig, movie: Movie, run_dir, model_name: str, scorer: str | None = None) -> dict[str, dict]:
+def sheet_settings(cfg: CharacterConfig, movie: Movie, run_dir, model_name: str,
+                   scorer: str | None = None) -> dict[str, dict]:
     "What each character's sheet is drawn with, as `characters.json` records it, by character id."
     word, style = style_word(movie, run_dir)
     shared = dict(negative_prompt=cfg.negative_prompt, steps=cfg.steps, guidance=cfg.guidance,
                   size=[cfg.resolution, cfg.resolution], model=model_name, style=style, scorer=scorer)
-    return {i: dict(prompt=sheet_prompt(cfg, c, word), seeds=[sheet_seed(movie.id, i, n, cfg.seed) for n in range(cfg.candidates)], **shared)
-            for c, i in zip(movie.characters, character_ids(movie).values())}
+    by_id = {}
+    for character, character_id in zip(movie.characters, character_ids(movie).values()):
+        seeds = [sheet_seed(movie.id, character_id, n, cfg.seed) for n in range(cfg.candidates)]
+        by_id[character_id] = dict(prompt=sheet_prompt(cfg, character, word), seeds=seeds, **shared)
+    return by_id
 
 # %% ../nbs/05b_characters.ipynb #f1634ede
 def read_sheets(run_dir) -> dict[str, dict]:
@@ -121,21 +154,25 @@ def read_sheets(run_dir) -> dict[str, dict]:
     path = Path(run_dir) / SHEETS_FILE
     data = read_json(path) if path.exists() else {"characters": {}}
     if not isinstance(data, dict) or not isinstance(data.get("characters"), dict):
-        raise FormatError(f"{path}: expected {{\"characters\": {{character_id: record}}}}; move it away to draw the sheets again")
+        raise FormatError(f"{path}: expected {{\"characters\": {{character_id: record}}}}; "
+                          "move it away to draw the sheets again")
     return data["characters"]
 
 RECORDED_ONLY = ("scorer",)   # which CLIP picked a sheet: kept in its record, never a reason to draw it again
 
 def sheet_states(run_dir, wanted: dict[str, dict]) -> dict[str, str | dict]:
     "Each wanted sheet's state: 'left', 'done', 'user', or the changed settings of a stale one."
-    records, states = read_sheets(run_dir), {}
+    records = read_sheets(run_dir)
+    states = {}
     for character_id, now in wanted.items():
         path = sheet_path(run_dir, character_id)
-        record, digest = records.get(character_id), file_digest(path)
+        record = records.get(character_id)
+        digest = file_digest(path)
         if digest is None or (record and digest == record.get("replaces") and digest != record.get("digest")):
             states[character_id] = "left"
         elif record is None or record.get("source") == "user" or digest != record.get("digest"):
-            open_image(path, "character sheet", decode=False)   # the user's own file: a bomb or no picture is refused by name
+            # the user's own file: a bomb or no picture is refused by name
+            open_image(path, "character sheet", decode=False)
             states[character_id] = "user"
         else:
             recorded = {key: record.get(key) for key in now if key not in RECORDED_ONLY}
@@ -143,13 +180,15 @@ def sheet_states(run_dir, wanted: dict[str, dict]) -> dict[str, str | dict]:
             states[character_id] = changed_settings(recorded, wanted_now) or "done"
     return states
 
-def plan_sheets(cfg: CharacterConfig, movie: Movie, run_dir, *, model_name: str, scorer: str | None = None) -> StagePlan:
+def plan_sheets(cfg: CharacterConfig, movie: Movie, run_dir, *, model_name: str,
+                scorer: str | None = None) -> StagePlan:
     "Done, stale and left among the movie's sheets, from the files alone (no model is loaded)."
     states = sheet_states(run_dir, sheet_settings(cfg, movie, run_dir, model_name, scorer))
     stale = {i: s for i, s in states.items() if isinstance(s, dict)}
     users = [i for i, s in states.items() if s == "user"]
-    return StagePlan("characters", "sheets", total=len(states), done=sum(s in ("done", "user") for s in states.values()), stale=stale,
-                     note=f"the user's own picture for {', '.join(users)}" if users else "")
+    done = sum(s in ("done", "user") for s in states.values())
+    note = f"the user's own picture for {', '.join(users)}" if users else ""
+    return StagePlan("characters", "sheets", total=len(states), done=done, stale=stale, note=note)
 
 # %% ../nbs/05b_characters.ipynb #ee28a78b
 def draw_candidates(cfg: CharacterConfig, pipe, prompt: str, seeds: list[int]) -> list:
@@ -158,15 +197,18 @@ def draw_candidates(cfg: CharacterConfig, pipe, prompt: str, seeds: list[int]) -
     pictures = []
     for seed in seeds:
         generator = torch.Generator("cpu").manual_seed(seed)
-        noise = torch.randn((1, pipe.unet.config.in_channels, side, side), generator=generator, dtype=torch.float32)
-        pictures += pipe(prompt=prompt, negative_prompt=cfg.negative_prompt, latents=noise.to(pipe._execution_device, pipe.unet.dtype),
+        shape = (1, pipe.unet.config.in_channels, side, side)
+        noise = torch.randn(shape, generator=generator, dtype=torch.float32)
+        latents = noise.to(pipe._execution_device, pipe.unet.dtype)
+        pictures += pipe(prompt=prompt, negative_prompt=cfg.negative_prompt, latents=latents,
                          generator=generator, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance,
                          height=cfg.resolution, width=cfg.resolution).images
     return pictures
 
 def png_bytes(picture) -> bytes:
     "The PNG file of a picture, as bytes."
-    buffer = io.BytesIO(); picture.save(buffer, format="PNG")
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
     return buffer.getvalue()
 
 def _save_records(run_dir: Path, records: dict) -> None:
@@ -174,9 +216,12 @@ def _save_records(run_dir: Path, records: dict) -> None:
 
 # %% ../nbs/05b_characters.ipynb #6935bd0d
 def make_sheets(cfg: CharacterConfig, pipe, movie: Movie, run_dir, *,
-                model_name: str | None = None,  # recorded with every sheet; None: the model `load_sdxl` noted on `pipe`
-                scorer: Callable[[list, str], list[float]] | None = None,  # (pictures, text) -> scores; None keeps the first candidate
-                redo: bool = False,  # also draw again the sheets made with other settings (never the user's own pictures)
+                # recorded with every sheet; None: the model `load_sdxl` noted on `pipe`
+                model_name: str | None = None,
+                # (pictures, text) -> scores; None keeps the first candidate
+                scorer: Callable[[list, str], list[float]] | None = None,
+                # also draw again the sheets made with other settings (never the user's own pictures)
+                redo: bool = False,
                 progress: bool = True,  # show a progress bar
                ) -> dict:
     "Draw the sheet of every character that has none into `RUN/characters/`; return `characters.json`'s content."
@@ -187,21 +232,27 @@ def make_sheets(cfg: CharacterConfig, pipe, movie: Movie, run_dir, *,
     clean_partial_files(run_dir / SHEETS_DIR)
     save_stage_config(run_dir, "characters", cfg)
     pipe.set_progress_bar_config(disable=True)
-    if (release := getattr(pipe, "_dreamframe_release", None)) is not None: release(pipe)   # sheets are drawn without identity
+    release = getattr(pipe, "_dreamframe_release", None)
+    if release is not None: release(pipe)   # sheets are drawn without identity
     load_style_word(pipe, movie, run_dir)
     scorer_name = getattr(scorer, "name", None) if scorer else None
     wanted = sheet_settings(cfg, movie, run_dir, model_name, scorer_name)
-    states, records = sheet_states(run_dir, wanted), read_sheets(run_dir)
+    states = sheet_states(run_dir, wanted)
+    records = read_sheets(run_dir)
     stale = {i: s for i, s in states.items() if isinstance(s, dict)}
     if stale and not redo:
-        warnings.warn(f"kept {len(stale)} sheet(s) made with other settings ({describe_changes(next(iter(stale.values())))}); "
+        change = describe_changes(next(iter(stale.values())))
+        warnings.warn(f"kept {len(stale)} sheet(s) made with other settings ({change}); "
                       "pass redo=True to draw them again", stacklevel=2)
     names = {i: name for name, i in character_ids(movie).items()}
     for character_id, now in tqdm(wanted.items(), desc="sheets", unit="character", disable=not progress):
-        state, path = states[character_id], sheet_path(run_dir, character_id)
+        state = states[character_id]
+        path = sheet_path(run_dir, character_id)
         if state == "user" and records.get(character_id, {}).get("digest") != file_digest(path):
-            open_sheet(path)   # the user's own picture: a file that is no picture (or a decompression bomb) is refused by name
-            records[character_id] = dict(name=names[character_id], path=path.relative_to(run_dir).as_posix(), source="user", digest=file_digest(path))
+            # the user's own picture: a file that is no picture (or a decompression bomb) is refused by name
+            open_sheet(path)
+            records[character_id] = dict(name=names[character_id], path=path.relative_to(run_dir).as_posix(),
+                                         source="user", digest=file_digest(path))
             _save_records(run_dir, records)
         if state in ("done", "user") or (isinstance(state, dict) and not redo): continue
         pictures = draw_candidates(cfg, pipe, now["prompt"], now["seeds"])
@@ -209,9 +260,12 @@ def make_sheets(cfg: CharacterConfig, pipe, movie: Movie, run_dir, *,
         scores = [round(float(s), 6) for s in scorer(pictures, look)] if scorer else None
         chosen = max(range(len(pictures)), key=lambda n: scores[n]) if scores else 0
         data = png_bytes(pictures[chosen])
-        records[character_id] = dict(name=names[character_id], path=path.relative_to(run_dir).as_posix(), source="generated", **now,
-                                     scores=scores, chosen=chosen, seed=now["seeds"][chosen], digest=hashlib.sha256(data).hexdigest()[:16], replaces=file_digest(path))
-        _save_records(run_dir, records)   # the record first: a kill before the PNG lands leaves a sheet to draw again
+        records[character_id] = dict(name=names[character_id], path=path.relative_to(run_dir).as_posix(),
+                                     source="generated", **now, scores=scores, chosen=chosen,
+                                     seed=now["seeds"][chosen], digest=hashlib.sha256(data).hexdigest()[:16],
+                                     replaces=file_digest(path))
+        # the record first: a kill before the PNG lands leaves a sheet to draw again
+        _save_records(run_dir, records)
         atomic_write_bytes(path, data)
     if redo or not stale: finish_stage(run_dir, "characters", cfg)
     return {"characters": {i: records[i] for i in wanted if i in records}}

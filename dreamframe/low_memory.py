@@ -10,7 +10,9 @@ from __future__ import annotations
 from .lazy import lazy_module
 
 GIB = 2**30
-WORKING_GIB = 4.5  # one 1024² frame at batch 1: 3.8 GiB reserved beyond the weights (measured, H200) + room for a real card's CUDA context
+# one 1024² frame at batch 1: 3.8 GiB reserved beyond the weights (measured, H200)
+# + room for a real card's CUDA context
+WORKING_GIB = 4.5
 TIERS = ("resident", "encoders offloaded", "model offload")
 
 # %% auto #0
@@ -23,10 +25,16 @@ torch = lazy_module("torch")   # imported on first use (`dreamframe --help` does
 # %% ../nbs/03a_low_memory.ipynb #9e278360
 def weights_bytes(*modules) -> int:
     "Bytes of the parameters and buffers of `modules` (None skipped)."
-    return sum(t.numel() * t.element_size() for m in modules if m is not None for t in [*m.parameters(), *m.buffers()])
+    total = 0
+    for module in modules:
+        if module is None: continue
+        for tensor in [*module.parameters(), *module.buffers()]:
+            total += tensor.numel() * tensor.element_size()
+    return total
 
 def memory_budget(device: torch.device, gpu_memory: float | None = None) -> int:
-    "Bytes this process may use on `device`: `gpu_memory` GiB when given, else the card's free memory plus what it holds."
+    """Bytes this process may use on `device`: `gpu_memory` GiB when given, else the card's free memory
+    plus what it holds."""
     if gpu_memory is not None: return int(gpu_memory * GIB)
     free, _total = torch.cuda.mem_get_info(device)
     return free + torch.cuda.memory_allocated(device)
@@ -37,21 +45,25 @@ def choose_tier(resident: int, encoders: int, budget: int, working: int = int(WO
     if resident + working <= budget: return "encoders offloaded"
     return "model offload"
 
-def refiner_tier(unet: int, free: int, base_encoders: int, base_tier: str, working: int = int(WORKING_GIB * GIB)) -> tuple[str, bool]:
-    "The refiner UNet's tier in what the base left `free`, and whether the base's encoders must leave the card to make room."
+def refiner_tier(unet: int, free: int, base_encoders: int, base_tier: str,
+                 working: int = int(WORKING_GIB * GIB)) -> tuple[str, bool]:
+    """The refiner UNet's tier in what the base left `free`, and whether the base's encoders must leave the card
+    to make room."""
     if unet + working <= free: return "resident", False
     if base_tier == "resident" and unet + working <= free + base_encoders: return "resident", True
     return "model offload", False   # the two UNets take turns on the card
 
 # %% ../nbs/03a_low_memory.ipynb #93039b2c
 def _encoders(pipe) -> list:
-    return [m for m in (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)) if m is not None]
+    encoders = [getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)]
+    return [encoder for encoder in encoders if encoder is not None]
 
 def offload_encoders(pipe, device: torch.device) -> None:
     "Keep the text encoders on the CPU except while they encode; the UNet's first call sends them back."
     from accelerate import cpu_offload_with_hook
     hook = None
-    for encoder in _encoders(pipe): _, hook = cpu_offload_with_hook(encoder, device, prev_module_hook=hook)
+    for encoder in _encoders(pipe):
+        _, hook = cpu_offload_with_hook(encoder, device, prev_module_hook=hook)
     if hook is not None: pipe.unet.register_forward_pre_hook(lambda module, args: hook.offload())
     pipe._encoders_hook = hook   # a refiner sharing the second encoder sends it back the same way
 
@@ -69,25 +81,37 @@ def _free_bytes(device: torch.device, gpu_memory: float | None, mine: list) -> i
     return memory_budget(device, gpu_memory) - (torch.cuda.memory_allocated(device) - weights_bytes(*here))
 
 def place_low_memory(pipe, device: torch.device, gpu_memory: float | None = None, base=None) -> str:
-    "Place `pipe` (a refiner: with `base=`) on `device` in the first tier that fits; returns it (also `pipe.memory_tier`)."
-    if device.type != "cuda": tier = "resident"
-    elif base is None: tier = choose_tier(weights_bytes(pipe.unet, pipe.vae), weights_bytes(*_encoders(pipe)), _free_bytes(device, gpu_memory, [pipe.unet, pipe.vae, *_encoders(pipe)]))
+    """Place `pipe` (a refiner: with `base=`) on `device` in the first tier that fits; returns it (also
+    `pipe.memory_tier`)."""
+    if device.type != "cuda":
+        tier = "resident"
+    elif base is None:
+        free = _free_bytes(device, gpu_memory, [pipe.unet, pipe.vae, *_encoders(pipe)])
+        tier = choose_tier(weights_bytes(pipe.unet, pipe.vae), weights_bytes(*_encoders(pipe)), free)
     else:
-        tier, make_room = refiner_tier(weights_bytes(pipe.unet), _free_bytes(device, gpu_memory, [pipe.unet]), weights_bytes(*_encoders(base)),
+        free = _free_bytes(device, gpu_memory, [pipe.unet])
+        tier, make_room = refiner_tier(weights_bytes(pipe.unet), free, weights_bytes(*_encoders(base)),
                                        getattr(base, "memory_tier", "resident"))
         if make_room:
-            for encoder in _encoders(base): encoder.to("cpu")
-            offload_encoders(base, device); base.memory_tier = "encoders offloaded"
-    if device.type == "cuda": pipe.vae.enable_tiling(); pipe.vae.enable_slicing()   # no pixel changes at batch 1 up to 1024²
+            for encoder in _encoders(base):
+                encoder.to("cpu")
+            offload_encoders(base, device)
+            base.memory_tier = "encoders offloaded"
+    if device.type == "cuda":   # no pixel changes at batch 1 up to 1024²
+        pipe.vae.enable_tiling()
+        pipe.vae.enable_slicing()
     if base is not None:
         if tier == "resident": pipe.unet.to(device)
         else: _take_turns(base.unet, pipe.unet, device)
-        if (hook := getattr(base, "_encoders_hook", None)) is not None:   # the shared encoder leaves before the refiner denoises
-            pipe.unet.register_forward_pre_hook(lambda module, args, hook=hook: hook.offload())   # (the hook, not the base pipeline)
+        hook = getattr(base, "_encoders_hook", None)
+        if hook is not None:   # the shared encoder leaves before the refiner denoises
+            # (bound as a default: the UNet's hook holds the encoders' hook, not the base pipeline)
+            pipe.unet.register_forward_pre_hook(lambda module, args, hook=hook: hook.offload())
     elif tier == "model offload":
         pipe.enable_model_cpu_offload(device=device)
     else:
-        for module in [pipe.unet, pipe.vae] + (_encoders(pipe) if tier == "resident" else []): module.to(device)
+        for module in [pipe.unet, pipe.vae] + (_encoders(pipe) if tier == "resident" else []):
+            module.to(device)
         if tier == "encoders offloaded": offload_encoders(pipe, device)
     pipe.memory_tier = tier
     return tier

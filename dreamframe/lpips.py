@@ -18,7 +18,8 @@ class TapFeatures(torch.nn.Module):
     "A `features` Sequential (torchvision's layer numbering, so its state dicts load) returning the outputs at `taps`."
     def __init__(self, layers: list[torch.nn.Module], taps: list[int]):
         super().__init__()
-        self.features, self.taps = torch.nn.Sequential(*layers), set(taps)
+        self.features = torch.nn.Sequential(*layers)
+        self.taps = set(taps)
     def forward(self, x):
         out = []
         for i, layer in enumerate(self.features):
@@ -28,25 +29,34 @@ class TapFeatures(torch.nn.Module):
 
 def alexnet_features() -> TapFeatures:
     "AlexNet's conv tower, tapped after relu1…relu5 as LPIPS does."
-    relu, pool = lambda: torch.nn.ReLU(inplace=False), lambda: torch.nn.MaxPool2d(3, 2)
+    relu = lambda: torch.nn.ReLU(inplace=False)
+    pool = lambda: torch.nn.MaxPool2d(3, 2)
     conv = torch.nn.Conv2d
-    layers = [conv(3, 64, 11, 4, 2), relu(), pool(), conv(64, 192, 5, padding=2), relu(), pool(),
-              conv(192, 384, 3, padding=1), relu(), conv(384, 256, 3, padding=1), relu(), conv(256, 256, 3, padding=1), relu(), pool()]
+    layers = [conv(3, 64, 11, 4, 2), relu(), pool(),
+              conv(64, 192, 5, padding=2), relu(), pool(),
+              conv(192, 384, 3, padding=1), relu(),
+              conv(384, 256, 3, padding=1), relu(),
+              conv(256, 256, 3, padding=1), relu(), pool()]
     return TapFeatures(layers, [1, 4, 7, 9, 11])
 
 def vgg16_features() -> TapFeatures:
     "VGG16's conv tower, tapped after relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 as LPIPS does."
     layers, channels = [], 3
     for block in [[64, 64], [128, 128], [256] * 3, [512] * 3, [512] * 3]:
-        for width in block: layers += [torch.nn.Conv2d(channels, width, 3, padding=1), torch.nn.ReLU()]; channels = width
+        for width in block:
+            layers += [torch.nn.Conv2d(channels, width, 3, padding=1), torch.nn.ReLU()]
+            channels = width
         layers.append(torch.nn.MaxPool2d(2, 2))
     return TapFeatures(layers, [3, 8, 15, 22, 29])
 
 def tiny_features(seed: int = 0) -> TapFeatures:
     "A 3-layer random conv net (8, 16, 32 channels) for tests."
     torch.manual_seed(seed)
-    c = torch.nn.Conv2d
-    return TapFeatures([c(3, 8, 3, padding=1), torch.nn.ReLU(), c(8, 16, 3, 2, 1), torch.nn.ReLU(), c(16, 32, 3, 2, 1), torch.nn.ReLU()], [1, 3, 5])
+    conv = torch.nn.Conv2d
+    layers = [conv(3, 8, 3, padding=1), torch.nn.ReLU(),
+              conv(8, 16, 3, 2, 1), torch.nn.ReLU(),
+              conv(16, 32, 3, 2, 1), torch.nn.ReLU()]
+    return TapFeatures(layers, [1, 3, 5])
 
 class HubFeatures(torch.nn.Module):
     "The 4-D hidden states (N,C,H,W) of a transformers conv net (ResNet, ConvNeXt, …) loaded by hub id or folder."
@@ -55,72 +65,94 @@ class HubFeatures(torch.nn.Module):
         from transformers import AutoModel
         self.model = AutoModel.from_pretrained(name_or_path)
     def forward(self, x):
-        states = [h for h in self.model(pixel_values=x, output_hidden_states=True).hidden_states if h.ndim == 4]
-        if not states: raise ValueError(f"{self.model.config.name_or_path}: no (N,C,H,W) hidden states; LPIPS needs a convolutional backbone such as microsoft/resnet-18")
+        hidden = self.model(pixel_values=x, output_hidden_states=True).hidden_states
+        states = [h for h in hidden if h.ndim == 4]
+        if not states:
+            raise ValueError(f"{self.model.config.name_or_path}: no (N,C,H,W) hidden states; LPIPS needs a "
+                             "convolutional backbone such as microsoft/resnet-18")
         return states
 
 # %% ../nbs/09a_lpips.ipynb #86dda382
-_LPIPS_SHIFT, _LPIPS_SCALE = (-0.030, -0.088, -0.188), (0.458, 0.448, 0.450)
+_LPIPS_SHIFT = (-0.030, -0.088, -0.188)
+_LPIPS_SCALE = (0.458, 0.448, 0.450)
 
 class LPIPS(torch.nn.Module):
-    "LPIPS distance between image batches in [-1, 1]: unit-normalised features, squared differences, channel weights, spatial mean, sum over layers."
-    def __init__(self, features: torch.nn.Module, lin_weights: list[torch.Tensor] | None = None, name: str = ""):
+    """LPIPS distance between image batches in [-1, 1]: unit-normalised features, squared differences, channel
+    weights, spatial mean, sum over layers."""
+    def __init__(self, features: torch.nn.Module, lin_weights: list[torch.Tensor] | None = None,
+                 name: str = ""):
         super().__init__()
-        self.features, self.name = features.eval(), name
-        self.lin = torch.nn.ParameterList([torch.nn.Parameter(w.reshape(-1).float(), requires_grad=False) for w in lin_weights or []])
+        self.features = features.eval()
+        self.name = name
+        weights = [torch.nn.Parameter(w.reshape(-1).float(), requires_grad=False) for w in lin_weights or []]
+        self.lin = torch.nn.ParameterList(weights)
         self.register_buffer("shift", torch.tensor(_LPIPS_SHIFT)[None, :, None, None])
         self.register_buffer("scale", torch.tensor(_LPIPS_SCALE)[None, :, None, None])
     @property
-    def calibrated(self) -> bool: return len(self.lin) > 0
+    def calibrated(self) -> bool:
+        return len(self.lin) > 0
 
     @torch.no_grad()
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         feats_a = self.features((a - self.shift) / self.scale)
         feats_b = self.features((b - self.shift) / self.scale)
-        if self.lin and len(self.lin) != len(feats_a): raise ValueError(f"{len(self.lin)} lin layers for {len(feats_a)} feature layers")
+        if self.lin and len(self.lin) != len(feats_a):
+            raise ValueError(f"{len(self.lin)} lin layers for {len(feats_a)} feature layers")
         total = torch.zeros(a.shape[0], device=a.device)
-        for l, (fa, fb) in enumerate(zip(feats_a, feats_b)):
+        for layer, (fa, fb) in enumerate(zip(feats_a, feats_b)):
             fa = fa.float() / (fa.float().pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
             fb = fb.float() / (fb.float().pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
             diff = (fa - fb).pow(2)
-            weight = self.lin[l][None, :, None, None] if self.lin else 1.0
+            weight = self.lin[layer][None, :, None, None] if self.lin else 1.0
             total += (diff * weight).sum(1).mean((1, 2))
         return total
 
 # %% ../nbs/09a_lpips.ipynb #47d5a466
 _TORCHVISION_URLS = {"alex": "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
                      "vgg": "https://download.pytorch.org/models/vgg16-397923af.pth"}
-_LPIPS_LIN_URL = "https://raw.githubusercontent.com/richzhang/PerceptualSimilarity/master/lpips/weights/v0.1/{}.pth"
+_LPIPS_LIN_URL = ("https://raw.githubusercontent.com/richzhang/PerceptualSimilarity/master/"
+                  "lpips/weights/v0.1/{}.pth")
 
 def _weights(path_or_none: str | None, url: str, file_name: str, what: str, setting: str) -> dict:
     "A state dict from `path_or_none`, else from torch's hub cache (downloading `url` once unless offline)."
     if path_or_none: return torch.load(path_or_none, map_location="cpu", weights_only=True)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / file_name
     if not cached.exists() and os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
-        raise FileNotFoundError(f"{what} is not cached at {cached} and HF_HUB_OFFLINE is set: download {url} and pass the file "
-                                f"as {setting}, or measure without it (lpips_weights='uniform', or tiny models)")
+        raise FileNotFoundError(f"{what} is not cached at {cached} and HF_HUB_OFFLINE is set: download {url} "
+                                f"and pass the file as {setting}, or measure without it "
+                                "(lpips_weights='uniform', or tiny models)")
     return torch.hub.load_state_dict_from_url(url, map_location="cpu", file_name=file_name, weights_only=True)
 
 def _lin_weights(state: dict) -> list[torch.Tensor]:
     "The per-layer channel weights of an `lpips` lin-weights file, in layer order."
-    keys = sorted((k for k in state if k.startswith("lin") and k.endswith("weight")), key=lambda k: int(k[3:].split(".")[0]))
-    if not keys: raise ValueError(f"no LPIPS lin weights (keys lin0…weight) in the file; found {list(state)[:5]}")
+    keys = [k for k in state if k.startswith("lin") and k.endswith("weight")]
+    keys.sort(key=lambda k: int(k[3:].split(".")[0]))   # by layer: lin0, lin1, …
+    if not keys:
+        raise ValueError(f"no LPIPS lin weights (keys lin0…weight) in the file; found {list(state)[:5]}")
     return [state[k] for k in keys]
 
-def load_lpips(backbone: str = "alex",                  # "alex", "vgg", "tiny", or a hub id / folder of a conv net
-               backbone_weights: str | None = None,     # alex/vgg: a torchvision state-dict file (None: torchvision's, downloaded once)
-               lin_weights: str | None = None,          # an LPIPS lin-weights file; None: the released v0.1 ones for alex/vgg; "uniform": all ones
-               seed: int = 0) -> LPIPS:                 # seed of the tiny backbone
+def load_lpips(backbone: str = "alex",  # "alex", "vgg", "tiny", or a hub id / folder of a conv net
+               # alex/vgg: a torchvision state-dict file (None: torchvision's, downloaded once)
+               backbone_weights: str | None = None,
+               # an LPIPS lin-weights file; None: the released v0.1 ones for alex/vgg; "uniform": all ones
+               lin_weights: str | None = None,
+               seed: int = 0,  # seed of the tiny backbone
+              ) -> LPIPS:
     "The LPIPS network: AlexNet/VGG16 LPIPS v0.1, an LPIPS-style distance on a hub conv net, or a tiny one for tests."
-    if backbone == "tiny": features = tiny_features(seed)
+    if backbone == "tiny":
+        features = tiny_features(seed)
     elif backbone in ("alex", "vgg"):
         features = alexnet_features() if backbone == "alex" else vgg16_features()
         url = _TORCHVISION_URLS[backbone]
-        state = _weights(backbone_weights, url, url.rsplit("/", 1)[1], f"torchvision's {backbone} weights", "lpips_backbone_weights (--eval-lpips-backbone-weights FILE)")
+        state = _weights(backbone_weights, url, url.rsplit("/", 1)[1], f"torchvision's {backbone} weights",
+                         "lpips_backbone_weights (--eval-lpips-backbone-weights FILE)")
         features.load_state_dict({k: v for k, v in state.items() if k.startswith("features.")})
-    else: features = HubFeatures(backbone)
+    else:
+        features = HubFeatures(backbone)
     lin = None
     if lin_weights != "uniform" and backbone != "tiny" and (lin_weights or backbone in ("alex", "vgg")):
-        lin = _lin_weights(_weights(lin_weights, _LPIPS_LIN_URL.format(backbone), f"lpips_v0.1_{backbone}.pth",
-                                    f"LPIPS v0.1 lin weights for {backbone}", "lpips_weights (--eval-lpips-weights FILE)"))
+        lin_state = _weights(lin_weights, _LPIPS_LIN_URL.format(backbone), f"lpips_v0.1_{backbone}.pth",
+                             f"LPIPS v0.1 lin weights for {backbone}",
+                             "lpips_weights (--eval-lpips-weights FILE)")
+        lin = _lin_weights(lin_state)
     return LPIPS(features, lin, name=backbone)

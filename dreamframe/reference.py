@@ -20,31 +20,50 @@ from pydantic import ValidationError
 _REF_KEYS = {"character", "img_diag", "QA", "overview"}
 _PREFIX = re.compile(r"^(.*?\bin ([\w-]+) style:\s*)")
 
-def _ref_error(path, where, rule): return StoryFormatError(f"{path}: at {where}: {rule}")
+def _ref_error(path, where, rule):
+    return StoryFormatError(f"{path}: at {where}: {rule}")
+
+def _is_text(value) -> bool:
+    return isinstance(value, str) and bool(value.strip())
 
 def _check_reference(path, data) -> None:
-    if not isinstance(data, dict): raise _ref_error(path, "$", f"the top level must be an object with keys {sorted(_REF_KEYS)}")
+    if not isinstance(data, dict):
+        raise _ref_error(path, "$", f"the top level must be an object with keys {sorted(_REF_KEYS)}")
     unknown = sorted(set(data) - _REF_KEYS)
-    if unknown: raise _ref_error(path, "$", f"unknown top-level keys {unknown}; the reference format has {sorted(_REF_KEYS)}")
-    if "img_diag" not in data: raise _ref_error(path, "$.img_diag", "missing: the ordered list of frames and dialogue")
+    if unknown:
+        raise _ref_error(path, "$",
+                         f"unknown top-level keys {unknown}; the reference format has {sorted(_REF_KEYS)}")
+    if "img_diag" not in data:
+        raise _ref_error(path, "$.img_diag", "missing: the ordered list of frames and dialogue")
     chars = data.get("character", {})
-    if not isinstance(chars, dict) or not all(isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in chars.items()):
+    if not isinstance(chars, dict) or not all(isinstance(k, str) and _is_text(v) for k, v in chars.items()):
         raise _ref_error(path, "$.character", "must map each name to a non-empty look-alike text")
     items = data["img_diag"]
-    if not isinstance(items, list) or not items: raise _ref_error(path, "$.img_diag", "must be a non-empty list of [kind, text] pairs")
+    if not isinstance(items, list) or not items:
+        raise _ref_error(path, "$.img_diag", "must be a non-empty list of [kind, text] pairs")
     for i, item in enumerate(items):
-        if not (isinstance(item, list) and len(item) == 2 and item[0] in ("frame", "dialogue") and isinstance(item[1], str)):
-            raise _ref_error(path, f"$.img_diag[{i}]", f'each entry must be ["frame", text] or ["dialogue", text], got {item!r:.80}')
-        if not item[1].strip(): raise _ref_error(path, f"$.img_diag[{i}][1]", f"empty {item[0]} text")
-    if items[0][0] != "frame": raise _ref_error(path, "$.img_diag[0]", "the list starts with a dialogue; a dialogue must follow the frame it belongs to")
+        is_pair = isinstance(item, list) and len(item) == 2
+        if not (is_pair and item[0] in ("frame", "dialogue") and isinstance(item[1], str)):
+            raise _ref_error(path, f"$.img_diag[{i}]",
+                             f'each entry must be ["frame", text] or ["dialogue", text], got {item!r:.80}')
+        if not item[1].strip():
+            raise _ref_error(path, f"$.img_diag[{i}][1]", f"empty {item[0]} text")
+    if items[0][0] != "frame":
+        raise _ref_error(path, "$.img_diag[0]",
+                         "the list starts with a dialogue; a dialogue must follow the frame it belongs to")
     qas = data.get("QA", [])
-    if not isinstance(qas, list): raise _ref_error(path, "$.QA", "must be a list of {Question, Answer} objects")
+    if not isinstance(qas, list):
+        raise _ref_error(path, "$.QA", "must be a list of {Question, Answer} objects")
     for i, qa in enumerate(qas):
         if not isinstance(qa, dict) or set(qa) != {"Question", "Answer"}:
-            raise _ref_error(path, f"$.QA[{i}]", f"each QA must have exactly the keys Question and Answer, got {sorted(qa) if isinstance(qa, dict) else qa!r:.60}")
-        for k in ("Question", "Answer"):
-            if not isinstance(qa[k], str) or not qa[k].strip(): raise _ref_error(path, f"$.QA[{i}].{k}", "must be a non-empty string")
-    if not isinstance(data.get("overview", ""), str): raise _ref_error(path, "$.overview", "must be a string")
+            got = sorted(qa) if isinstance(qa, dict) else qa
+            raise _ref_error(path, f"$.QA[{i}]",
+                             f"each QA must have exactly the keys Question and Answer, got {got!r:.60}")
+        for key in ("Question", "Answer"):
+            if not _is_text(qa[key]):
+                raise _ref_error(path, f"$.QA[{i}].{key}", "must be a non-empty string")
+    if not isinstance(data.get("overview", ""), str):
+        raise _ref_error(path, "$.overview", "must be a string")
 
 # %% ../nbs/02a_reference.ipynb #470ccf61
 def read_reference(path: str | Path, movie_id: str | None = None) -> Movie:
@@ -54,10 +73,14 @@ def read_reference(path: str | Path, movie_id: str | None = None) -> Movie:
     _check_reference(path, data)
     chars = [Character(name=n, look=l) for n, l in data.get("character", {}).items()]
     texts = [t for kind, t in data["img_diag"] if kind == "frame"]
-    prefixes = {m.group(1) if (m := _PREFIX.match(t)) else None for t in texts}
+    prefixes = set()
+    for text in texts:
+        match = _PREFIX.match(text)
+        prefixes.add(match.group(1) if match else None)
     prefix = prefixes.pop() if len(prefixes) == 1 and None not in prefixes else None
     keyword = _PREFIX.match(prefix).group(2) if prefix else ""
     by_look = sorted(chars, key=lambda c: -len(c.look))
+    names = {c.name for c in chars}
     frames, lines = [], []
     for kind, text in data["img_diag"]:
         if kind == "frame":
@@ -65,30 +88,40 @@ def read_reference(path: str | Path, movie_id: str | None = None) -> Movie:
             present = []
             for c in by_look:
                 if c.look in body and name_pattern(c.name).search(body) is None:
-                    body = body.replace(c.look, c.name); present.append(c.name)
+                    body = body.replace(c.look, c.name)
+                    present.append(c.name)
             frames.append(Frame(prompt=body, characters=[c.name for c in chars if c.name in present]))
         else:
             speaker, words = None, text
             head, sep, rest = text.partition(": ")
-            if sep and rest and head in {c.name for c in chars}: speaker, words = head, rest
+            if sep and rest and head in names:
+                speaker, words = head, rest
             lines.append(Line(text=words, speaker=speaker, after_frame=len(frames) - 1))
     qa = [QA(type="reference", question=q["Question"], answer=q["Answer"]) for q in data.get("QA", [])]
     try:
-        return Movie(id=movie_id or slugify(path.stem), overview=data.get("overview", ""), style_keyword=keyword,
-                   characters=chars, reference_prefix=prefix, movie_qa=qa,
-                   substories=[Substory(title="imported", shots=[Shot(title="imported", frames=frames, lines=lines)])])
-    except ValidationError as e: raise StoryFormatError(format_errors(path, e, what="problem(s) in the story")) from None
+        shot = Shot(title="imported", frames=frames, lines=lines)
+        return Movie(id=movie_id or slugify(path.stem), overview=data.get("overview", ""),
+                     style_keyword=keyword, characters=chars, reference_prefix=prefix, movie_qa=qa,
+                     substories=[Substory(title="imported", shots=[shot])])
+    except ValidationError as e:
+        raise StoryFormatError(format_errors(path, e, what="problem(s) in the story")) from None
 
 def to_reference(movie: Movie) -> dict:
     "The movie in DreamFrame's released format; inverts `read_reference` exactly."
-    prefix = movie.reference_prefix if movie.reference_prefix is not None else (f"generate an image in {movie.style_keyword} style: " if movie.style_keyword else "")
+    prefix = movie.reference_prefix
+    if prefix is None:
+        prefix = f"generate an image in {movie.style_keyword} style: " if movie.style_keyword else ""
     items = []
     for shot in movie.shots:
-        for f, frame in enumerate(shot.frames):
+        for frame_index, frame in enumerate(shot.frames):
             items.append(["frame", prefix + movie.render_prompt(frame)])
-            items += [["dialogue", f"{l.speaker}: {l.text}" if l.speaker else l.text] for l in shot.lines if l.after_frame == f]
-    return {"character": {c.name: c.look for c in movie.characters}, "img_diag": items,
-            "QA": [{"Question": q.question, "Answer": q.answer} for q in movie.qa], "overview": movie.overview}
+            for line in shot.lines:
+                if line.after_frame != frame_index: continue
+                items.append(["dialogue", f"{line.speaker}: {line.text}" if line.speaker else line.text])
+    return {"character": {c.name: c.look for c in movie.characters},
+            "img_diag": items,
+            "QA": [{"Question": q.question, "Answer": q.answer} for q in movie.qa],
+            "overview": movie.overview}
 
 # %% ../nbs/02a_reference.ipynb #8ffe7faa
 def import_reference(src: str,               # reference story JSON (keys character, img_diag, QA, overview)
