@@ -32,13 +32,15 @@ STORY_TYPES = ("story_movie", "story_substory", "story_shot")
 QA_TYPES = STRUCTURAL_TYPES + LLM_TYPES + STORY_TYPES
 
 DEFAULT_MIX = {"temporal_order": 40, "before_after": 40, "next_location": 20, "scene_count": 20,
-               "characters_together": 30, "dialogue_attribution": 40, "range_summary": 40, "scene_dialogue": 20}
+               "characters_together": 30, "dialogue_attribution": 40, "range_summary": 40,
+               "scene_dialogue": 20}
 
 # %% ../nbs/06_qa.ipynb #572ff4aa
 @settings
 class QAConfig:
     "Settings of stage 4 (QA): saved in `RUN/config.json` under `qa`; flags `--qa-<field>`."
-    mix: dict[Literal[QA_TYPES], Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: dict(DEFAULT_MIX))  # QA type -> most items kept before balancing (0: off; a type not listed: no cap)
+    # QA type -> most items kept before balancing (0: off; a type not listed: no cap)
+    mix: dict[Literal[QA_TYPES], Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: dict(DEFAULT_MIX))
     max_share: float = Field(0.35, gt=0, le=1)  # no type may exceed this share of the final set
     seed: int = 0  # one seed for every random choice; same seed, same qa.json
     llm_items: int = Field(8, ge=0)  # items the LLM writes per LLM type (a dialogue counts as one)
@@ -53,7 +55,8 @@ class QAConfig:
         return self.mix.get(qa_type)
 
 # %% ../nbs/06_qa.ipynb #51316133
-_MAX_TEXT = next(rule.max_length for rule in Sentence.__metadata__ if getattr(rule, "max_length", None))  # the schema's cap
+# the schema's cap
+_MAX_TEXT = next(rule.max_length for rule in Sentence.__metadata__ if getattr(rule, "max_length", None))
 
 def _fits(*texts: str) -> bool: return all(len(text) <= _MAX_TEXT for text in texts)
 
@@ -69,15 +72,19 @@ def moment_labels(movie: Movie) -> dict[str, str]:
         in_shot = _unique(_describe(f) for f in shot.frames)
         for frame in shot.frames:
             text = _describe(frame)
-            if text in in_movie: labels[frame.id] = text
-            elif text in in_shot and shot.title in titles: labels[frame.id] = f"{text} (in the scene '{shot.title}')"
+            if text in in_movie:
+                labels[frame.id] = text
+            elif text in in_shot and shot.title in titles:
+                labels[frame.id] = f"{text} (in the scene '{shot.title}')"
     return labels
 
 def _place(name: str) -> str:
     "A location name readable after 'in': 'lighthouse' -> 'the lighthouse', 'Paris' stays."
     return name if name[:1].isupper() or name.lower().startswith(("the ", "a ", "an ")) else f"the {name}"
 
-def _join(names: list[str]) -> str: return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+def _join(names: list[str]) -> str:
+    if len(names) == 1: return names[0]
+    return ", ".join(names[:-1]) + " and " + names[-1]
 
 def _unique(texts) -> set[str]: return {t for t, n in Counter(texts).items() if n == 1 and t}
 
@@ -112,7 +119,9 @@ def temporal_order_qa(movie: Movie, rng: random.Random, n: int | None = 40) -> l
         seen.add((first, second))
         options = [first, second]
         rng.shuffle(options)
-        items.append(QA(type="temporal_order", question=template.format(*options), answer=first, choices=options, frame_ids=ids, source="structure"))
+        question = template.format(*options)
+        items.append(QA(type="temporal_order", question=question, answer=first, choices=options,
+                        frame_ids=ids, source="structure"))
     return items
 
 def before_after_qa(movie: Movie, rng: random.Random, n: int | None = 40) -> list[QA]:
@@ -124,13 +133,15 @@ def before_after_qa(movie: Movie, rng: random.Random, n: int | None = 40) -> lis
         after = i + 1 < len(frames) and (i == 0 or rng.random() < 0.5)
         other = frames[i + 1] if after else frames[i - 1]
         word = "after" if after else "before"
-        items.append(QA(type="before_after", question=f'What happens right {word} "{labels[frame.id]}"?', source="structure",
-                        answer=_describe(other), frame_ids=[frame.id, other.id] if after else [other.id, frame.id]))
+        ids = [frame.id, other.id] if after else [other.id, frame.id]
+        items.append(QA(type="before_after", question=f'What happens right {word} "{labels[frame.id]}"?',
+                        source="structure", answer=_describe(other), frame_ids=ids))
     return _pick(items, n, rng)
 
 # %% ../nbs/06_qa.ipynb #3093b984
 def _places(movie: Movie) -> list[str]:
-    return list(dict.fromkeys([l.name for l in movie.locations] + [s.location for s in _shots(movie) if s.location]))
+    names = [l.name for l in movie.locations] + [s.location for s in _shots(movie) if s.location]
+    return list(dict.fromkeys(names))
 
 def next_location_qa(movie: Movie, rng: random.Random, n: int | None = 20, n_choices: int = 4) -> list[QA]:
     "After a scene, which location the story moves to next (the first later scene elsewhere)."
@@ -144,16 +155,22 @@ def next_location_qa(movie: Movie, rng: random.Random, n: int | None = 20, n_cho
         others = [p for p in places if p != nxt.location]
         choices = rng.sample(others, min(n_choices - 1, len(others))) + [nxt.location]
         rng.shuffle(choices)
-        items.append(QA(type="next_location", answer=nxt.location, choices=choices if len(choices) > 1 else None, source="structure",
-                        question=f'The scene "{shot.title}" takes place in {_place(shot.location)}. Which location does the story move to next?',
-                        frame_ids=[shot.frames[-1].id, nxt.frames[0].id]))
+        question = (f'The scene "{shot.title}" takes place in {_place(shot.location)}. '
+                    "Which location does the story move to next?")
+        items.append(QA(type="next_location", question=question, answer=nxt.location,
+                        choices=choices if len(choices) > 1 else None,
+                        frame_ids=[shot.frames[-1].id, nxt.frames[0].id], source="structure"))
     return _pick(items, n, rng)
 
 def scene_count_qa(movie: Movie, rng: random.Random, n: int | None = 20) -> list[QA]:
     "How many scenes (shots) take place in a location; evidence: every frame of those scenes."
     scenes = {place: [s for s in _shots(movie) if s.location == place] for place in _places(movie)}
-    items = [QA(type="scene_count", question=f"How many scenes take place in {_place(place)}?", answer=str(len(where)),
-                frame_ids=[f.id for s in where for f in s.frames], source="structure") for place, where in scenes.items() if where]
+    items = []
+    for place, where in scenes.items():
+        if not where: continue
+        frame_ids = [f.id for s in where for f in s.frames]
+        items.append(QA(type="scene_count", question=f"How many scenes take place in {_place(place)}?",
+                        answer=str(len(where)), frame_ids=frame_ids, source="structure"))
     return _pick(items, n, rng)
 
 # %% ../nbs/06_qa.ipynb #1a1a65aa
@@ -167,7 +184,8 @@ def characters_together_qa(movie: Movie, rng: random.Random, n: int | None = 30)
         together = [f for f in shot.frames if len(set(f.characters)) >= 2]
         if shot.title not in ok or not together: continue
         names = [name for name in order if any(name in f.characters for f in together)]
-        items.append(QA(type="characters_together", question=f'Which characters appear together in the scene "{shot.title}"?',
+        question = f'Which characters appear together in the scene "{shot.title}"?'
+        items.append(QA(type="characters_together", question=question,
                         answer=_join(names), frame_ids=[f.id for f in together], source="structure"))
     return _pick(items, n, rng)
 
@@ -181,11 +199,16 @@ def dialogue_attribution_qa(movie: Movie, rng: random.Random, n: int | None = 40
         in_shot = _unique(l.text for l in shot.lines)
         for line in shot.lines:
             if line.speaker not in names: continue
-            if line.text in in_movie: question = f'Who says "{line.text}"?'
-            elif line.text in in_shot and shot.title in titles: question = f'In the scene "{shot.title}", who says "{line.text}"?'
-            else: continue   # the same words from several people: no single answer
-            if _fits(question): items.append(QA(type="dialogue_attribution", question=question, answer=line.speaker, source="structure",
-                                                choices=names if len(names) > 1 else None, frame_ids=[line.frame_id]))
+            if line.text in in_movie:
+                question = f'Who says "{line.text}"?'
+            elif line.text in in_shot and shot.title in titles:
+                question = f'In the scene "{shot.title}", who says "{line.text}"?'
+            else:
+                continue   # the same words from several people: no single answer
+            if _fits(question):
+                items.append(QA(type="dialogue_attribution", question=question, answer=line.speaker,
+                                choices=names if len(names) > 1 else None, frame_ids=[line.frame_id],
+                                source="structure"))
     return _pick(items, n, rng)
 
 # %% ../nbs/06_qa.ipynb #591b7522
@@ -194,10 +217,15 @@ def range_summary_qa(movie: Movie, rng: random.Random, n: int | None = 40) -> li
     shots = _shots(movie)
     ok = _unique(s.title for s in shots)
     ranges = [(f'the scene "{s.title}"', s.content, s.frames) for s in shots if s.title in ok]
-    ranges += [(f'the part of the movie called "{sub.title}"', sub.content, [f for shot in sub.shots for f in shot.frames])
-               for sub in movie.substories if sub.title]
-    items = [QA(type="range_summary", question=f"What happens in {what}?", answer=content, frame_ids=[f.id for f in frames], source="structure")
-             for what, content, frames in ranges if content and frames and _fits(content)]
+    for sub in movie.substories:
+        if not sub.title: continue
+        sub_frames = [f for shot in sub.shots for f in shot.frames]
+        ranges.append((f'the part of the movie called "{sub.title}"', sub.content, sub_frames))
+    items = []
+    for what, content, frames in ranges:
+        if not (content and frames and _fits(content)): continue
+        items.append(QA(type="range_summary", question=f"What happens in {what}?", answer=content,
+                        frame_ids=[f.id for f in frames], source="structure"))
     return _pick(items, n, rng)
 
 # %% ../nbs/06_qa.ipynb #a5331113
@@ -210,27 +238,37 @@ def scene_dialogue_qa(movie: Movie, rng: random.Random, n: int | None = 20, max_
     for k, shot in enumerate(shots):
         if shot.title not in ok: continue
         turns = []
-        if shot.location: turns.append(Turn(question=f'Where does the scene "{shot.title}" take place?', answer=f"In {_place(shot.location)}."))
+        if shot.location:
+            question = f'Where does the scene "{shot.title}" take place?'
+            turns.append(Turn(question=question, answer=f"In {_place(shot.location)}."))
         people = [name for name in order if any(name in f.characters for f in shot.frames)]
         subject = "it" if turns else f'the scene "{shot.title}"'
         if people: turns.append(Turn(question=f"Who appears in {subject}?", answer=_join(people) + "."))
         spoken = [l for l in shot.lines if l.speaker]
         said = " ".join(f'{l.speaker}: "{l.text}"' for l in spoken)
-        if 0 < len(spoken) <= max_lines and _fits(said): turns.append(Turn(question="What is said there, and by whom?", answer=said))
-        nxt = next((s for s in shots[k + 1:] if s.location and s.location != shot.location), None) if shot.location else None
-        if nxt and turns: turns.append(Turn(question="Where does the story go after that scene?", answer=f"To {_place(nxt.location)}."))
+        if 0 < len(spoken) <= max_lines and _fits(said):
+            turns.append(Turn(question="What is said there, and by whom?", answer=said))
+        nxt = None
+        if shot.location:
+            nxt = next((s for s in shots[k + 1:] if s.location and s.location != shot.location), None)
+        if nxt and turns:
+            answer = f"To {_place(nxt.location)}."
+            turns.append(Turn(question="Where does the story go after that scene?", answer=answer))
         if len(turns) < 2: continue
-        ids = [f.id for f in shot.frames] + ([nxt.frames[0].id] if nxt and turns[-1].question.startswith("Where does the story go") else [])
-        items.append(QA(type="scene_dialogue", question=turns[0].question, answer=turns[0].answer, turns=turns, frame_ids=ids, source="structure"))
+        ids = [f.id for f in shot.frames]
+        if nxt and turns[-1].question.startswith("Where does the story go"): ids.append(nxt.frames[0].id)
+        items.append(QA(type="scene_dialogue", question=turns[0].question, answer=turns[0].answer,
+                        turns=turns, frame_ids=ids, source="structure"))
     return _pick(items, n, rng)
 
 # %% ../nbs/06_qa.ipynb #b24c32f6
-_STRUCTURAL = {"temporal_order": temporal_order_qa, "before_after": before_after_qa, "next_location": next_location_qa,
-               "scene_count": scene_count_qa, "characters_together": characters_together_qa,
-               "dialogue_attribution": dialogue_attribution_qa, "range_summary": range_summary_qa,
-               "scene_dialogue": scene_dialogue_qa}
+_STRUCTURAL = {"temporal_order": temporal_order_qa, "before_after": before_after_qa,
+               "next_location": next_location_qa, "scene_count": scene_count_qa,
+               "characters_together": characters_together_qa, "dialogue_attribution": dialogue_attribution_qa,
+               "range_summary": range_summary_qa, "scene_dialogue": scene_dialogue_qa}
 
-def _rng(cfg: QAConfig, movie: Movie, name: str) -> random.Random: return random.Random(f"{cfg.seed}:{movie.id}:{name}")
+def _rng(cfg: QAConfig, movie: Movie, name: str) -> random.Random:
+    return random.Random(f"{cfg.seed}:{movie.id}:{name}")
 
 def structural_qa(movie: Movie, cfg: QAConfig) -> list[QA]:
     "Every structural QA type, each capped by `cfg.mix` and seeded by `cfg.seed`."
@@ -252,7 +290,9 @@ def story_qa(movie: Movie) -> list[QA]:
         owner = qa.id.rpartition(".")[0]
         level = "movie" if not owner else "substory" if "." not in owner else "shot"
         ids = qa.frame_ids or frames_of.get(owner, [])
-        if ids: items.append(qa.model_copy(update={"id": "", "type": f"story_{level}", "source": "story", "frame_ids": ids}))
+        if ids:
+            update = {"id": "", "type": f"story_{level}", "source": "story", "frame_ids": ids}
+            items.append(qa.model_copy(update=update))
     return items
 
 # %% ../nbs/06_qa.ipynb #6c984063
@@ -273,10 +313,12 @@ def balance(items: list[QA], max_share: float, rng: random.Random) -> list[QA]:
     counts = Counter(item.type for item in items)
     if not counts: return items
     if len(counts) * max_share < 1:
-        raise ValueError(f"only {len(counts)} QA type(s) ({', '.join(counts)}): they cannot each stay within {max_share:.0%} of the set; "
-                         f"turn on more types (use the LLM, keep the story QA) or raise max_share (--qa-max-share)")
+        raise ValueError(f"only {len(counts)} QA type(s) ({', '.join(counts)}): they cannot each stay within "
+                         f"{max_share:.0%} of the set; turn on more types (use the LLM, keep the story QA) "
+                         "or raise max_share (--qa-max-share)")
     cap = max(counts.values())
-    while cap > 1 and cap > max_share * sum(min(c, cap) for c in counts.values()): cap -= 1
+    while cap > 1 and cap > max_share * sum(min(c, cap) for c in counts.values()):
+        cap -= 1
     keep = set()
     for qa_type, count in counts.items():
         positions = [i for i, item in enumerate(items) if item.type == qa_type]
@@ -288,52 +330,77 @@ class QASet(BaseModel):
     "The QA items of one movie, with a balance report."
     movie_id: str
     items: list[QA]
-    failed_requests: list[str] = []  # LLM requests whose answer never passed the checks (their items are missing)
+    # LLM requests whose answer never passed the checks (their items are missing)
+    failed_requests: list[str] = []
 
     def __len__(self) -> int: return len(self.items)
-    def __repr__(self) -> str: return f"QASet({self.movie_id!r}: {len(self)} items, " + ", ".join(f"{t} {n}" for t, n in self.counts().items()) + ")"
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{t} {n}" for t, n in self.counts().items())
+        return f"QASet({self.movie_id!r}: {len(self)} items, {counts})"
+
     __str__ = __repr__
+
     def counts(self) -> dict[str, int]:
         "Items per type, in taxonomy order."
         counts = Counter(i.type for i in self.items)
-        return {t: counts[t] for t in QA_TYPES if counts[t]} | {t: n for t, n in counts.items() if t not in QA_TYPES}
+        known = {t: counts[t] for t in QA_TYPES if counts[t]}
+        return known | {t: n for t, n in counts.items() if t not in QA_TYPES}
+
     def shares(self) -> dict[str, float]: return {t: n / len(self) for t, n in self.counts().items()}
+
     def source_counts(self) -> dict[str, int]: return dict(Counter(i.source for i in self.items))
+
     def _repr_markdown_(self) -> str:
-        family = {t: "structure" for t in STRUCTURAL_TYPES} | {t: "llm" for t in LLM_TYPES} | {t: "story" for t in STORY_TYPES}
+        family = {t: "structure" for t in STRUCTURAL_TYPES} | {t: "llm" for t in LLM_TYPES}
+        family |= {t: "story" for t in STORY_TYPES}
         rows = [f"| {t} | {family.get(t, '?')} | {n} | {n / len(self):.0%} |" for t, n in self.counts().items()]
         failed = f"; {len(self.failed_requests)} LLM request(s) failed" if self.failed_requests else ""
-        return "\n".join([f"**{len(self)} QA items** for `{self.movie_id}`{failed}", "", "| type | family | count | share |", "|---|---|---:|---:|", *rows])
+        title = f"**{len(self)} QA items** for `{self.movie_id}`{failed}"
+        return "\n".join([title, "", "| type | family | count | share |", "|---|---|---:|---:|", *rows])
 
 def check_qa(movie: Movie, items: list[QA]) -> list[str]:
     "Problems with `items` against `movie` (empty list: all good)."
-    frame_ids, names, problems = {f.id for f in movie.frames}, [c.name for c in movie.characters], []
+    frame_ids = {f.id for f in movie.frames}
+    names = [c.name for c in movie.characters]
+    problems = []
     for item in items:
         where = f"QA {item.id or item.question[:40]!r} ({item.type})"
         if item.type not in QA_TYPES: problems.append(f"{where}: unknown type")
-        if not item.frame_ids: problems.append(f"{where}: points at no frames (an item about the whole movie points at all of them)")
-        if missing := [i for i in item.frame_ids if i not in frame_ids]: problems.append(f"{where}: frame ids {missing} are not in the movie")
-        if item.choices is not None and item.answer not in item.choices: problems.append(f"{where}: the answer is not one of the choices")
+        if not item.frame_ids:
+            problems.append(f"{where}: points at no frames (an item about the whole movie points at all of them)")
+        missing = [i for i in item.frame_ids if i not in frame_ids]
+        if missing: problems.append(f"{where}: frame ids {missing} are not in the movie")
+        if item.choices is not None and item.answer not in item.choices:
+            problems.append(f"{where}: the answer is not one of the choices")
         if item.turns and (item.turns[0].question, item.turns[0].answer) != (item.question, item.answer):
             problems.append(f"{where}: question/answer must repeat the first turn")
-        if item.type == "dialogue_attribution" and item.answer not in names: problems.append(f"{where}: {item.answer!r} is not a character")
-        if item.type == "characters_together" and (unknown := set(re.split(r", | and ", item.answer)) - set(names)):
-            problems.append(f"{where}: {sorted(unknown)} are not characters")
+        if item.type == "dialogue_attribution" and item.answer not in names:
+            problems.append(f"{where}: {item.answer!r} is not a character")
+        if item.type == "characters_together":
+            unknown = set(re.split(r", | and ", item.answer)) - set(names)
+            if unknown: problems.append(f"{where}: {sorted(unknown)} are not characters")
     return problems
 
 # %% ../nbs/06_qa.ipynb #81e2f06a
 def build_qa(cfg: QAConfig, llm, run_dir: str | Path, *, progress: bool = True) -> QASet:
-    "Stage 4: write `RUN/qa.json` (structural + story + LLM items, deduplicated and balanced); `llm=None`: no LLM items."
+    ("Stage 4: write `RUN/qa.json` (structural + story + LLM items, deduplicated and balanced); "
+     "`llm=None`: no LLM items.")
     run_dir = Path(run_dir)
     movie = Movie.load(run_dir)
     items = structural_qa(movie, cfg)
     if cfg.include_story_qa: items += [i for i in story_qa(movie) if cfg.cap(i.type) != 0]
     failed: list[str] = []
-    if llm is not None and cfg.use_llm: items += run_sync(llm_qa(movie, cfg, llm, failed, progress=progress))
-    by_type = {t: [i for i in items if i.type == t] for t in dict.fromkeys(i.type for i in items)}   # at most cfg.cap(type) each:
-    items = [i for t, group in by_type.items() for i in _pick(group, cfg.cap(t), _rng(cfg, movie, f"cap-{t}"))]
+    if llm is not None and cfg.use_llm:
+        items += run_sync(llm_qa(movie, cfg, llm, failed, progress=progress))
+    by_type = {t: [i for i in items if i.type == t] for t in dict.fromkeys(i.type for i in items)}
+    items = []
+    for qa_type, group in by_type.items():   # at most cfg.cap(type) each
+        items += _pick(group, cfg.cap(qa_type), _rng(cfg, movie, f"cap-{qa_type}"))
     items = balance(dedup(items), cfg.max_share, _rng(cfg, movie, "balance"))
-    if problems := check_qa(movie, items): raise ValueError(f"{len(problems)} QA item(s) failed the checks:\n  " + "\n  ".join(problems[:10]))
+    problems = check_qa(movie, items)
+    if problems:
+        raise ValueError(f"{len(problems)} QA item(s) failed the checks:\n  " + "\n  ".join(problems[:10]))
     items = [item.model_copy(update={"id": f"qa{k + 1:04d}"}) for k, item in enumerate(items)]
     atomic_write_json(run_dir / "qa.json", [item.model_dump(mode="json") for item in items])
     finish_stage(run_dir, "qa", cfg)   # its settings and inputs, as `dreamframe run` records them

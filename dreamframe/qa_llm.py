@@ -21,16 +21,32 @@ from .schema import QA, Movie, Sentence, Substory, Turn, name_pattern
 from .llm import LLMAnswerError, LLMError
 
 # %% ../nbs/06a_qa_llm.ipynb #2cd7df8f
-_SYSTEM = ("You write question-answer data about a movie, used to train video-understanding models. Use only facts "
-           "from the story below; never invent characters, places or events. Refer to characters by their names.")
+_SYSTEM = ("You write question-answer data about a movie, used to train video-understanding models. "
+           "Use only facts from the story below; never invent characters, places or events. "
+           "Refer to characters by their names.")
 
 _TASKS = {
-    "overview": "Write {n} different questions about the movie as a whole (what it is about, how it begins and ends, its main conflict), each with an answer of one to three sentences.",
-    "causal": "Write {n} 'why' or 'how' questions about causes and consequences of events in this part of the movie, each answered from the story in one or two sentences, and the ids of the frames that show it.",
-    "character": "Write {n} questions about the motivations, feelings and relationships of the characters in this part of the movie. Each question or answer names at least one character ({names}). Give the ids of the frames that show it.",
-    "style": "Write {n} questions about the visual style, mood and atmosphere of the movie (its style: {style}), each with an answer of one or two sentences.",
-    "dialogue": "Write {n} conversations between a viewer and an assistant about this part of the movie, each of exactly {turns} rounds; later questions follow up on earlier answers. Give the ids of the frames each conversation is about.",
-    "multiple_choice": "Write {n} multiple-choice questions about this part of the movie. For each give the correct answer and {k} wrong but plausible distractors of similar length and style (different from the answer and from each other), and the ids of the frames that show it.",
+    "overview": (
+        "Write {n} different questions about the movie as a whole (what it is about, how it begins and ends, "
+        "its main conflict), each with an answer of one to three sentences."),
+    "causal": (
+        "Write {n} 'why' or 'how' questions about causes and consequences of events in this part of the movie, "
+        "each answered from the story in one or two sentences, and the ids of the frames that show it."),
+    "character": (
+        "Write {n} questions about the motivations, feelings and relationships of the characters in this part "
+        "of the movie. Each question or answer names at least one character ({names}). "
+        "Give the ids of the frames that show it."),
+    "style": (
+        "Write {n} questions about the visual style, mood and atmosphere of the movie (its style: {style}), "
+        "each with an answer of one or two sentences."),
+    "dialogue": (
+        "Write {n} conversations between a viewer and an assistant about this part of the movie, "
+        "each of exactly {turns} rounds; later questions follow up on earlier answers. "
+        "Give the ids of the frames each conversation is about."),
+    "multiple_choice": (
+        "Write {n} multiple-choice questions about this part of the movie. For each give the correct answer "
+        "and {k} wrong but plausible distractors of similar length and style (different from the answer "
+        "and from each other), and the ids of the frames that show it."),
 }
 LLM_TYPES = tuple(_TASKS)
 MOVIE_SCOPE = ("overview", "style")  # types about the whole movie: their items point at every frame
@@ -48,12 +64,14 @@ def _context(movie: Movie, sub: Substory | None = None) -> str:
         out.append(f'Scene {shot.id} "{shot.title}" in {shot.location or "an unnamed place"}: {shot.content}')
         for frame in shot.frames:
             out.append(f"  frame {frame.id}: {frame.prompt}")
-            out += [f'    {l.speaker or "someone"} says: "{l.text}"' for l in shot.lines if l.frame_id == frame.id]
+            for line in shot.lines:
+                if line.frame_id == frame.id: out.append(f'    {line.speaker or "someone"} says: "{line.text}"')
     return "\n".join(out)
 
 # %% ../nbs/06a_qa_llm.ipynb #24ec10de
 def _ids_field(frame_ids: list[str]) -> tuple:
-    return (list[Literal[tuple(frame_ids)]], Field(min_length=1, description="ids of the frames this is about"))
+    about = Field(min_length=1, description="ids of the frames this is about")
+    return (list[Literal[tuple(frame_ids)]], about)
 
 def response_model(qa_type: str, n: int, frame_ids: list[str],
                    cfg,              # a `qa.QAConfig`: n_choices, dialogue_turns
@@ -63,12 +81,14 @@ def response_model(qa_type: str, n: int, frame_ids: list[str],
     if qa_type == "dialogue":
         fields["turns"] = (list[Turn], Field(min_length=cfg.dialogue_turns, max_length=cfg.dialogue_turns))
     elif qa_type == "multiple_choice":
+        distractors = Field(min_length=cfg.n_choices - 1, max_length=cfg.n_choices - 1)
         fields |= {"question": (Sentence, ...), "correct_answer": (Sentence, ...),
-                   "distractors": (list[Sentence], Field(min_length=cfg.n_choices - 1, max_length=cfg.n_choices - 1))}
+                   "distractors": (list[Sentence], distractors)}
     else:
         fields |= {"question": (Sentence, ...), "answer": (Sentence, ...)}
     if qa_type == "character" and names:
-        fields["characters"] = (list[Literal[tuple(names)]], Field(min_length=1, description="the characters the question is about"))
+        about = Field(min_length=1, description="the characters the question is about")
+        fields["characters"] = (list[Literal[tuple(names)]], about)
     if frame_ids: fields["frame_ids"] = _ids_field(frame_ids)
     tag = "".join(part.title() for part in qa_type.split("_"))
     item = create_model(f"{tag}Item", **fields)
@@ -87,58 +107,83 @@ def llm_check(qa_type: str, movie: Movie):
         for k, it in enumerate(obj.items):
             if qa_type == "multiple_choice":
                 options = [norm_text(it.correct_answer)] + [norm_text(d) for d in it.distractors]
-                if len(set(options)) < len(options): problems.append(f"item {k}: the distractors must differ from the correct answer and from each other")
-            if qa_type == "character" and not any(name_pattern(n).search(f"{it.question} {it.answer}") for n in getattr(it, "characters", [])):
-                problems.append(f"item {k}: the question or the answer must name the characters it is about ({', '.join(names)})")
+                if len(set(options)) < len(options):
+                    problems.append(f"item {k}: the distractors must differ from the correct answer "
+                                    "and from each other")
+            if qa_type == "character":
+                text = f"{it.question} {it.answer}"
+                if not any(name_pattern(n).search(text) for n in getattr(it, "characters", [])):
+                    problems.append(f"item {k}: the question or the answer must name the characters "
+                                    f"it is about ({', '.join(names)})")
         return problems
     return check
 
 # %% ../nbs/06a_qa_llm.ipynb #711c55a5
-def _rng(cfg, movie: Movie, name: str) -> random.Random: return random.Random(f"{cfg.seed}:{movie.id}:{name}")
+def _rng(cfg, movie: Movie, name: str) -> random.Random:
+    return random.Random(f"{cfg.seed}:{movie.id}:{name}")
 
 def llm_requests(movie: Movie, cfg) -> list[tuple[str, Substory | None, int, str, str]]:
-    "Every LLM request of the stage: (qa_type, substory or None for the whole movie, n_items, request name, focus hint)."
+    ("Every LLM request of the stage: "
+     "(qa_type, substory or None for the whole movie, n_items, request name, focus hint).")
     parts = [s for s in movie.substories if any(shot.frames for shot in s.shots)]
     out = []
     for qa_type in LLM_TYPES:
-        wanted = min(cfg.llm_items, cfg.cap(qa_type) if cfg.cap(qa_type) is not None else cfg.llm_items)
+        cap = cfg.cap(qa_type)
+        wanted = min(cfg.llm_items, cap if cap is not None else cfg.llm_items)
         order = parts[:]
         _rng(cfg, movie, qa_type).shuffle(order)
         for j, k in enumerate(range(0, wanted, cfg.items_per_call)):
-            n, sub, focus = min(cfg.items_per_call, wanted - k), None, ""
-            if qa_type in MOVIE_SCOPE or not order:   # later requests about the whole movie each look at one part more closely
-                if j and order: focus = f'Focus on part {order[(j - 1) % len(order)].id} "{order[(j - 1) % len(order)].title}" and how it fits the whole movie.'
-            else:                                      # a part asked about again: each later visit looks at one of its scenes
+            n = min(cfg.items_per_call, wanted - k)
+            sub, focus = None, ""
+            if qa_type in MOVIE_SCOPE or not order:
+                # later requests about the whole movie each look at one part more closely
+                if j and order:
+                    part = order[(j - 1) % len(order)]
+                    focus = f'Focus on part {part.id} "{part.title}" and how it fits the whole movie.'
+            else:
+                # a part asked about again: each later visit looks at one of its scenes
                 sub = order[j % len(order)]
-                shots, visit = [s for s in sub.shots if s.frames], j // len(order)
-                if visit: focus = f'Concentrate on scene {shots[(visit - 1) % len(shots)].id} "{shots[(visit - 1) % len(shots)].title}".'
+                shots = [s for s in sub.shots if s.frames]
+                visit = j // len(order)
+                if visit:
+                    shot = shots[(visit - 1) % len(shots)]
+                    focus = f'Concentrate on scene {shot.id} "{shot.title}".'
             out.append((qa_type, sub, n, f"qa-{qa_type}-{j:03d}", focus))
     return out
 
 # %% ../nbs/06a_qa_llm.ipynb #ad36da48
 def _to_items(answer, qa_type: str, frame_ids: list[str], rng: random.Random) -> list[QA]:
     "The `QA` items of one validated answer; `frame_ids`: the frames the request was about, in story order."
-    order, items = {fid: i for i, fid in enumerate(frame_ids)}, []
+    order = {fid: i for i, fid in enumerate(frame_ids)}
+    items = []
     for it in answer.items:
         ids = sorted(set(getattr(it, "frame_ids", frame_ids)), key=order.get)
         if qa_type == "dialogue":
             turns = [Turn(question=t.question, answer=t.answer) for t in it.turns]
-            items.append(QA(type=qa_type, question=turns[0].question, answer=turns[0].answer, turns=turns, frame_ids=ids, source="llm"))
+            items.append(QA(type=qa_type, question=turns[0].question, answer=turns[0].answer, turns=turns,
+                            frame_ids=ids, source="llm"))
         elif qa_type == "multiple_choice":
             choices = [it.correct_answer] + list(it.distractors)
             rng.shuffle(choices)
-            items.append(QA(type=qa_type, question=it.question, answer=it.correct_answer, choices=choices, frame_ids=ids, source="llm"))
+            items.append(QA(type=qa_type, question=it.question, answer=it.correct_answer, choices=choices,
+                            frame_ids=ids, source="llm"))
         else:
             items.append(QA(type=qa_type, question=it.question, answer=it.answer, frame_ids=ids, source="llm"))
     return items
 
-async def ask_items(llm, movie: Movie, cfg, qa_type: str, sub: Substory | None, n: int, name: str, focus: str = "") -> list[QA]:
+async def ask_items(llm, movie: Movie, cfg, qa_type: str, sub: Substory | None, n: int, name: str,
+                    focus: str = "") -> list[QA]:
     "Send one request of `llm_requests` and return its items."
-    frame_ids = [f.id for shot in (sub.shots if sub is not None else movie.shots) for f in shot.frames]
-    task = _TASKS[qa_type].format(n=n, names=", ".join(c.name for c in movie.characters), style=movie.style_description or movie.style_keyword,
-                                  turns=cfg.dialogue_turns, k=cfg.n_choices - 1) + (f" {focus}" if focus else "")
-    messages = [{"role": "system", "content": _SYSTEM}, {"role": "user", "content": f"{_context(movie, sub)}\n\nTask: {task}"}]
-    model = response_model(qa_type, n, frame_ids if sub is not None else [], cfg, [c.name for c in movie.characters])
+    shots = sub.shots if sub is not None else movie.shots
+    frame_ids = [f.id for shot in shots for f in shot.frames]
+    names = [c.name for c in movie.characters]
+    style = movie.style_description or movie.style_keyword
+    task = _TASKS[qa_type].format(n=n, names=", ".join(names), style=style, turns=cfg.dialogue_turns,
+                                  k=cfg.n_choices - 1)
+    if focus: task += f" {focus}"
+    messages = [{"role": "system", "content": _SYSTEM},
+                {"role": "user", "content": f"{_context(movie, sub)}\n\nTask: {task}"}]
+    model = response_model(qa_type, n, frame_ids if sub is not None else [], cfg, names)
     answer = await llm.ask(messages, model, check=llm_check(qa_type, movie), name=name)
     return _to_items(answer, qa_type, frame_ids, random.Random(f"{cfg.seed}:{movie.id}:{name}"))
 
@@ -150,15 +195,20 @@ async def llm_qa(movie: Movie, cfg, llm,
     requests = llm_requests(movie, cfg)
     bar = tqdm(total=len(requests), desc="QA requests", unit="request", disable=not progress)
     async def one(request):
-        try: return await ask_items(llm, movie, cfg, *request)
+        try:
+            return await ask_items(llm, movie, cfg, *request)
         except LLMAnswerError as error:  # one request that never passes its checks costs its items, not the run
             warnings.warn(f"QA: dropped the items of LLM request {request[3]!r}: {str(error).splitlines()[0]}")
             if failed is not None: failed.append(request[3])
             return []
-        finally: bar.update()
-    try: results = await asyncio.gather(*(one(request) for request in requests))
-    finally: bar.close()
+        finally:
+            bar.update()
+    try:
+        results = await asyncio.gather(*(one(request) for request in requests))
+    finally:
+        bar.close()
     if requests and not any(results):
         raise LLMError(f"every one of the {len(requests)} LLM QA requests failed its checks (see the warnings); "
-                       "check the model and server, or build the QA without the LLM (use_llm=False, --no-qa-use-llm)")
+                       "check the model and server, "
+                       "or build the QA without the LLM (use_llm=False, --no-qa-use-llm)")
     return [item for batch in results for item in batch]

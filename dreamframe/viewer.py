@@ -80,17 +80,20 @@ def run_frames(run_dir: str | Path) -> list[FrameView]:
                     path = None if line is None else _frame_file(run_dir, line)
                     if path is None: continue
                     lines = [(l.speaker or "", l.text) for l in shot.lines if l.frame_id == frame.id]
-                    views.append(FrameView(frame.id, path, movie.render_prompt(frame), shot.id, shot.title, sub.id,
-                                           sub.title, lines, line.get("prompt", ""), _conditioning(line)))
+                    prompt = movie.render_prompt(frame)
+                    views.append(FrameView(frame.id, path, prompt, shot.id, shot.title, sub.id, sub.title, lines,
+                                           line.get("prompt", ""), _conditioning(line)))
     else:
         for frame_id, line in sorted(finished.items()):
             path = _frame_file(run_dir, line)
             if path is None: continue
-            shot_id, prompt = frame_id.rsplit(".", 1)[0], line.get("prompt", "")
-            views.append(FrameView(frame_id, path, prompt, shot_id, substory_id=shot_id.split(".")[0], sdxl_prompt=prompt,
-                                   identity=_conditioning(line)))
+            shot_id = frame_id.rsplit(".", 1)[0]
+            prompt = line.get("prompt", "")
+            views.append(FrameView(frame_id, path, prompt, shot_id, substory_id=shot_id.split(".")[0],
+                                   sdxl_prompt=prompt, identity=_conditioning(line)))
     if not views:
-        raise FileNotFoundError(f"no finished frames in {run_dir / 'frames'}; run `dreamframe keyframes {run_dir}` first")
+        raise FileNotFoundError(f"no finished frames in {run_dir / 'frames'}; "
+                                f"run `dreamframe keyframes {run_dir}` first")
     return views
 
 # %% ../nbs/08_viewer.ipynb #202f6dee
@@ -123,7 +126,8 @@ def _jump_options(views: list[FrameView]) -> list[tuple[str, int]]:
     for i, v in enumerate(views):
         if v.shot_id in seen: continue
         seen.add(v.shot_id)
-        options.append((f"{v.shot_id} · {v.substory_title} › {v.shot_title}" if v.shot_title else v.shot_id, i))
+        label = f"{v.shot_id} · {v.substory_title} › {v.shot_title}" if v.shot_title else v.shot_id
+        options.append((label, i))
     return options
 
 # %% ../nbs/08_viewer.ipynb #282dcbd7
@@ -166,7 +170,8 @@ class FramePlayer:
 @patch
 def _image(self: FramePlayer, view: FrameView | None, size: int) -> widgets.Widget:
     if view is None: return widgets.HTML(f"<div style='width:{size}px;text-align:center'>(not rendered)</div>")
-    return widgets.Image(value=image_bytes(view.path, size), format="jpeg", layout=widgets.Layout(width=f"{size}px"))
+    image = image_bytes(view.path, size)
+    return widgets.Image(value=image, format="jpeg", layout=widgets.Layout(width=f"{size}px"))
 
 @patch
 def _page(self: FramePlayer, index: int) -> widgets.VBox:
@@ -184,9 +189,12 @@ def _page(self: FramePlayer, index: int) -> widgets.VBox:
 def _on_frame(self: FramePlayer, change) -> None:
     index = change["new"]
     view = self.views[index]
-    self.play.value = index  # keep the saved widget state consistent: on load the browser's links copy play → slider → stack
-    if self.static: self.pages.selected_index = index
-    else: self.pages.children = self._page(index).children  # one page, updated in place
+    # keep the saved widget state consistent: on load the browser's links copy play → slider → stack
+    self.play.value = index
+    if self.static:
+        self.pages.selected_index = index
+    else:
+        self.pages.children = self._page(index).children  # one page, updated in place
     if view.shot_id != self._strip_shot:
         self._strip_shot = view.shot_id
         self.strip.children = [self._thumb(i) for i, v in enumerate(self.views) if v.shot_id == view.shot_id]
@@ -211,6 +219,7 @@ def show(self: FramePlayer, frame_id: str) -> "FramePlayer":
     return self
 
 # %% ../nbs/08_viewer.ipynb #447188ca
+# a `\` ending a line joins it to the next: the page keeps its long lines, the source fits a screen
 _HEAD = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>__TITLE__</title>
 <style>
@@ -218,58 +227,88 @@ body{font-family:system-ui,sans-serif;margin:1em 2em;background:#fafafa;color:#2
 #controls{display:flex;gap:.8em;align-items:center;flex-wrap:wrap;margin:.5em 0}
 #slider{flex:1;min-width:12em} #views{display:flex;gap:1em} .view figcaption{font-weight:bold}
 .view img{width:__SIZE__px;max-width:45vw;image-rendering:auto;background:#ddd;border-radius:4px}
-#caption{max-width:60em;margin:.6em 0;min-height:4em} #prompt{font-style:italic} .line{margin:.2em 0;padding-left:.5em;border-left:3px solid #e63}
-#strip{display:flex;gap:4px;overflow-x:auto;padding:4px 0} #strip img,.board img{width:__THUMB__px;cursor:pointer;border:3px solid transparent;border-radius:3px}
-#strip img.current{border-color:#e63} .board{display:flex;flex-wrap:wrap;gap:.8em} .board figure{width:__BOARD__px;margin:0;font-size:.8em}
+#caption{max-width:60em;margin:.6em 0;min-height:4em} #prompt{font-style:italic}\
+ .line{margin:.2em 0;padding-left:.5em;border-left:3px solid #e63}
+#strip{display:flex;gap:4px;overflow-x:auto;padding:4px 0}\
+ #strip img,.board img{width:__THUMB__px;cursor:pointer;border:3px solid transparent;border-radius:3px}
+#strip img.current{border-color:#e63} .board{display:flex;flex-wrap:wrap;gap:.8em}\
+ .board figure{width:__BOARD__px;margin:0;font-size:.8em}
 </style></head><body>
 """
 
 _BODY = """<h1 id="title"></h1><p id="overview"></p><div id="sheets" class="board"></div>
-<div id="controls"><button id="prev" title="previous (←)">◀</button><button id="play" title="play / pause (space)">▶ play</button>
+<div id="controls"><button id="prev" title="previous (←)">◀</button>\
+<button id="play" title="play / pause (space)">▶ play</button>
 <button id="next" title="next (→)">▶</button><input id="slider" type="range" min="0" value="0">
-<span id="counter"></span><label>speed <select id="speed"></select></label><label>jump to <select id="jump"></select></label></div>
-<div id="views"></div><div id="caption"><div id="frameid"></div><div id="prompt"></div><div id="lines"></div></div>
+<span id="counter"></span><label>speed <select id="speed"></select></label>\
+<label>jump to <select id="jump"></select></label></div>
+<div id="views"></div>\
+<div id="caption"><div id="frameid"></div><div id="prompt"></div><div id="lines"></div></div>
 <div id="strip"></div><h2>Storyboard</h2><div id="storyboard"></div>
 <script type="application/json" id="data">__DATA__</script>
 """
 
 # %% ../nbs/08_viewer.ipynb #e9344ce2
+# a `\` ending a line joins it to the next: the page keeps its long lines, the source fits a screen
 _SCRIPT = """<script>
 const D = JSON.parse(document.getElementById("data").textContent), F = D.frames;
-const $ = id => document.getElementById(id), el = (tag, props) => Object.assign(document.createElement(tag), props || {});
+const $ = id => document.getElementById(id),\
+ el = (tag, props) => Object.assign(document.createElement(tag), props || {});
 let current = 0, timer = null;
 $("title").textContent = D.title; $("overview").textContent = D.overview; $("slider").max = F.length - 1;
-const mains = D.runs.map(name => { const fig = el("figure", {className: "view"}); const img = el("img", {alt: ""});
-  fig.append(img, el("figcaption", {textContent: D.runs.length > 1 ? name : ""})); $("views").append(fig); return img; });
-[0.5, 1, 2, 4, 8, 12].forEach(fps => $("speed").append(el("option", {value: fps, textContent: fps + " fps", selected: fps === D.fps})));
-D.sheets.forEach(s => { const fig = el("figure"); fig.append(el("img", {src: s.src, alt: s.id}), el("figcaption", {textContent: s.id})); $("sheets").append(fig); });
+const mains = D.runs.map(name => { const fig = el("figure", {className: "view"});\
+ const img = el("img", {alt: ""});
+  fig.append(img, el("figcaption", {textContent: D.runs.length > 1 ? name : ""}));\
+ $("views").append(fig); return img; });
+[0.5, 1, 2, 4, 8, 12].forEach(fps => $("speed").append(el("option",\
+ {value: fps, textContent: fps + " fps", selected: fps === D.fps})));
+D.sheets.forEach(s => { const fig = el("figure");\
+ fig.append(el("img", {src: s.src, alt: s.id}), el("figcaption", {textContent: s.id}));\
+ $("sheets").append(fig); });
 let group = null;
 F.forEach((f, i) => { if (i && f.shot === F[i - 1].shot) return;
-  if (!group || group.dataset.sub !== f.substory) { group = el("optgroup", {label: f.substory + " " + f.substory_title}); group.dataset.sub = f.substory; $("jump").append(group); }
+  if (!group || group.dataset.sub !== f.substory) {\
+ group = el("optgroup", {label: f.substory + " " + f.substory_title});\
+ group.dataset.sub = f.substory; $("jump").append(group); }
   group.append(el("option", {value: i, textContent: f.shot + " " + f.shot_title})); });
-const thumbs = F.map((f, i) => { const t = el("img", {src: f.thumb, title: f.id + ": " + f.prompt, alt: f.id}); t.dataset.frameId = f.id;
+const thumbs = F.map((f, i) => { const t = el("img", {src: f.thumb, title: f.id + ": " + f.prompt, alt: f.id});\
+ t.dataset.frameId = f.id;
   t.onclick = () => show(i); $("strip").append(t); return t; });
 let board = null;
-F.forEach((f, i) => { if (!i || f.shot !== F[i - 1].shot) { $("storyboard").append(el("h3", {textContent: f.shot + " · " + f.substory_title + " › " + f.shot_title}));
+F.forEach((f, i) => { if (!i || f.shot !== F[i - 1].shot) {\
+ $("storyboard").append(el("h3", {textContent: f.shot + " · " + f.substory_title + " › " + f.shot_title}));
     board = el("div", {className: "board"}); $("storyboard").append(board); }
-  const fig = el("figure", {className: "frame"}); fig.dataset.frameId = f.id; const img = el("img", {src: f.thumb, alt: f.id}); img.onclick = () => show(i);
-  const cap = el("figcaption"); cap.append(el("b", {textContent: f.id}), el("div", {className: "prompt", textContent: f.prompt}));
-  f.lines.forEach(([who, text]) => cap.append(el("div", {className: "line", textContent: (who ? who + ": " : "") + text})));
+  const fig = el("figure", {className: "frame"}); fig.dataset.frameId = f.id;\
+ const img = el("img", {src: f.thumb, alt: f.id}); img.onclick = () => show(i);
+  const cap = el("figcaption");\
+ cap.append(el("b", {textContent: f.id}), el("div", {className: "prompt", textContent: f.prompt}));
+  f.lines.forEach(([who, text]) => cap.append(el("div", {className: "line",\
+ textContent: (who ? who + ": " : "") + text})));
   fig.append(img, cap); board.append(fig); });
 function show(i) { current = (i + F.length) % F.length; const f = F[current];
   mains.forEach((img, r) => { img.src = f.src[r] || ""; img.alt = f.src[r] ? f.id : "(not rendered)"; });
   $("slider").value = current; $("counter").textContent = (current + 1) + " / " + F.length;
-  $("frameid").textContent = f.id + (f.shot_title ? " · " + f.substory_title + " › " + f.shot_title : "") + (f.identity ? " · conditioned on " + f.identity : "");
-  $("prompt").textContent = f.prompt; $("prompt").title = f.sdxl_prompt ? "SDXL prompt: " + f.sdxl_prompt : ""; $("lines").replaceChildren(...f.lines.map(([who, text]) => el("div", {className: "line", textContent: (who ? who + ": " : "") + text})));
+  $("frameid").textContent = f.id + (f.shot_title ? " · " + f.substory_title + " › " + f.shot_title : "")\
+ + (f.identity ? " · conditioned on " + f.identity : "");
+  $("prompt").textContent = f.prompt;\
+ $("prompt").title = f.sdxl_prompt ? "SDXL prompt: " + f.sdxl_prompt : "";\
+ $("lines").replaceChildren(...f.lines.map(([who, text]) => el("div", {className: "line",\
+ textContent: (who ? who + ": " : "") + text})));
   const start = F.findIndex(g => g.shot === f.shot); $("jump").value = String(start);
   thumbs.forEach((t, k) => t.classList.toggle("current", k === current));
   thumbs[current].scrollIntoView({block: "nearest", inline: "center"}); }
-function play(on) { clearInterval(timer); timer = on ? setInterval(() => show(current + 1), 1000 / Number($("speed").value)) : null; $("play").textContent = on ? "■ pause" : "▶ play"; }
-$("play").onclick = () => play(!timer); $("prev").onclick = () => show(current - 1); $("next").onclick = () => show(current + 1);
-$("slider").oninput = e => show(Number(e.target.value)); $("jump").onchange = e => show(Number(e.target.value));
+function play(on) { clearInterval(timer);\
+ timer = on ? setInterval(() => show(current + 1), 1000 / Number($("speed").value)) : null;\
+ $("play").textContent = on ? "■ pause" : "▶ play"; }
+$("play").onclick = () => play(!timer); $("prev").onclick = () => show(current - 1);\
+ $("next").onclick = () => show(current + 1);
+$("slider").oninput = e => show(Number(e.target.value));\
+ $("jump").onchange = e => show(Number(e.target.value));
 $("speed").onchange = () => { if (timer) play(true); };
 document.onkeydown = e => { if (e.target.tagName === "SELECT") return;
-  if (e.key === " ") { e.preventDefault(); play(!timer); } else if (e.key === "ArrowRight") show(current + 1); else if (e.key === "ArrowLeft") show(current - 1); };
+  if (e.key === " ") { e.preventDefault(); play(!timer); }\
+ else if (e.key === "ArrowRight") show(current + 1);\
+ else if (e.key === "ArrowLeft") show(current - 1); };
 const start = F.findIndex(f => "#" + f.id === decodeURIComponent(location.hash));  // links like view.html#s01.t02.f03
 show(Math.max(0, start)); if (new URLSearchParams(location.search).has("play")) play(true);  // view.html?play autoplays
 document.body.dataset.ready = String(F.length);
@@ -293,7 +332,8 @@ def frames_to_html(run_dir: str | Path, out_path: str | Path | None = None, comp
     "A standalone HTML frame player for a run (side by side with `compare`); written to `out_path` if given."
     if embed is False and out_path is None:
         raise ValueError("embed=False links images relative to the page, so it needs out_path")
-    if fps not in (0.5, 1, 2, 4, 8, 12): raise ValueError(f"fps must be one of 0.5, 1, 2, 4, 8, 12, got {fps!r}")
+    if fps not in (0.5, 1, 2, 4, 8, 12):
+        raise ValueError(f"fps must be one of 0.5, 1, 2, 4, 8, 12, got {fps!r}")
     run_dir = Path(run_dir)
     out_dir = Path(out_path).parent if out_path else Path.cwd()
     views = run_frames(run_dir)
@@ -307,7 +347,8 @@ def frames_to_html(run_dir: str | Path, out_path: str | Path | None = None, comp
                 "lines": v.lines, "identity": v.identity,
                 "src": [_src(p, image_size, embed, out_dir) for p in paths],
                 "thumb": _src(v.path, thumb_size, embed, out_dir)}
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL decodes and encodes outside the GIL
+    # PIL decodes and encodes outside the GIL
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         frames = list(pool.map(entry, views))
     runs = [run_dir.resolve().name] + ([Path(compare).resolve().name] if compare else [])
     name = title or (movie.title if movie and movie.title else runs[0])
@@ -317,7 +358,8 @@ def frames_to_html(run_dir: str | Path, out_path: str | Path | None = None, comp
         character_id = unicodedata.normalize("NFC", path.stem)   # macOS lists "zoë.png" decomposed
         if cast is None or character_id in cast:
             sheets.append({"id": character_id, "src": _src(path, thumb_size, embed, out_dir)})
-    data = {"title": name + (f" — {runs[0]} vs {runs[1]}" if compare else ""), "overview": movie.overview if movie else "",
+    data = {"title": name + (f" — {runs[0]} vs {runs[1]}" if compare else ""),
+            "overview": movie.overview if movie else "",
             "runs": runs, "fps": fps, "frames": frames, "sheets": sheets}
     blob = json.dumps(data, ensure_ascii=False, allow_nan=False).replace("<", "\\u003c")
     page = _PAGE.replace("__TITLE__", html.escape(data["title"])).replace("__SIZE__", str(image_size))
@@ -331,16 +373,20 @@ def frames_to_html(run_dir: str | Path, out_path: str | Path | None = None, comp
 class ViewConfig:
     "Settings of the HTML viewer (`dreamframe view`): saved in `RUN/config.json` under `view`; flags without a prefix."
     html: str | None = None  # the page to write (None: RUN/view.html)
-    against: str | None = None  # a second run folder shown side by side, e.g. the same story rendered without the style embedding
+    # a second run folder shown side by side, e.g. the same story rendered without the style embedding
+    against: str | None = None
     image_size: int = Field(512, ge=16)  # longest side of the big view, in pixels
     thumb_size: int = Field(96, ge=8)  # longest side of the thumbnails, in pixels
-    link: bool = False  # link the PNGs by relative path instead of embedding them (a small page that must stay beside the run)
+    # link the PNGs by relative path instead of embedding them (a small page that must stay beside the run)
+    link: bool = False
 
 def write_view(cfg: ViewConfig, run_dir: str | Path) -> Path:
-    "The viewer stage: write the standalone HTML player of `run_dir` (`RUN/view.html` unless `cfg.html`); returns its path."
+    ("The viewer stage: write the standalone HTML player of `run_dir` (`RUN/view.html` unless `cfg.html`); "
+     "returns its path.")
     run_dir = Path(run_dir)
     out = Path(cfg.html) if cfg.html else run_dir / "view.html"
-    frames_to_html(run_dir, out, compare=cfg.against, thumb_size=cfg.thumb_size, image_size=cfg.image_size, embed=not cfg.link)
+    frames_to_html(run_dir, out, compare=cfg.against, thumb_size=cfg.thumb_size, image_size=cfg.image_size,
+                   embed=not cfg.link)
     finish_stage(run_dir, "view", cfg)   # its settings and inputs, as `dreamframe run` records them
     return out
 
