@@ -52,7 +52,11 @@ def _help(cls) -> dict[str, str]:
             docs = docments(cls, full=True)
         except (TypeError, OSError, ImportError):
             return {}
-    return {name: (doc.get("docment") or "") for name, doc in docs.items() if name != "return"}
+    helps = {}
+    for name, doc in docs.items():
+        if name != "return":   # a comment of two lines above a field reads as one line of help
+            helps[name] = " ".join((doc.get("docment") or "").split())
+    return helps
 
 def settings(cls):
     "Make `cls` a settings class: a validated pydantic dataclass whose errors are one readable `ConfigError`."
