@@ -19,10 +19,12 @@ from pydantic import Field
 from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
-from .config import ConfigError, changed_settings, config_values, describe_changes, fingerprint, save_stage_config, settings
+from .config import (
+    ConfigError, changed_settings, config_values, describe_changes, fingerprint, save_stage_config, settings)
 from .lazy import lazy_function, lazy_module, no_grad
-from .embedding import (MAX_STYLE_VECTORS, add_style_rows, check_style_token, load_style, pipeline_source,
-                                  read_style_embedding, safetensors_bytes, save_style_embedding)
+from .embedding import (
+    MAX_STYLE_VECTORS, add_style_rows, check_style_token, load_style, pipeline_source, read_style_embedding,
+    safetensors_bytes, save_style_embedding)
 from .run_folder import finish_stage, pipeline_model, stage_records
 from .schema import Movie, atomic_write_bytes, atomic_write_json, slugify
 
@@ -41,18 +43,22 @@ save_safetensors = lazy_function("safetensors.torch", "save")
 # %% ../nbs/04_style.ipynb #f15fcf3f
 STYLE_TEMPLATES = (
     "an image in {} style", "a picture in {} style", "a painting in {} style", "an illustration in {} style",
-    "a scene rendered in {} style", "a still frame in {} style", "a movie frame in {} style", "a landscape in {} style",
-    "a portrait in {} style", "a close-up in {} style", "a wide shot in {} style", "a room in {} style", "a street in {} style",
-    "a person standing, {} style", "two people talking, {} style", "a detailed image in {} style", "a bright image in {} style",
-    "a dark image in {} style", "a small object in {} style", "a cinematic picture in {} style")
+    "a scene rendered in {} style", "a still frame in {} style", "a movie frame in {} style",
+    "a landscape in {} style", "a portrait in {} style", "a close-up in {} style", "a wide shot in {} style",
+    "a room in {} style", "a street in {} style", "a person standing, {} style", "two people talking, {} style",
+    "a detailed image in {} style", "a bright image in {} style", "a dark image in {} style",
+    "a small object in {} style", "a cinematic picture in {} style")
 
 @settings
 class StyleConfig:
     "Settings of stage 2, the style embedding: everything that changes the learned rows (speed switches: `StyleSpeed`)."
-    token: str | None = Field(None, pattern=r"^\S{1,100}$")  # placeholder token; None: "<keyword-style>" from the movie's style keyword
-    num_vectors: int = Field(1, ge=1, le=MAX_STYLE_VECTORS)  # embedding vectors per encoder (the extra tokens are token_1, token_2, ...)
+    # placeholder token; None: "<keyword-style>" from the movie's style keyword
+    token: str | None = Field(None, pattern=r"^\S{1,100}$")
+    # embedding vectors per encoder (the extra tokens are token_1, token_2, ...)
+    num_vectors: int = Field(1, ge=1, le=MAX_STYLE_VECTORS)
     n_images: int = Field(16, ge=1)  # style images to generate (not used with images_dir)
-    resolution: int = Field(768, ge=64, multiple_of=8)  # training side in pixels (the reference's 768; SDXL's native 1024)
+    # training side in pixels (the reference's 768; SDXL's native 1024)
+    resolution: int = Field(768, ge=64, multiple_of=8)
     image_steps: int = Field(30, ge=1)  # denoising steps of each generated style image
     image_guidance: float = Field(5.0, ge=0)  # classifier-free guidance of the generated style images
     steps: int = Field(400, ge=1)  # optimizer updates
@@ -60,13 +66,17 @@ class StyleConfig:
     grad_accum: int = Field(2, ge=1)  # micro-steps whose gradients add up to one update
     lr: float = Field(1e-3, gt=0)  # learning rate of the first update
     lr_end: float = Field(3e-4, gt=0)  # learning rate of the last update
-    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"  # how the rate goes from lr to lr_end ("constant": lr throughout)
+    # how the rate goes from lr to lr_end ("constant": lr throughout)
+    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
     weight_decay: float = Field(1e-2, ge=0)  # AdamW weight decay of the trained rows
     max_grad_norm: float | None = Field(1.0, gt=0)  # clip the rows' gradient to this norm (None: no clipping)
     seed: int = Field(0, ge=0)  # seeds the style images and every random draw of every update
-    templates: list[Annotated[str, Field(pattern=r"^[^{}]*\{\}[^{}]*$")]] = Field(default_factory=lambda: list(STYLE_TEMPLATES), min_length=1)  # training prompts, each with "{}" once, where the token goes
+    # training prompts, each with "{}" once, where the token goes
+    templates: list[Annotated[str, Field(pattern=r"^[^{}]*\{\}[^{}]*$")]] = Field(
+        default_factory=lambda: list(STYLE_TEMPLATES), min_length=1)
     flip: bool = True  # also train on the horizontally mirrored images
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # frozen parts ("auto": bfloat16 on CUDA, else float32); the rows stay float32
+    # frozen parts ("auto": bfloat16 on CUDA, else float32); the rows stay float32
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     images_dir: str | None = None  # train on your own images from this folder instead of generating them
 
     def lr_at(self, step: int) -> float:
@@ -81,7 +91,8 @@ def style_token(keyword: str) -> str:
     return f"<{slugify(keyword or 'movie')}-style>"
 
 # %% ../nbs/04_style.ipynb #4d09505b
-from .style_files import convert_embedding, image_record, image_settings, images_digest, load_style_images, make_style_images, style_prompt
+from .style_files import (
+    convert_embedding, image_record, image_settings, images_digest, load_style_images, make_style_images, style_prompt)
 
 # %% ../nbs/04_style.ipynb #58e60fde
 def style_tokens(token: str, num_vectors: int) -> list[str]:
@@ -92,12 +103,15 @@ def _encoders(pipe) -> list[tuple]:
     "(key, tokenizer, text encoder) of both SDXL encoders: clip_l, then clip_g."
     return [("clip_l", pipe.tokenizer, pipe.text_encoder), ("clip_g", pipe.tokenizer_2, pipe.text_encoder_2)]
 
-def add_style_tokens(pipe, token: str, num_vectors: int, init_word: str, source: str | Path) -> dict[str, torch.Tensor]:
-    "Add `token` to both tokenizers for the embedding file `source`, its rows starting as `init_word`'s; return them in fp32."
+def add_style_tokens(pipe, token: str, num_vectors: int, init_word: str,
+                     source: str | Path) -> dict[str, torch.Tensor]:
+    "Add `token` to both tokenizers for the file `source`, its rows starting as `init_word`'s; return them in fp32."
     start = {}
     for key, tokenizer, encoder in _encoders(pipe):
-        word = tokenizer(init_word, add_special_tokens=False).input_ids or tokenizer("style", add_special_tokens=False).input_ids
-        start[key] = encoder.get_input_embeddings().weight[word].detach().float().mean(0).expand(num_vectors, -1).cpu().clone()
+        word = tokenizer(init_word, add_special_tokens=False).input_ids
+        if not word: word = tokenizer("style", add_special_tokens=False).input_ids
+        mean = encoder.get_input_embeddings().weight[word].detach().float().mean(0)
+        start[key] = mean.expand(num_vectors, -1).cpu().clone()
     add_style_rows(pipe, token, start["clip_l"], start["clip_g"], source)
     return start
 
@@ -109,10 +123,12 @@ def spliced_rows(pipe, token: str, rows: dict[str, torch.Tensor]):
         for key, tokenizer, encoder in _encoders(pipe):
             table, trained = encoder.get_input_embeddings(), rows[key]
             slot = torch.full((table.num_embeddings,), -1, dtype=torch.long, device=table.weight.device)
-            slot[tokenizer.convert_tokens_to_ids(style_tokens(token, len(trained)))] = torch.arange(len(trained), device=slot.device)
+            ids = tokenizer.convert_tokens_to_ids(style_tokens(token, len(trained)))
+            slot[ids] = torch.arange(len(trained), device=slot.device)
             def splice(module, args, output, slot=slot, trained=trained):
                 position = slot[args[0]]  # which trained row each input id is (-1: none)
-                return torch.where((position >= 0).unsqueeze(-1), trained.to(output.dtype)[position.clamp(min=0)], output)
+                spliced = trained.to(output.dtype)[position.clamp(min=0)]
+                return torch.where((position >= 0).unsqueeze(-1), spliced, output)
             handles.append(table.register_forward_hook(splice))
         yield
     finally:
@@ -121,28 +137,36 @@ def spliced_rows(pipe, token: str, rows: dict[str, torch.Tensor]):
 # %% ../nbs/04_style.ipynb #9736813b
 def tokenize_prompts(tokenizer, prompts: list[str]) -> torch.Tensor:
     "Token ids `[n, max_length]`, padded as the SDXL pipeline pads them."
-    return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+    encoded = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt")
+    return encoded.input_ids
 
 def encode_prompts(pipe, ids_l: torch.Tensor, ids_g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    "SDXL's prompt embeddings `[n, L, d_l+d_g]` (penultimate layers of both encoders) and pooled embeddings `[n, d_pool]`."
+    "SDXL's prompt embeddings `[n, L, d_l+d_g]` (penultimate layers of both encoders) and pooled ones `[n, d_pool]`."
     out_l = pipe.text_encoder(ids_l, output_hidden_states=True)
     out_g = pipe.text_encoder_2(ids_g, output_hidden_states=True)
-    return torch.cat([out_l.hidden_states[-2], out_g.hidden_states[-2]], dim=-1), out_g[0]
+    embeds = torch.cat([out_l.hidden_states[-2], out_g.hidden_states[-2]], dim=-1)
+    return embeds, out_g[0]
 
 @no_grad
-def encode_style_latents(vae, images: list[Image.Image], flip: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_style_latents(vae, images: list[Image.Image],
+                         flip: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     "Encode the style images (and their mirror images) once: each latent's scaled mean and spread, fp32 `[n, 4, h, w]`."
-    pixels = torch.from_numpy(np.stack([np.asarray(image.convert("RGB")) for image in images])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    rgb = np.stack([np.asarray(image.convert("RGB")) for image in images])
+    pixels = torch.from_numpy(rgb).permute(0, 3, 1, 2).float() / 127.5 - 1
     if flip: pixels = torch.cat([pixels, pixels.flip(-1)])
     half = vae.dtype == torch.float16
     if half: vae.float()  # SDXL's VAE overflows in float16
     dists = [vae.encode(chunk.to(vae.device, vae.dtype)).latent_dist for chunk in pixels.split(4)]
     if half: vae.half()
     scale, shift = vae.config.scaling_factor, getattr(vae.config, "shift_factor", None) or 0.0
-    return (torch.cat([d.mean.float() for d in dists]) - shift) * scale, torch.cat([d.std.float() for d in dists]) * scale
+    mean = (torch.cat([d.mean.float() for d in dists]) - shift) * scale
+    std = torch.cat([d.std.float() for d in dists]) * scale
+    return mean, std
 
 # %% ../nbs/04_style.ipynb #55ae30c2
-_IMAGE_FIELDS = ("n_images", "image_steps", "image_guidance", "images_dir")  # the images' pixels stand in for these
+# the images' pixels stand in for these
+_IMAGE_FIELDS = ("n_images", "image_steps", "image_guidance", "images_dir")
 
 @dataclass
 class StyleTraining:
@@ -151,7 +175,7 @@ class StyleTraining:
     pipe: object  # the SDXL pipeline, frozen
     rows: dict[str, torch.nn.Parameter]  # what is trained: fp32 rows clip_l [k, d_l] and clip_g [k, d_g]
     prompt_ids: list[torch.Tensor]  # every template, tokenized for each encoder
-    latent_mean: torch.Tensor  # the style images (and their flips), encoded once: mean and spread of each latent
+    latent_mean: torch.Tensor  # the style images (and flips), encoded once: mean and spread of each latent
     latent_std: torch.Tensor
     alphas: torch.Tensor  # DDPM's cumulative alphas: the 1000 noise levels
     time_ids: torch.Tensor  # SDXL's size conditioning, one row per sample
@@ -159,51 +183,73 @@ class StyleTraining:
     scaler: torch.amp.GradScaler  # loss scaling, on for float16 frozen parts only
     fingerprint: str  # of the settings and images: a checkpoint must match it to be resumed from
 
-def prepare_training(cfg: StyleConfig, pipe, images: list[Image.Image], style_dir: str | Path, *, init_word: str = "style",
-                     unet: Callable | None = None) -> StyleTraining:
-    "Freeze and cast the pipeline, add the token, tokenize the templates, encode the images: all that precedes the first update."
+def prepare_training(cfg: StyleConfig, pipe, images: list[Image.Image], style_dir: str | Path, *,
+                     init_word: str = "style", unet: Callable | None = None) -> StyleTraining:
+    "Freeze and cast the pipeline, add the token, tokenize the templates, encode the images, before the first update."
     device, side = pipe.unet.device, cfg.resolution
-    dtype = getattr(torch, cfg.dtype) if cfg.dtype != "auto" else torch.bfloat16 if device.type == "cuda" else torch.float32
-    if any(image.size != (side, side) for image in images): raise ValueError(f"style images must be {side}x{side} px; fit_square makes them so")
+    if cfg.dtype != "auto": dtype = getattr(torch, cfg.dtype)
+    else: dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if any(image.size != (side, side) for image in images):
+        raise ValueError(f"style images must be {side}x{side} px; fit_square makes them so")
     for module in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
         module.requires_grad_(False).eval()
-        if module.dtype != dtype and not (module is pipe.vae and dtype == torch.float16): module.to(dtype=dtype)
-    start, words = add_style_tokens(pipe, cfg.token, cfg.num_vectors, init_word, Path(style_dir) / "embedding.safetensors"), style_tokens(cfg.token, cfg.num_vectors)
-    prompt_ids = [tokenize_prompts(tokenizer, [t.format(" ".join(words)) for t in cfg.templates]).to(device) for _, tokenizer, _ in _encoders(pipe)]
+        keeps_float32 = module is pipe.vae and dtype == torch.float16   # SDXL's VAE overflows in float16
+        if module.dtype != dtype and not keeps_float32: module.to(dtype=dtype)
+    embedding_file = Path(style_dir) / "embedding.safetensors"
+    start = add_style_tokens(pipe, cfg.token, cfg.num_vectors, init_word, embedding_file)
+    words = style_tokens(cfg.token, cfg.num_vectors)
+    prompts = [template.format(" ".join(words)) for template in cfg.templates]
+    prompt_ids = []
+    for _, tokenizer, _ in _encoders(pipe):
+        prompt_ids.append(tokenize_prompts(tokenizer, prompts).to(device))
     for (key, tokenizer, _), ids in zip(_encoders(pipe), prompt_ids):
-        if not (ids.unsqueeze(-1) == torch.tensor(tokenizer.convert_tokens_to_ids(words), device=device)).any(1).all():
-            raise ValueError(f"the {key} tokenizer cuts the token off a template; shorten StyleConfig.templates or the token")
-    from diffusers import DDPMScheduler  # the training noise schedule that belongs to the pipeline's scheduler config
+        word_ids = torch.tensor(tokenizer.convert_tokens_to_ids(words), device=device)
+        if not (ids.unsqueeze(-1) == word_ids).any(1).all():
+            raise ValueError(f"the {key} tokenizer cuts the token off a template; "
+                             "shorten StyleConfig.templates or the token")
+    from diffusers import DDPMScheduler  # the training noise schedule of the pipeline's scheduler config
     kept = {k: v for k, v in config_values(cfg).items() if k not in _IMAGE_FIELDS}
-    return StyleTraining(cfg, pipe, {key: torch.nn.Parameter(rows.to(device)) for key, rows in start.items()}, prompt_ids,
-                         *encode_style_latents(pipe.vae, images, cfg.flip), DDPMScheduler.from_config(pipe.scheduler.config).alphas_cumprod.to(device),
-                         torch.tensor([[side, side, 0, 0, side, side]] * (cfg.batch_size * cfg.grad_accum), device=device, dtype=dtype),
-                         pipe.unet if unet is None else unet, torch.amp.GradScaler(device.type, enabled=dtype == torch.float16), fingerprint([kept, images_digest(images)]))
+    trained = {key: torch.nn.Parameter(rows.to(device)) for key, rows in start.items()}
+    latent_mean, latent_std = encode_style_latents(pipe.vae, images, cfg.flip)
+    alphas = DDPMScheduler.from_config(pipe.scheduler.config).alphas_cumprod.to(device)
+    samples = cfg.batch_size * cfg.grad_accum
+    time_ids = torch.tensor([[side, side, 0, 0, side, side]] * samples, device=device, dtype=dtype)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    unet = pipe.unet if unet is None else unet
+    return StyleTraining(cfg, pipe, trained, prompt_ids, latent_mean, latent_std, alphas, time_ids, unet,
+                         scaler, fingerprint([kept, images_digest(images)]))
 
 # %% ../nbs/04_style.ipynb #10639a9d
 def draw_update(run: StyleTraining, step: int) -> tuple[torch.Tensor, ...]:
-    "Every random choice of update `step`, seeded by (seed, step): per sample an image, a template, a timestep, a latent draw, the noise."
+    "Update `step`'s random choices per sample (image, template, timestep, latent draw, noise), seeded by (seed, step)."
     count, device = run.cfg.batch_size * run.cfg.grad_accum, run.alphas.device
     generator = torch.Generator(device).manual_seed(int(fingerprint([run.cfg.seed, "update", step]), 16))
-    def pick(high: int) -> torch.Tensor: return torch.randint(high, (count,), generator=generator, device=device)
-    def normal() -> torch.Tensor: return torch.randn((count, *run.latent_mean.shape[1:]), generator=generator, device=device)
+    def pick(high: int) -> torch.Tensor:
+        return torch.randint(high, (count,), generator=generator, device=device)
+    def normal() -> torch.Tensor:
+        return torch.randn((count, *run.latent_mean.shape[1:]), generator=generator, device=device)
     return pick(len(run.latent_mean)), pick(len(run.prompt_ids[0])), pick(len(run.alphas)), normal(), normal()
 
 def sample_loss(run: StyleTraining, draws: tuple, picked: slice) -> torch.Tensor:
     "MSE between the UNet's prediction and the noise, for the samples `picked` of one update's draws."
     image, template, timestep, latent_draw, noise = (draw[picked] for draw in draws)
-    embeds, pooled = encode_prompts(run.pipe, run.prompt_ids[0][template], run.prompt_ids[1][template])  # the rows spliced in
-    latents = run.latent_mean[image] + run.latent_std[image] * latent_draw  # a fresh sample of each image's latent
+    # the prompts' embeddings, the rows spliced in
+    embeds, pooled = encode_prompts(run.pipe, run.prompt_ids[0][template], run.prompt_ids[1][template])
+    # a fresh sample of each image's latent
+    latents = run.latent_mean[image] + run.latent_std[image] * latent_draw
     alpha = run.alphas[timestep].view(-1, 1, 1, 1)
-    noisy = alpha.sqrt() * latents + (1 - alpha).sqrt() * noise  # DDPM's forward process at each sample's timestep
-    v_prediction = run.pipe.scheduler.config.get("prediction_type") == "v_prediction"  # SDXL base predicts the noise (epsilon)
+    # DDPM's forward process at each sample's timestep
+    noisy = alpha.sqrt() * latents + (1 - alpha).sqrt() * noise
+    # SDXL base predicts the noise (epsilon)
+    v_prediction = run.pipe.scheduler.config.get("prediction_type") == "v_prediction"
     target = alpha.sqrt() * noise - (1 - alpha).sqrt() * latents if v_prediction else noise
+    conditions = {"text_embeds": pooled, "time_ids": run.time_ids[: len(timestep)]}
     predicted = run.unet(noisy.to(run.time_ids.dtype), timestep, encoder_hidden_states=embeds,
-                         added_cond_kwargs={"text_embeds": pooled, "time_ids": run.time_ids[: len(timestep)]}).sample
+                         added_cond_kwargs=conditions).sample
     return F.mse_loss(predicted.float(), target)
 
 def accumulate(run: StyleTraining, draws: tuple) -> torch.Tensor:
-    "Forward and backward of one update the reference's way, `grad_accum` passes of `batch_size`; returns the mean loss."
+    "Forward and backward of one update the reference's way, `grad_accum` passes of `batch_size`; return the mean loss."
     total = torch.zeros((), device=run.alphas.device)
     for first in range(0, len(draws[0]), run.cfg.batch_size):
         loss = sample_loss(run, draws, slice(first, first + run.cfg.batch_size)) / run.cfg.grad_accum
@@ -238,7 +284,9 @@ def resume(folder: Path, run: StyleTraining, optimizer, losses: torch.Tensor) ->
     "Restore the newest usable checkpoint in `folder` made with these settings and images; return its step (0: none)."
     # newer checkpoints that are not usable (other settings, cut short, NaN rows) are deleted
     folder.mkdir(parents=True, exist_ok=True)
-    steps = {path: int(path.stem[5:]) for path in folder.glob("step-*.safetensors") if path.stem[5:].isdigit()}
+    steps = {}
+    for path in folder.glob("step-*.safetensors"):
+        if path.stem[5:].isdigit(): steps[path] = int(path.stem[5:])
     for path in sorted(steps, key=steps.get, reverse=True):
         found = _usable_checkpoint(path, run)
         if found is not None: break
@@ -258,7 +306,8 @@ def resume(folder: Path, run: StyleTraining, optimizer, losses: torch.Tensor) ->
 # %% ../nbs/04_style.ipynb #9352f56b
 def plot_loss(losses: list[float], path: Path) -> None:
     "Save the loss of every update and its running mean as a small PNG."
-    from matplotlib.figure import Figure   # not pyplot: switching its backend would end a notebook's inline plots
+    # not pyplot: switching its backend would end a notebook's inline plots
+    from matplotlib.figure import Figure
     fig = Figure(figsize=(5, 2.6), dpi=80)
     ax = fig.subplots()
     window = max(1, len(losses) // 20)
@@ -278,9 +327,10 @@ def train_embedding(cfg: StyleConfig, pipe, images: list[Image.Image], style_dir
                     checkpoint_seconds: float = 60.0,  # ... and whenever this long has passed since the last one
                     log_every: int = 25, unet: Callable | None = None,
                     forward_backward: Callable = accumulate) -> dict[str, torch.Tensor]:
-    "Learn `cfg.token` on both text encoders from `images`; checkpoints and loss.json/.png go in `style_dir`; fp32 rows."
+    "Learn `cfg.token` on both text encoders from `images`; checkpoints, loss.json/.png go in `style_dir`; fp32 rows."
     if cfg.token is None:
-        raise ValueError("train_embedding needs StyleConfig.token set (train_style derives it from the movie)")
+        raise ValueError("train_embedding needs StyleConfig.token set "
+                         "(train_style derives it from the movie)")
     run = prepare_training(cfg, pipe, images, style_dir, init_word=init_word, unet=unet)
     style_dir = Path(style_dir)
     optimizer = torch.optim.AdamW(list(run.rows.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -289,7 +339,8 @@ def train_embedding(cfg: StyleConfig, pipe, images: list[Image.Image], style_dir
     saved, saved_at, committing = done, time.monotonic(), False
     def checkpoint():
         nonlocal saved, saved_at
-        save_checkpoint(style_dir / "checkpoints" / f"step-{done:04d}.safetensors", run, optimizer, losses, done)
+        path = style_dir / "checkpoints" / f"step-{done:04d}.safetensors"
+        save_checkpoint(path, run, optimizer, losses, done)
         saved, saved_at = done, time.monotonic()
     bar = tqdm(total=cfg.steps, initial=done, desc=f"style {cfg.token}", disable=not progress)
     with spliced_rows(pipe, cfg.token, run.rows), bar:
@@ -298,7 +349,8 @@ def train_embedding(cfg: StyleConfig, pipe, images: list[Image.Image], style_dir
                 for group in optimizer.param_groups: group["lr"] = cfg.lr_at(step)
                 losses[step] = forward_backward(run, draw_update(run, step))
                 run.scaler.unscale_(optimizer)
-                if cfg.max_grad_norm: torch.nn.utils.clip_grad_norm_(list(run.rows.values()), cfg.max_grad_norm)
+                if cfg.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(list(run.rows.values()), cfg.max_grad_norm)
                 committing = True   # rows, AdamW and the scaler change together: no checkpoint in between
                 run.scaler.step(optimizer)
                 run.scaler.update()
@@ -308,8 +360,8 @@ def train_embedding(cfg: StyleConfig, pipe, images: list[Image.Image], style_dir
                 if done % log_every == 0 or done == cfg.steps:
                     recent = losses[max(0, done - log_every):done].mean().item()
                     if not math.isfinite(recent):
-                        raise FloatingPointError(f"style loss became {recent} by update {done}; lower StyleConfig.lr "
-                                                 "or use dtype='bfloat16'")
+                        raise FloatingPointError(f"style loss became {recent} by update {done}; "
+                                                 "lower StyleConfig.lr or use dtype='bfloat16'")
                     bar.set_postfix(loss=f"{recent:.4f}")
                 due = done % checkpoint_every == 0 or time.monotonic() - saved_at >= checkpoint_seconds
                 if due or done == cfg.steps: checkpoint()
@@ -332,7 +384,9 @@ def _trained_with(path: Path, wanted: dict) -> dict | None:
     "How the settings `path` was trained with differ from `wanted` (None: no usable embedding there, so it is trained)."
     try:
         read_style_embedding(path)
-        with safe_open(str(path), "pt") as file: saved = json.loads((file.metadata() or {}).get("settings") or "{}")
+        with safe_open(str(path), "pt") as file:
+            metadata = file.metadata() or {}
+        saved = json.loads(metadata.get("settings") or "{}")
     except (FileNotFoundError, ValueError): return None
     return changed_settings(saved, wanted)
 
@@ -345,30 +399,38 @@ def style_stage(cfg: StyleConfig, pipe, run_dir: str | Path, train: Callable, *,
     movie = Movie.load(run_dir)
     out = run_dir / "style" / "embedding.safetensors"
     cfg = dataclasses.replace(cfg, token=cfg.token or style_token(movie.style_keyword or movie.id))
-    check_style_token(pipe, cfg.token, cfg.num_vectors, out)  # a vocabulary word, another file's token: refused up front
+    # a vocabulary word, another file's token: refused up front
+    check_style_token(pipe, cfg.token, cfg.num_vectors, out)
     images = load_style_images(cfg.images_dir, cfg.resolution) if cfg.images_dir else None
     wanted = _embedding_settings(cfg, movie, images, pipeline_source(pipe, run_dir))
     record = image_record(run_dir)
-    stale = changed_settings(record["settings"], image_settings(cfg, movie)) if images is None and record["done"] else {}
+    stale = {}
+    if images is None and record["done"]:
+        stale = changed_settings(record["settings"], image_settings(cfg, movie))
     changes = _trained_with(out, wanted)
     if (changes or stale) and not redo:  # stop before touching anything
         what = f"{out} was trained" if changes else f"the style images in {out.parent / 'images'} were made"
-        redone = ("retrain it" + (" and remake the style images" if stale else "")) if changes else "remake them and retrain"
-        raise ConfigError(f"{what} with other settings ({describe_changes(changes or stale)}); nothing was changed: pass "
-                          f"redo=True (--redo) to {redone}, or keep the saved settings")
+        if changes: redone = "retrain it" + (" and remake the style images" if stale else "")
+        else: redone = "remake them and retrain"
+        raise ConfigError(f"{what} with other settings ({describe_changes(changes or stale)}); nothing was changed: "
+                          f"pass redo=True (--redo) to {redone}, or keep the saved settings")
     model = model_name or pipeline_model(run_dir, pipe)
     trains = changes != {} or stale
     if trains:
         save_stage_config(run_dir, "style", cfg)
         if images is None: images = make_style_images(cfg, pipe, movie, run_dir, progress=progress)
-        rows = train(cfg, pipe, images, out.parent, init_word=movie.style_keyword or "style", progress=progress)
-        save_style_embedding(out, cfg.token, rows["clip_l"], rows["clip_g"], settings=wanted)  # replaces an old one at the very end
+        rows = train(cfg, pipe, images, out.parent, init_word=movie.style_keyword or "style",
+                     progress=progress)
+        # replaces an old one at the very end
+        save_style_embedding(out, cfg.token, rows["clip_l"], rows["clip_g"], settings=wanted)
     load_style(pipe, out)  # the pipeline renders with the style from here on
-    if trains or stage_records(run_dir).get("style", {}).get("state") != "done":   # (a finished stage touches no file)
+    # a finished stage touches no file
+    if trains or stage_records(run_dir).get("style", {}).get("state") != "done":
         finish_stage(run_dir, "style", cfg, model=model)   # recorded done only once the embedding is written
     return out
 
 def train_style(cfg: StyleConfig, pipe, run_dir: str | Path, *, redo: bool = False, progress: bool = True,
                 model_name: str | None = None) -> Path:
     "Stage 2, the plain way: style images and textual inversion on both encoders -> RUN/style/embedding.safetensors."
-    return style_stage(cfg, pipe, run_dir, train_embedding, redo=redo, progress=progress, model_name=model_name)
+    return style_stage(cfg, pipe, run_dir, train_embedding, redo=redo, progress=progress,
+                       model_name=model_name)

@@ -29,10 +29,10 @@ __all__ = ['clip_tokenizer', 'tiny_sdxl', 'theme_words', 'schema_instance', 'req
 
 # %% ../nbs/90_testing.ipynb #d3f5718c
 _PROMPT_WORDS = """a an the in of on at with and is are to his her their by from into under near
-image style photo painting picture scene movie frame man woman boy girl old young people person standing sitting
-looking talking holding walking hugging squatting smiling running room street house city forest river garden
-kitchen office window door table chair night day light dark blue red green yellow black white brown clothes
-shirt dress coat hat hair face eyes hand looks like who generate cinematic detailed quality""".split()
+image style photo painting picture scene movie frame man woman boy girl old young people person standing
+sitting looking talking holding walking hugging squatting smiling running room street house city forest river
+garden kitchen office window door table chair night day light dark blue red green yellow black white brown
+clothes shirt dress coat hat hair face eyes hand looks like who generate cinematic detailed quality""".split()
 
 def _learn_merges(words: list[str], n_merges: int) -> list[tuple[str, str]]:
     "Classic BPE training: repeatedly merge the most frequent adjacent pair (ties: first seen)."
@@ -53,7 +53,7 @@ def _learn_merges(words: list[str], n_merges: int) -> list[tuple[str, str]]:
     return merges
 
 def clip_tokenizer(max_length: int = 77, n_merges: int = 400) -> CLIPTokenizer:
-    "A small CLIP byte-level BPE tokenizer (no download) with merges learned from prompt words: any text, `add_tokens`, saving."
+    "A small CLIP byte-level BPE tokenizer (no download; merges from prompt words): any text, `add_tokens`, saving."
     from dreamframe.models import byte_tokenizer
     return byte_tokenizer(_learn_merges(_PROMPT_WORDS, n_merges), max_length=max_length)
 
@@ -77,7 +77,8 @@ def _tiny_unet(cross_attention_dim: int, pooled_dim: int, n_time_ids: int, seed:
     torch.manual_seed(seed)
     return UNet2DConditionModel(
         sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         transformer_layers_per_block=(1, 1), attention_head_dim=(2, 4), use_linear_projection=True,
         norm_num_groups=8, cross_attention_dim=cross_attention_dim, addition_embed_type="text_time",
         addition_time_embed_dim=8, projection_class_embeddings_input_dim=n_time_ids * 8 + pooled_dim).eval()
@@ -88,7 +89,8 @@ def _tiny_vae(seed: int) -> AutoencoderKL:
     from diffusers import AutoencoderKL
     torch.manual_seed(seed)
     return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 16, 16),
-                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                         down_block_types=("DownEncoderBlock2D",) * 4,
+                         up_block_types=("UpDecoderBlock2D",) * 4,
                          layers_per_block=1, norm_num_groups=8, sample_size=64, scaling_factor=0.13025,
                          force_upcast=True).eval()
 
@@ -113,12 +115,14 @@ def _build_tiny_sdxl(path: Path, seed: int, refiner: bool) -> Path:
     base = StableDiffusionXLPipeline(
         vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
         tokenizer_2=tokenizer_2, unet=_tiny_unet(32 + 64, 64, n_time_ids=6, seed=seed + 3),
-        scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER), force_zeros_for_empty_prompt=True, add_watermarker=False)
+        scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER), force_zeros_for_empty_prompt=True,
+        add_watermarker=False)
     base.save_pretrained(path)
     if refiner:
         StableDiffusionXLImg2ImgPipeline(
-            vae=vae, text_encoder=None, text_encoder_2=text_encoder_2, tokenizer=None, tokenizer_2=tokenizer_2,
-            unet=_tiny_unet(64, 64, n_time_ids=5, seed=seed + 4), scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER),
+            vae=vae, text_encoder=None, text_encoder_2=text_encoder_2, tokenizer=None,
+            tokenizer_2=tokenizer_2, unet=_tiny_unet(64, 64, n_time_ids=5, seed=seed + 4),
+            scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER),
             requires_aesthetics_score=True, force_zeros_for_empty_prompt=False, add_watermarker=False,
         ).save_pretrained(path / "refiner")
     honour_umask(path)   # safetensors writes -rw-------; a shared run folder needs what the umask gives
@@ -126,65 +130,89 @@ def _build_tiny_sdxl(path: Path, seed: int, refiner: bool) -> Path:
 
 # %% ../nbs/90_testing.ipynb #099aa6c0
 _NAMES = ["Mara", "Elias", "Ines", "Tomas", "Lena", "Owen", "Noor", "Felix", "Ada", "Jonah", "Iris", "Milo"]
-_LOOKS = [("woman", "Audrey Hepburn"), ("man", "Keanu Reeves"), ("woman", "Emma Stone"), ("man", "Idris Elba"),
-          ("woman", "Zendaya"), ("man", "Tom Hanks")]
+_LOOKS = [("woman", "Audrey Hepburn"), ("man", "Keanu Reeves"), ("woman", "Emma Stone"),
+          ("man", "Idris Elba"), ("woman", "Zendaya"), ("man", "Tom Hanks")]
 _COLOURS = ["blue", "red", "green", "yellow", "grey", "white", "brown", "orange"]
-_PLACES = [f"the {a} {p}" for a in ("old", "quiet", "misty", "sunlit", "narrow")
-           for p in ("harbor", "attic", "market", "kitchen", "library", "garden", "bridge", "meadow")]
-_THINGS = ["a lantern", "an old letter", "a small box", "a map", "a cup of tea", "a photograph", "a key", "a book"]
+_ADJECTIVES = ("old", "quiet", "misty", "sunlit", "narrow")
+_SITES = ("harbor", "attic", "market", "kitchen", "library", "garden", "bridge", "meadow")
+_PLACES = [f"the {adjective} {site}" for adjective in _ADJECTIVES for site in _SITES]
+_THINGS = ["a lantern", "an old letter", "a small box", "a map", "a cup of tea", "a photograph", "a key",
+           "a book"]
 _ACTIONS = ["standing beside", "sitting near", "looking at", "holding", "walking past", "squatting beside"]
 _TIMES = ["at dawn", "at dusk", "in the rain", "at night", "in the morning"]
 _STYLES = ["watercolor", "cinematic", "pastel", "noir", "storybook", "gouache"]
-_STOP = set("the and with for from into that this their about write movie story scene title theme part night".split())
-_KINDS = {"person": re.compile(r"character|speaker|who|person|cast", re.I), "place": re.compile(r"location|place|setting", re.I)}
+_STOP = set("""the and with for from into that this their about write movie story scene title theme part
+night""".split())
+_KINDS = {"person": re.compile(r"character|speaker|who|person|cast", re.I),
+          "place": re.compile(r"location|place|setting", re.I)}
 
 def theme_words(messages: list[dict], limit: int = 6) -> list[str]:
     "Content words of the theme in `messages`: its `Theme:`/`Movie:`/`Title:` line, else the last user message."
     text = "\n".join(str(m.get("content", "")) for m in messages)
     users = [str(m.get("content", "")) for m in messages if m.get("role") == "user"] or [text]
     line = re.search(r"^\s*(?:theme|movie|title)\s*[:=]\s*(.+)", text, re.I | re.M)
-    words = [w.lower() for w in re.findall(r"[A-Za-z]{3,}", line.group(1) if line else users[-1])]
+    source = line.group(1) if line else users[-1]
+    words = [w.lower() for w in re.findall(r"[A-Za-z]{3,}", source)]
     return list(dict.fromkeys(w for w in words if w not in _STOP))[:limit] or ["lantern", "journey"]
 
 def _fold(text: str) -> str: return " ".join(re.findall(r"\w+", text.lower()))
 
 # %% ../nbs/90_testing.ipynb #8766e374
+def _field_order(name: str) -> int:
+    "Where field `name` is filled among its object's fields: names and places first, distractors last."
+    if any(pattern.search(name) for pattern in _KINDS.values()): return 0
+    return 2 if "distractor" in name else 1
+
 class _Filler:
     "One deterministic, readable instance of a JSON schema; names and places come from the prompt when it has them."
     def __init__(self, schema: dict, seed: str, words: list[str], text: str):
         self.root, self.rng, self.words, self.used, self.looks = schema, random.Random(seed), words, set(), 0
         start = int(hashlib.sha256(" ".join(words).encode()).hexdigest(), 16)   # names vary with the theme
-        self.new = {"person": _NAMES[start % 12:] + _NAMES[:start % 12], "place": _PLACES[start % 40:] + _PLACES[:start % 40]}
+        first_name, first_place = start % 12, start % 40
+        self.new = {"person": _NAMES[first_name:] + _NAMES[:first_name],
+                    "place": _PLACES[first_place:] + _PLACES[:first_place]}
         self.made, self.style = {"person": [], "place": []}, _STYLES[start % len(_STYLES)]
-        mentions = {p: text.lower().count(p) for p in _PLACES}   # the place a prompt repeats is where its call happens
-        self.mentioned = {"person": [n for n in _NAMES if re.search(rf"\b{n}\b", text)] or self.new["person"][:2],
-                          "place": [p for p, n in mentions.items() if n and n == max(mentions.values())] or self.new["place"][:3]}
+        # the place a prompt repeats is where its call happens
+        mentions = {p: text.lower().count(p) for p in _PLACES}
+        most = max(mentions.values())
+        people = [n for n in _NAMES if re.search(rf"\b{n}\b", text)]
+        places = [p for p, n in mentions.items() if n and n == most]
+        self.mentioned = {"person": people or self.new["person"][:2],
+                          "place": places or self.new["place"][:3]}
 
-    def value(self, node: dict, key: str = "", parent: str = "", siblings: dict | None = None, depth: int = 0) -> Any:
+    def value(self, node: dict, key: str = "", parent: str = "", siblings: dict | None = None,
+              depth: int = 0) -> Any:
         if depth > 40: raise ValueError("the schema nests deeper than 40 levels")
-        if "$ref" in node: node = {**self.root["$defs"][node["$ref"].rsplit("/", 1)[-1]], **{k: v for k, v in node.items() if k != "$ref"}}
+        if "$ref" in node:
+            definition = self.root["$defs"][node["$ref"].rsplit("/", 1)[-1]]
+            node = {**definition, **{k: v for k, v in node.items() if k != "$ref"}}
         if "enum" in node: return self.rng.choice(node["enum"])
-        if options := node.get("anyOf") or node.get("oneOf"):   # the first non-null choice (null deep in a recursive schema)
+        if options := node.get("anyOf") or node.get("oneOf"):
+            # the first non-null choice (null deep in a recursive schema)
             real = [o for o in options if o.get("type") != "null"]
-            return self.value(real[0] if real and depth < 8 else {"type": "null"}, key, parent, siblings, depth + 1)
+            choice = real[0] if real and depth < 8 else {"type": "null"}
+            return self.value(choice, key, parent, siblings, depth + 1)
         kind = node.get("type", "object" if "properties" in node else "string")
-        kind = next((k for k in kind if k != "null"), "null") if isinstance(kind, list) else kind
+        if isinstance(kind, list): kind = next((k for k in kind if k != "null"), "null")
         if kind == "object":   # names and places first: the text after them refers to them
             properties, values = node.get("properties", {}), {}
-            for name in sorted(properties, key=lambda n: 0 if any(p.search(n) for p in _KINDS.values()) else 2 if "distractor" in n else 1):
+            for name in sorted(properties, key=_field_order):
                 values[name] = self.value(properties[name], name, key, values, depth + 1)
             return {name: values[name] for name in properties}
         if kind == "array":   # distinct items while the choices last
             low, high = node.get("minItems", 0), node.get("maxItems")
-            count, items, tries = low if depth > 6 else max(low, min(2 if high is None else high, 2)), [], 0
+            count = low if depth > 6 else max(low, min(2 if high is None else high, 2))
+            items, tries = [], 0
             while len(items) < count:
-                item, tries = self.value(node.get("items", {}), key, key, siblings, depth + 1), tries + 1
+                item = self.value(node.get("items", {}), key, key, siblings, depth + 1)
+                tries += 1
                 if item not in items or tries > 20 * count: items.append(item)
             return sorted(items) if all(type(i) is int for i in items) else items
         if kind in ("integer", "number"):
             low = node.get("minimum", node.get("exclusiveMinimum", -1) + 1)
             high = max(low, node.get("maximum", node.get("exclusiveMaximum", low + 11) - 1))
-            return self.rng.randint(int(-(-low // 1)), int(high // 1)) if kind == "integer" else round(self.rng.uniform(low, high), 2)
+            if kind == "integer": return self.rng.randint(int(-(-low // 1)), int(high // 1))
+            return round(self.rng.uniform(low, high), 2)
         if kind == "boolean": return self.rng.random() < 0.5
         return None if kind == "null" else self.string(node, key.lower(), parent.lower(), siblings or {})
 
@@ -195,18 +223,24 @@ class _Filler:
             if _fold(text) not in self.used: break
         self.used.add(_fold(text))
         if (pattern := node.get("pattern")) and not re.search(pattern, text):
-            text = next((c for c in (text.split()[0], self.words[0], self.words[0].title()) if re.search(pattern, c)), text)
-        cap = node.get("maxLength") or int((re.search(r"at most (\d+) characters", node.get("description", "")) or [0, 10**9])[1])
+            candidates = (text.split()[0], self.words[0], self.words[0].title())
+            text = next((c for c in candidates if re.search(pattern, c)), text)
+        cap = node.get("maxLength")
+        if not cap:
+            stated = re.search(r"at most (\d+) characters", node.get("description", ""))
+            cap = int(stated[1]) if stated else 10**9
         return text if len(text) <= cap else text[:cap].rsplit(" ", 1)[0]
 
 # %% ../nbs/90_testing.ipynb #1eae037c
 @patch
 def pick(self: _Filler, kind: str, siblings: dict) -> str:
-    "A character (`kind='person'`) or place for a text: its object's own (a name, or a 1-based number), else one made or mentioned."
+    "A character or place (`kind`) for a text: its object's own (name or 1-based number), else one made or mentioned."
     made = self.made[kind]
     for name, value in siblings.items():
         values = value if isinstance(value, list) else [value]
-        names = [v for v in values if isinstance(v, str)] + [made[v - 1] for v in values if type(v) is int and 0 < v <= len(made)]
+        named = [v for v in values if isinstance(v, str)]
+        numbered = [made[v - 1] for v in values if type(v) is int and 0 < v <= len(made)]
+        names = named + numbered
         if _KINDS[kind].search(name) and names: return self.rng.choice(names)
     return self.rng.choice(made or self.mentioned[kind])
 
@@ -225,46 +259,65 @@ def text(self: _Filler, key: str, parent: str, siblings: dict) -> str:
     if "keyword" in key: return self.style
     if "style" in key: return f"{self.style} style, soft {r.choice(_COLOURS)} tones, gentle light"
     if "title" in key:
-        if not parent: return f"The {' '.join(w.title() for w in self.words[:2])}'s {r.choice(['Secret', 'Promise', 'Journey', 'Letter'])}"
+        if not parent:
+            theme = " ".join(w.title() for w in self.words[:2])
+            return f"The {theme}'s {r.choice(['Secret', 'Promise', 'Journey', 'Letter'])}"
         return r.choice([f"{who()} and the {word.title()}", f"Morning at {place().title()}"])
     if "prompt" in key: return f"In {place()}, {who()} is {r.choice(_ACTIONS)} {thing}"
     if "question" in key:
-        return r.choice([f"Why does {who()} go to {place()}?", f"What does {who()} find near the {word}?", f"Where does {who()} hide {thing}?",
-                         f"Who is with {who()} in {place()}?", f"When does {who()} come back to {place()}?", f"Why is the {word} important to {who()}?"])
-    if any(s in key for s in ("answer", "distractor", "choice", "option")):   # shaped by the question's first word
-        return {"Why": f"Because of {thing}.", "Where": f"In {r.choice(_PLACES)}.", "Who": f"{r.choice(_NAMES)}.", "When": f"{r.choice(_TIMES).capitalize()}."
-                }.get(str(siblings.get("question", "")).split(" ", 1)[0], f"{thing.capitalize()}.")
+        questions = [f"Why does {who()} go to {place()}?", f"What does {who()} find near the {word}?",
+                     f"Where does {who()} hide {thing}?", f"Who is with {who()} in {place()}?",
+                     f"When does {who()} come back to {place()}?", f"Why is the {word} important to {who()}?"]
+        return r.choice(questions)
+    if any(s in key for s in ("answer", "distractor", "choice", "option")):
+        # shaped by the question's first word
+        answers = {"Why": f"Because of {thing}.", "Where": f"In {r.choice(_PLACES)}.",
+                   "Who": f"{r.choice(_NAMES)}.", "When": f"{r.choice(_TIMES).capitalize()}."}
+        first_word = str(siblings.get("question", "")).split(" ", 1)[0]
+        return answers.get(first_word, f"{thing.capitalize()}.")
     if "text" in key or "line" in key:   # a line of dialogue
-        return r.choice([f"Did you see the {word} last night?", f"We should go back to {place()}.", f"I kept {thing} safe for you."])
+        lines = [f"Did you see the {word} last night?", f"We should go back to {place()}.",
+                 f"I kept {thing} safe for you."]
+        return r.choice(lines)
     if _KINDS["person"].search(key): return who()
     if _KINDS["place"].search(key): return place()
-    sentences = [f"{who()} finds {thing} in {place()}.", f"{who()} walks to {place()} {r.choice(_TIMES)}.", f"In {place()}, {who()} talks about the {word}."]
-    return " ".join(r.sample(sentences, 3 if any(s in key for s in ("content", "overview", "summary", "plot")) else 1))
+    sentences = [f"{who()} finds {thing} in {place()}.", f"{who()} walks to {place()} {r.choice(_TIMES)}.",
+                 f"In {place()}, {who()} talks about the {word}."]
+    summary = any(s in key for s in ("content", "overview", "summary", "plot"))
+    return " ".join(r.sample(sentences, 3 if summary else 1))
 
-def schema_instance(schema: dict, *, seed: int | str = 0, words: list[str] | None = None, text: str = "") -> Any:
+def schema_instance(schema: dict, *, seed: int | str = 0, words: list[str] | None = None,
+                    text: str = "") -> Any:
     "A valid, deterministic, readable instance of the JSON `schema`; `text` (the prompt) supplies names and places."
-    return _Filler(schema, str(seed), words or theme_words([{"role": "user", "content": text}]), text).value(schema)
+    words = words or theme_words([{"role": "user", "content": text}])
+    return _Filler(schema, str(seed), words, text).value(schema)
 
 # %% ../nbs/90_testing.ipynb #b7912a8c
 def request_schema(request: dict) -> dict | None:
     "The JSON schema a chat request asks for: its `response_format`, else the schema in its system prompt."
-    if (request.get("response_format") or {}).get("type") == "json_schema": return request["response_format"]["json_schema"]["schema"]
+    if (request.get("response_format") or {}).get("type") == "json_schema":
+        return request["response_format"]["json_schema"]["schema"]
     for message in request.get("messages", []):
         if _SCHEMA_PROMPT in str(message.get("content")):
-            try: return json.JSONDecoder().raw_decode(message["content"].split(_SCHEMA_PROMPT, 1)[1])[0]
+            after_prompt = message["content"].split(_SCHEMA_PROMPT, 1)[1]
+            try: return json.JSONDecoder().raw_decode(after_prompt)[0]
             except ValueError: return None
 
 def completion(request: dict, content: str, finish_reason: str = "stop") -> dict:
     "An OpenAI chat completion carrying `content`."
-    return {"id": "chatcmpl-local", "object": "chat.completion", "created": 0, "model": request.get("model", "local"),
-            "choices": [{"index": 0, "finish_reason": finish_reason, "message": {"role": "assistant", "content": content}}]}
+    message = {"role": "assistant", "content": content}
+    choice = {"index": 0, "finish_reason": finish_reason, "message": message}
+    return {"id": "chatcmpl-local", "object": "chat.completion", "created": 0,
+            "model": request.get("model", "local"), "choices": [choice]}
 
 def _answer_content(request: dict, seed: int | str) -> str:
     "The filler's answer to `request` (a fixed one when it asks for no schema)."
     schema, messages = request_schema(request), request.get("messages", [])
     if schema is None: return '{"answer": "ok"}'
     prompt = "\n".join(str(m.get("content", "")) for m in messages if m.get("role") != "assistant")
-    return json.dumps(schema_instance(schema, seed=f"{seed}:{request_key(request)}", words=theme_words(messages), text=prompt), ensure_ascii=False)
+    instance = schema_instance(schema, seed=f"{seed}:{request_key(request)}", words=theme_words(messages),
+                               text=prompt)
+    return json.dumps(instance, ensure_ascii=False)
 
 class ScriptedLLM(LLM):
     "Offline stand-in for `LLM` (no network, no key): deterministic answers built from each request's schema."
@@ -274,7 +327,8 @@ class ScriptedLLM(LLM):
         super().__init__(cfg or LLMConfig(model="scripted", concurrency=64), cache_dir=cache_dir)
     def _setup_client(self, api_key): self._api_key, self.url = None, "(offline)"
     async def check(self) -> None: "Nothing to check: the stand-in is always there."
-    async def _send(self, request: dict, timeout: float) -> dict: return completion(request, _answer_content(request, self.seed))
+    async def _send(self, request: dict, timeout: float) -> dict:
+        return completion(request, _answer_content(request, self.seed))
 
 # %% ../nbs/90_testing.ipynb #d01748db
 class _Handler(BaseHTTPRequestHandler):
@@ -283,20 +337,26 @@ class _Handler(BaseHTTPRequestHandler):
     def send_json(self, status: int, payload: dict, headers: dict | None = None):
         body = json.dumps(payload).encode()
         self.send_response(status)
-        for name, value in {"Content-Type": "application/json", "Content-Length": str(len(body)), **(headers or {})}.items(): self.send_header(name, value)
-        self.end_headers(); self.wfile.write(body)
+        fields = {"Content-Type": "application/json", "Content-Length": str(len(body)), **(headers or {})}
+        for name, value in fields.items(): self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
     def do_POST(self):
         owner, body = self.server.owner, self.rfile.read(int(self.headers.get("Content-Length") or 0))
         try: request = json.loads(body)
         except ValueError: request = None
         if self.path.rstrip("/") != "/v1/chat/completions" or not isinstance(request, dict):
-            return self.send_json(404, {"error": {"message": f"POST {self.path}: not a chat request", "type": "invalid_request_error"}})
-        with owner.lock: owner.requests.append(request); owner.counts["requests"] += 1
+            error = {"message": f"POST {self.path}: not a chat request", "type": "invalid_request_error"}
+            return self.send_json(404, {"error": error})
+        with owner.lock:
+            owner.requests.append(request)
+            owner.counts["requests"] += 1
         try: owner.respond(self, request)
         except OSError: self.close_connection = True   # the client went away (its deadline passed)
 
 class _Server(ThreadingHTTPServer):
-    request_queue_size, daemon_threads, block_on_close = 1024, True, False   # many clients at once; never wait for them
+    # many clients at once; never wait for them
+    request_queue_size, daemon_threads, block_on_close = 1024, True, False
     def handle_error(self, request, client_address): pass   # a client that hung up is no news
 
 # %% ../nbs/90_testing.ipynb #ef24a3b2
@@ -307,7 +367,8 @@ class LocalLLMServer:
                  answer: Callable[[dict], str] | None = None,  # request -> answer text; default: the filler's
                  *, seed: int = 0):  # seeds the filler
         self.latency, self.answer, self.seed, self._httpd = latency, answer, seed, None
-        self.requests, self.counts = [], Counter()   # chat requests received (oldest first); "requests", "ok", ...
+        # chat requests received (oldest first); counts of "requests", "ok", ...
+        self.requests, self.counts = [], Counter()
         self.lock, self.stop = threading.Lock(), threading.Event()
 
     @property
@@ -317,18 +378,22 @@ class LocalLLMServer:
         self.stop.clear()
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.owner = self
-        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        serving = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                   daemon=True)
+        serving.start()
         return self
 
     def __exit__(self, *exc):
         self.stop.set()   # handlers still waiting are released at once
-        self._httpd.shutdown(); self._httpd.server_close()
+        self._httpd.shutdown()
+        self._httpd.server_close()
 
     def respond(self, handler: _Handler, request: dict) -> None:
         "Answer one chat request (override to misbehave): after `latency`, a completion of `answer(request)`."
         if self.latency: self.stop.wait(self.latency)
         try: content = self.answer(request) if self.answer else _answer_content(request, self.seed)
         except Exception as error:   # a broken `answer` function: say so instead of dropping the connection
-            return handler.send_json(500, {"error": {"message": f"answer raised {type(error).__name__}: {error}", "type": "server_error"}})
+            message = f"answer raised {type(error).__name__}: {error}"
+            return handler.send_json(500, {"error": {"message": message, "type": "server_error"}})
         handler.send_json(200, completion(request, content))
         with self.lock: self.counts["ok"] += 1
