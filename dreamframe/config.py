@@ -43,7 +43,7 @@ _SETTINGS = ConfigDict(
 )
 
 def _help(cls) -> dict[str, str]:
-    "Each field's help: its comment, beside or just above it, on one line (none when the source can't be read)."
+    "Each field's help: the comment beside its definition (none when the source can't be read)."
     try:
         docs = docments(cls, full=True)
     except (TypeError, OSError):   # its module was dropped from sys.modules (a test, a reload): import it again
@@ -54,7 +54,7 @@ def _help(cls) -> dict[str, str]:
             return {}
     helps = {}
     for name, doc in docs.items():
-        if name != "return":   # a comment of several lines above a field is one line of help
+        if name != "return":   # a comment of two lines above a field reads as one line of help
             helps[name] = " ".join((doc.get("docment") or "").split())
     return helps
 
