@@ -45,7 +45,8 @@ def _converter(annotation):
     listed = any(typing.get_origin(m) is list for m in members)
     def convert(text: str):
         if optional and text.lower() in ("none", "null"): return None
-        if listed and not text.lstrip().startswith("["): return [item.strip() for item in text.split(",") if item.strip()]
+        if listed and not text.lstrip().startswith("["):   # a,b,c: a list of texts
+            return [item.strip() for item in text.split(",") if item.strip()]
         if members == [str]: return text
         try: return json.loads(text)
         except ValueError: pass
@@ -55,14 +56,18 @@ def _converter(annotation):
         return text
     return convert
 
-BATCH_SECTIONS = {"run_many": ("dreamframe.run_many:RunManyConfig", ""),   # settings beside a run's stages: not saved
-                  "export_many": ("dreamframe.export_many:ExportManyConfig", "merge-"),
-                  "long_video": ("dreamframe.long_video:LongVideoConfig", "long-video-")}
+BATCH_SECTIONS = {   # settings beside a run's stages: not saved
+    "run_many": ("dreamframe.run_many:RunManyConfig", ""),
+    "export_many": ("dreamframe.export_many:ExportManyConfig", "merge-"),
+    "long_video": ("dreamframe.long_video:LongVideoConfig", "long-video-"),
+}
 
 def _section(section: str) -> tuple[type, str]:
     "The settings class and flag prefix of `section` (a run folder's, or a batch's)."
     from dreamframe.pipeline import SECTIONS, resolve, section_class
-    if section in BATCH_SECTIONS: return resolve(BATCH_SECTIONS[section][0]), BATCH_SECTIONS[section][1]
+    if section in BATCH_SECTIONS:
+        target, prefix = BATCH_SECTIONS[section]
+        return resolve(target), prefix
     return section_class(section), SECTIONS[section][1]
 
 def flag_name(section: str, field: str) -> str:
@@ -71,13 +76,14 @@ def flag_name(section: str, field: str) -> str:
 
 # %% ../nbs/10a_cli.ipynb #f77e8b5f
 def _default_text(setting, shown: dict) -> str:
-    "What the help says a setting's default is: `shown`'s value (a preset's), else the field's, or that there is none."
+    "What the help says a setting's default is: `shown`'s value (a preset's), the field's, or that it has none."
     if setting.name in shown: return f"(default: {shown[setting.name]!r})"
     if setting.default is PydanticUndefined: return "(no default: required for a new run)"
     return f"(default: {setting.default!r})"
 
 def add_settings(parser: argparse.ArgumentParser, sections,
-                 defaults: dict[str, dict] | None = None,  # values shown as the defaults, by section (a preset's)
+                 # values shown as the defaults, by section (a preset's)
+                 defaults: dict[str, dict] | None = None,
                 ) -> dict[str, tuple[str, str]]:
     "Add one option per field of `sections`; returns `{flag: (section, field)}`."
     flags = {}
@@ -85,7 +91,8 @@ def add_settings(parser: argparse.ArgumentParser, sections,
     for section in sections:
         group[section] = parser.add_argument_group(f"{section} settings")
         for setting in setting_fields(_section(section)[0]):
-            flag, dest = flag_name(section, setting.name), f"{section}.{setting.name}"
+            flag = flag_name(section, setting.name)
+            dest = f"{section}.{setting.name}"
             members, _ = _parts(setting.annotation)
             names = [flag] + [alias for alias, target in ALIASES.items() if target == (section, setting.name)]
             default = _default_text(setting, (defaults or {}).get(section, {}))
@@ -94,9 +101,11 @@ def add_settings(parser: argparse.ArgumentParser, sections,
                 group[section].add_argument(*names, dest=dest, action=argparse.BooleanOptionalAction,
                                             default=argparse.SUPPRESS, help=help_text)
             else:
-                choices = typing.get_args(members[0]) if typing.get_origin(members[0]) is typing.Literal else None
-                group[section].add_argument(*names, dest=dest, type=_converter(setting.annotation), choices=choices,
-                                            default=argparse.SUPPRESS, metavar=setting.name.upper(), help=help_text)
+                literal = typing.get_origin(members[0]) is typing.Literal
+                choices = typing.get_args(members[0]) if literal else None
+                group[section].add_argument(*names, dest=dest, type=_converter(setting.annotation),
+                                            choices=choices, default=argparse.SUPPRESS,
+                                            metavar=setting.name.upper(), help=help_text)
             flags.update({name: (section, setting.name) for name in names})
     return flags
 
@@ -104,13 +113,16 @@ def given_settings(args: argparse.Namespace, sets: list[str] = ()) -> dict[str, 
     "The settings given on the command line, by section, plus `--set SECTION.FIELD=VALUE` items."
     given = {}
     for dest, value in vars(args).items():
-        if "." in dest: section, name = dest.split(".", 1); given.setdefault(section, {})[name] = value
+        if "." in dest:   # section.field: a settings option
+            section, name = dest.split(".", 1)
+            given.setdefault(section, {})[name] = value
     for item in sets:
         key, sep, text = item.partition("=")
         section, dot, name = key.partition(".")
         if not (sep and dot and section and name):
             raise UsageError(f"--set {item!r}: expected SECTION.FIELD=VALUE, e.g. --set keyframes.guidance=6")
-        given.setdefault(section, {})[name] = _converter(typing.Any | None)(text)   # JSON when it parses, else text
+        value = _converter(typing.Any | None)(text)   # JSON when it parses, else text
+        given.setdefault(section, {})[name] = value
     return given
 
 # %% ../nbs/10a_cli.ipynb #e931f78f
@@ -135,8 +147,11 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 def _common(parser: argparse.ArgumentParser, redo: bool = True) -> None:
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="any setting, e.g. keyframes.guidance=6")
-    if redo: parser.add_argument("--redo", action="store_true", help="redo finished work made with other settings (replaced atomically)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="any setting, e.g. keyframes.guidance=6")
+    if redo:
+        parser.add_argument("--redo", action="store_true",
+                            help="redo finished work made with other settings (replaced atomically)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--debug", action="store_true", help="show the traceback of a failure")
 
@@ -144,15 +159,19 @@ def command_parser(command: str) -> Parser:
     "The parser of `dreamframe COMMAND` for a stage command, `run` or `demo`."
     from dreamframe.pipeline import PRESETS, STAGE_SECTIONS, STAGES, _sections
     if command in STAGE_SECTIONS:
-        parser = Parser(prog=f"dreamframe {command}", description=f"{STAGE_HELP[command].capitalize()}; starts from RUN/config.json.")
+        description = f"{STAGE_HELP[command].capitalize()}; starts from RUN/config.json."
+        parser = Parser(prog=f"dreamframe {command}", description=description)
         parser.add_argument("run_dir", type=Path, metavar="RUN", help="the run folder")
         sections = STAGE_SECTIONS[command]
     else:
-        parser = Parser(prog=f"dreamframe {command}", description="Run every unfinished stage of one movie; starts from RUN/config.json.")
+        description = "Run every unfinished stage of one movie; starts from RUN/config.json."
+        parser = Parser(prog=f"dreamframe {command}", description=description)
         parser.add_argument("run_dir", type=Path, metavar="RUN", nargs="?" if command == "demo" else None,
                             default=Path("demo_run"), help="the run folder (created if missing)")
         parser.add_argument("--only", help=f"comma-separated stages (default all: {','.join(STAGES)})")
-        if command != "demo": parser.add_argument("--preset", choices=list(PRESETS), help="named settings applied under the flags")
+        if command != "demo":
+            parser.add_argument("--preset", choices=list(PRESETS),
+                                help="named settings applied under the flags")
         sections = _sections(STAGES)
     _common(parser)
     shown = PRESETS["demo"] if command == "demo" else None   # the demo's help shows the values it runs with
@@ -165,8 +184,9 @@ def quiet_libraries() -> None:
     os.environ.update(TQDM_DISABLE="1", HF_HUB_DISABLE_PROGRESS_BARS="1", DIFFUSERS_VERBOSITY="error")
     for name in ("huggingface_hub.utils", "diffusers.utils.logging", "transformers.utils.logging"):
         module = importlib.import_module(name)
-        getattr(module, "disable_progress_bars", None) and module.disable_progress_bars()
-        getattr(module, "disable_progress_bar", None) and module.disable_progress_bar()
+        # the libraries name it either way
+        for switch_off in ("disable_progress_bars", "disable_progress_bar"):
+            if getattr(module, switch_off, None): getattr(module, switch_off)()
 
 # %% ../nbs/10a_cli.ipynb #92c791f3
 def run_command(command: str, argv: list[str]) -> int:
@@ -179,16 +199,19 @@ def run_command(command: str, argv: list[str]) -> int:
     elif args.only: stages = [s.strip() for s in args.only.split(",")]
     else: stages = list(STAGES)
     preset = "demo" if command == "demo" else getattr(args, "preset", None)
-    run_pipeline(args.run_dir, stages=stages, given=given_settings(args, args.set), preset=preset, redo=args.redo,
+    given = given_settings(args, args.set)
+    run_pipeline(args.run_dir, stages=stages, given=given, preset=preset, redo=args.redo,
                  progress=not args.quiet, lock=False)
     if command in ("run", "demo"): print(status(args.run_dir))
     if command == "eval":   # the numbers, not only a file that holds them
         from dreamframe.evaluate import read_metrics, summary_table
         print(summary_table(read_metrics(args.run_dir)))
     if command == "demo":
-        print("\nLook at:\n" + "\n".join(f"  {name:<16} {path}" for name, path in demo_outputs(args.run_dir).items()))
-        print("The pictures come from an untrained stand-in model (random weights, 64 px), so they are noise-like; the story,\n"
-              "QA, dataset, video, viewer and metrics are the real thing. Real pictures: `dreamframe run RUN --theme \"...\"\n"
+        outputs = demo_outputs(args.run_dir)
+        print("\nLook at:\n" + "\n".join(f"  {name:<16} {path}" for name, path in outputs.items()))
+        print("The pictures come from an untrained stand-in model (random weights, 64 px), "
+              "so they are noise-like; the story,\nQA, dataset, video, viewer and metrics are the real thing. "
+              "Real pictures: `dreamframe run RUN --theme \"...\"\n"
               "--model stabilityai/stable-diffusion-xl-base-1.0 --llm-model NAME [--base-url URL]`.")
     return 0
 
@@ -198,7 +221,8 @@ def view_command(args: argparse.Namespace) -> int:
     from dreamframe.viewer import frames_to_html
     cfg = run_settings(args.run_dir, ["view"], given_settings(args, args.set))["view"]
     out = Path(cfg.html) if cfg.html else args.run_dir / "view.html"
-    frames_to_html(args.run_dir, out, compare=cfg.against, thumb_size=cfg.thumb_size, image_size=cfg.image_size, embed=not cfg.link)
+    frames_to_html(args.run_dir, out, compare=cfg.against, thumb_size=cfg.thumb_size,
+                   image_size=cfg.image_size, embed=not cfg.link)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB); open it in a browser")
     return 0
 
@@ -207,12 +231,15 @@ def status_command(argv: list[str]) -> int:
     "`dreamframe status RUN [RUN …]`: one folder stage by stage; several, one line per movie (read-only)."
     from dreamframe.pipeline import status
     from dreamframe.run_many import movie_line
-    parser = Parser(prog="dreamframe status", description="Show what is done, stale and left in run folders (read-only).")
-    parser.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN", help="run folder(s), e.g. OUT/* of run-many")
+    description = "Show what is done, stale and left in run folders (read-only)."
+    parser = Parser(prog="dreamframe status", description=description)
+    parser.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN",
+                        help="run folder(s), e.g. OUT/* of run-many")
     args = parser.parse_args(argv)
     missing = [str(p) for p in args.run_dirs if not p.is_dir()]
     found = [p for p in args.run_dirs if p.is_dir()]
-    for run_dir in found: print(status(run_dir) if len(found) == 1 else movie_line(run_dir))
+    for run_dir in found:
+        print(status(run_dir) if len(found) == 1 else movie_line(run_dir))
     if missing: raise FileNotFoundError(f"no such run folder: {', '.join(missing)}")
     return 0
 
@@ -244,38 +271,44 @@ def run_many_command(argv: list[str]) -> int:
     cfg = make_config(RunManyConfig, None, given.pop("run_many", {}))
     folders = movie_folders(read_themes(args.themes), args.out_dir)
     stages = [s.strip() for s in args.only.split(",")] if args.only else None
-    if cfg.executor == "ray": results = run_ray(folders, given, args.preset, args.redo, cfg, stages)
-    else: results = run_local(folders, given, args.preset, args.redo, not args.quiet, stages)
+    if cfg.executor == "ray":
+        results = run_ray(folders, given, args.preset, args.redo, cfg, stages)
+    else:
+        results = run_local(folders, given, args.preset, args.redo, not args.quiet, stages)
     print("\n" + summary(results, args.out_dir))
     return 1 if any(not r.startswith("complete") for r in results.values()) else 0
 
 def _beside(command: str, section: str, argv: list[str], name: str, metavar: str, help_text: str):
-    "Parse a command beside the stages: one folder and `section`'s settings (none saved); returns (folder, settings, args)."
+    "Parse a command beside the stages: one folder and `section`'s settings (none saved)."
     parser = Parser(prog=f"dreamframe {command}", description=COMMANDS[command].capitalize() + ".")
     parser.add_argument(name, type=Path, metavar=metavar, help=help_text)
     _common(parser, redo=False)
     add_settings(parser, [section])
     args = parser.parse_args(argv)
     given = given_settings(args, args.set)
-    if set(given) - {section}: raise UsageError(f"this command takes {section} settings only, not {sorted(set(given) - {section})}")
+    others = sorted(set(given) - {section})
+    if others: raise UsageError(f"this command takes {section} settings only, not {others}")
     if args.quiet: quiet_libraries()
-    return getattr(args, name), make_config(_section(section)[0], None, given.get(section, {})), args
+    cfg = make_config(_section(section)[0], None, given.get(section, {}))
+    return getattr(args, name), cfg, args   # (folder, settings, args)
 
 def export_many_command(argv: list[str]) -> int:
     "`dreamframe export-many ROOT [options]`: the finished movies under ROOT as one training set in ROOT/export/."
     from dreamframe.export_many import merge_exports, summary_table
-    root, cfg, args = _beside("export-many", "export_many", argv, "root", "ROOT", "the folder of run-many's movies")
+    root, cfg, args = _beside("export-many", "export_many", argv, "root", "ROOT",
+                              "the folder of run-many's movies")
     summary = merge_exports(cfg, root, progress=not args.quiet)
-    print(summary_table(summary) + f"\nwrote {root / cfg.out}/: point every trainer at {root} as at a run folder")
+    print(summary_table(summary)
+          + f"\nwrote {root / cfg.out}/: point every trainer at {root} as at a run folder")
     return 0
 
 def long_video_command(argv: list[str]) -> int:
     "`dreamframe long-video RUN --long-video-tower NAME [options]`."
     from dreamframe.long_video import write_long_video
     run_dir, cfg, args = _beside("long-video", "long_video", argv, "run_dir", "RUN", "the run folder")
-    print("\n".join(f"wrote {path}" for path in write_long_video(cfg, run_dir, progress=not args.quiet).values()))
+    written = write_long_video(cfg, run_dir, progress=not args.quiet)
+    print("\n".join(f"wrote {path}" for path in written.values()))
     return 0
-
 
 # %% ../nbs/10a_cli.ipynb #d3305bd5
 COMMANDS = {  # subcommand: one-line help
@@ -289,9 +322,13 @@ COMMANDS = {  # subcommand: one-line help
     "convert-embedding": "convert a reference {emb, emb2} .pt file to safetensors",
     "long-video": "make LLaMA-VID's long-video features of a run with a vision tower",
 }
-FUNCTIONS = {"import-reference": "dreamframe.reference:import_reference", "convert-embedding": "dreamframe.style:convert_embedding"}
-WRITERS = {"demo", "run", "import-reference", "long-video", *STAGE_HELP} - {"view"}  # commands that take the run folder's lock
-CREATORS = {"demo", "run", "story", "import-reference"}               # commands that may create the run folder
+FUNCTIONS = {   # commands made from a function's signature
+    "import-reference": "dreamframe.reference:import_reference",
+    "convert-embedding": "dreamframe.style:convert_embedding",
+}
+# commands that take the run folder's lock
+WRITERS = {"demo", "run", "import-reference", "long-video", *STAGE_HELP} - {"view"}
+CREATORS = {"demo", "run", "story", "import-reference"}   # commands that may create the run folder
 
 # %% ../nbs/10a_cli.ipynb #df0100a0
 def _run_folder(command: str, argv: list[str]) -> Path | None:
@@ -317,45 +354,60 @@ def one_line(error: BaseException) -> str:
 def _top_help() -> str:
     width = max(map(len, COMMANDS))
     rows = "\n".join(f"  {name:<{width}}  {text}" for name, text in COMMANDS.items())
-    return (f"usage: dreamframe COMMAND [RUN] [options]\n\nSynthetic movies for video-understanding models.\n\ncommands:\n{rows}\n\n"
+    return ("usage: dreamframe COMMAND [RUN] [options]\n\n"
+            "Synthetic movies for video-understanding models.\n\n"
+            f"commands:\n{rows}\n\n"
             "Run `dreamframe COMMAND --help` for a command's options.")
 
 # %% ../nbs/10a_cli.ipynb #2dd2a3d2
 def _interrupted(prog: str) -> int:
     print(f"{prog}: interrupted; run the same command again to resume", file=sys.stderr)
     import warnings   # the process is ending: unfinished requests and threads need no obituary on stderr
-    warnings.simplefilter("ignore"); sys.unraisablehook = lambda *args: None
+    warnings.simplefilter("ignore")
+    sys.unraisablehook = lambda *args: None
     return 130
 
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `dreamframe` console command."
     import os
     from dreamframe.run_folder import run_lock
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # transformers' notes about torchvision are noise here
-    for library in ("diffusers", "transformers", "huggingface_hub"):   # their deprecation notes are for their callers
+    # transformers' notes about torchvision are noise here
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    # their deprecation notes are for their callers
+    for library in ("diffusers", "transformers", "huggingface_hub"):
         warnings.filterwarnings("ignore", category=FutureWarning, module=library)
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"): print(_top_help()); return 0
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_top_help())
+        return 0
     command, rest = argv[0], argv[1:]
     prog, debug = f"dreamframe {command}", "--debug" in rest
     if command not in COMMANDS:
-        print(f"dreamframe: error: unknown command {command!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        print(f"dreamframe: error: unknown command {command!r}; commands: {', '.join(COMMANDS)}",
+              file=sys.stderr)
         return 2
     interrupted = []   # Ctrl-C inside torch's C code can surface as another exception: remember that it came
-    def on_interrupt(signum, frame): interrupted.append(signum); raise KeyboardInterrupt
-    def swallowed(hit):   # raised where Python can only print and ignore it (a finalizer): remembered, not printed
+    def on_interrupt(signum, frame):
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+    # a Ctrl-C raised where Python can only print and ignore it (a finalizer): remembered, not printed
+    def swallowed(hit):
         if not issubclass(hit.exc_type, KeyboardInterrupt): return previous_hook(hit)
         interrupted.append(signal.SIGINT)
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, on_interrupt) if main_thread else None
-    previous_hook, sys.unraisablehook = sys.unraisablehook, swallowed
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = swallowed
     try:
         run_dir = _run_folder(command, rest)
         if run_dir is not None and not run_dir.is_dir() and command not in CREATORS:
             raise FileNotFoundError(f"no such run folder: {run_dir}")
-        with run_lock(run_dir, " ".join(["dreamframe", *argv])[:200]) if run_dir is not None else contextlib.nullcontext():
+        holder = " ".join(["dreamframe", *argv])[:200]   # the command the lock names as its holder
+        lock = run_lock(run_dir, holder) if run_dir is not None else contextlib.nullcontext()
+        with lock:
             code = _dispatch(command, rest)
-        return _interrupted(prog) if interrupted else code   # a Ctrl-C that was swallowed still ends in status 130
+        # a Ctrl-C that was swallowed still ends in status 130
+        return _interrupted(prog) if interrupted else code
     except KeyboardInterrupt: return _interrupted(prog)
     except UsageError as error:
         print(f"{prog}: error: {one_line(error)}", file=sys.stderr)

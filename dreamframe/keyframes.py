@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 from .config import changed_settings, describe_changes, save_stage_config, settings
 from .embedding import STYLE_FILE, run_style
 from .lazy import lazy_module
-from .run_folder import (MANIFEST, StagePlan, append_manifest_line, clean_partial_files, file_digest, finish_stage,
-                                   pipeline_model, read_manifest, write_manifest)
+from .run_folder import (MANIFEST, StagePlan, append_manifest_line, clean_partial_files, file_digest,
+                                   finish_stage, pipeline_model, read_manifest, write_manifest)
 from .schema import FrameId, Movie, atomic_write_bytes
 
 # %% auto #0
@@ -38,37 +38,47 @@ torch = lazy_module("torch")   # imported on first use: `dreamframe --help` and 
 
 # %% ../nbs/05_keyframes.ipynb #9287268d
 DEFAULT_TEMPLATE = "generate an image in {style} style: {prompt}"
-DEFAULT_NEGATIVE_PROMPT = ("blurry, low quality, worst quality, jpeg artifacts, watermark, text, signature, cropped, "
-                           "deformed, disfigured, bad anatomy, bad hands, extra fingers, extra limbs, ugly, duplicate")
+DEFAULT_NEGATIVE_PROMPT = (
+    "blurry, low quality, worst quality, jpeg artifacts, watermark, text, signature, cropped, deformed, "
+    "disfigured, bad anatomy, bad hands, extra fingers, extra limbs, ugly, duplicate")
 
 @settings
 class KeyframeConfig:
     "Settings of stage 3 (keyframes): what changes the pictures, and which frames are drawn."
-    template: str = DEFAULT_TEMPLATE  # text around each frame prompt: {style} = the style token (or keyword), {prompt} = the frame's prompt
-    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT  # one negative prompt for every frame; keep it within CLIP's 77 tokens
+    # text around each frame prompt: {style} = the style token (or keyword), {prompt} = the frame's prompt
+    template: str = DEFAULT_TEMPLATE
+    # one negative prompt for every frame; keep it within CLIP's 77 tokens
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
     steps: int = Field(30, ge=1)  # denoising steps of the base model
     guidance: float = Field(5.0, ge=0)  # classifier-free guidance scale (reference: 5; at most 1 turns guidance off)
     resolution: int = Field(1024, ge=64, multiple_of=32)  # width = height in pixels (SDXL: 1024)
     refiner_steps: int = Field(0, ge=0)  # steps of the refiner after the base (0 = no refiner; reference: 10)
-    batch_size: int = Field(4, ge=1)  # frames per pipeline call, in groups fixed by story position (recorded: it changes the last bits)
+    # frames per pipeline call, in groups fixed by story position (recorded: it changes the last bits)
+    batch_size: int = Field(4, ge=1)
     seed: int = 0  # global seed, mixed with the movie id and the frame id into each frame's own seed
-    vae_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # VAE decode precision; auto = the model's, bfloat16 for a float16 VAE that overflows
+    # VAE decode precision; auto = the model's, bfloat16 for a float16 VAE that overflows
+    vae_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     limit: int | None = Field(None, ge=1)  # only the first N frames in story order
     frame_ids: list[FrameId] | None = None  # only these frames, e.g. ["s01.t01.f01"] (with limit: both must hold)
-    identity: Literal["none", "ip-adapter", "shared-attention"] = "none"  # keep characters the same person: condition each frame on its characters' sheets (settings: section characters)
-    recipe: Literal["reference", "distilled"] = "reference"  # reference: the base model as loaded; distilled: a few-step checkpoint fused in, drawn as its authors do (settings: section distilled)
+    # keep characters the same person: condition each frame on its characters' sheets (settings: section characters)
+    identity: Literal["none", "ip-adapter", "shared-attention"] = "none"
+    # reference: the base model as loaded; distilled: a few-step checkpoint fused in, drawn as its authors do
+    # (settings: section distilled)
+    recipe: Literal["reference", "distilled"] = "reference"
 
     @model_validator(mode="after")
     def _template_fields(self):
         fields = {name for _, name, _, _ in string.Formatter().parse(self.template) if name is not None}
         if "prompt" not in fields or not fields <= {"style", "prompt"}:
-            raise ValueError(f"template needs {{prompt}} and may use {{style}}, nothing else, e.g. {DEFAULT_TEMPLATE!r}")
+            raise ValueError(f"template needs {{prompt}} and may use {{style}}, nothing else, "
+                             f"e.g. {DEFAULT_TEMPLATE!r}")
         return self
 
     @classmethod
     def reference_preset(cls, **overrides) -> KeyframeConfig:
         "The DreamFrame reference recipe: 30 base + 10 refiner steps, guidance 5, 1024², one frame per call."
-        return cls(**{**dict(steps=30, refiner_steps=10, guidance=5.0, resolution=1024, batch_size=1), **overrides})
+        reference = dict(steps=30, refiner_steps=10, guidance=5.0, resolution=1024, batch_size=1)
+        return cls(**{**reference, **overrides})
 
 # %% ../nbs/05_keyframes.ipynb #570874e5
 def frame_seed(movie_id: str, frame_id: str, seed: int = 0) -> int:
@@ -83,33 +93,47 @@ def frame_noise(seed: int, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.
 
 # %% ../nbs/05_keyframes.ipynb #c8b18e60
 def style_of(movie: Movie, run_dir) -> tuple[str, str]:
-    "The style word for prompts and the style a frame records: the learned token (with its rows' digest), or the keyword (`embedding.run_style`)."
+    "The style word for prompts and the style a frame records (`embedding.run_style`)."
+    # the learned token (with its rows' digest), or the keyword
     return run_style(run_dir, movie.style_keyword)
 
-IDENTITY_NONE = dict(identity="none", identity_characters={}, identity_settings={})  # a frame drawn without identity conditioning (and a line older than it)
-OLDER_LINES = {**IDENTITY_NONE, "recipe": "reference"}  # what a manifest line written before a setting existed was drawn with
+# a frame drawn without identity conditioning (and a line older than it)
+IDENTITY_NONE = dict(identity="none", identity_characters={}, identity_settings={})
+# what a manifest line written before a setting existed was drawn with
+OLDER_LINES = {**IDENTITY_NONE, "recipe": "reference"}
 
-def frame_settings(cfg: KeyframeConfig, movie: Movie, run_dir, model_name: str, condition=None) -> dict[str, dict]:
-    "What each frame of the story is drawn with, as its manifest line records it, by frame id (`condition`: see below)."
-    if (mode := condition.mode if condition is not None else "none") != cfg.identity:
-        raise ValueError(f"identity={cfg.identity!r} but the condition given is for {mode!r}; pass condition=identity.identity_condition(...) for this mode")
+def frame_settings(cfg: KeyframeConfig, movie: Movie, run_dir, model_name: str,
+                   condition=None) -> dict[str, dict]:
+    "What each story frame is drawn with, as its manifest line records it, by frame id (`condition`: see below)."
+    mode = condition.mode if condition is not None else "none"
+    if mode != cfg.identity:
+        raise ValueError(f"identity={cfg.identity!r} but the condition given is for {mode!r}; "
+                         "pass condition=identity.identity_condition(...) for this mode")
     word, style = style_of(movie, run_dir)
     shared = dict(negative_prompt=cfg.negative_prompt, steps=cfg.steps, refiner_steps=cfg.refiner_steps,
                   guidance=cfg.guidance, size=[cfg.resolution, cfg.resolution], batch_size=cfg.batch_size,
                   vae_dtype=cfg.vae_dtype, model=model_name, style=style, recipe=cfg.recipe)
-    return {frame.id: dict(prompt=cfg.template.format(style=word, prompt=movie.render_prompt(frame)), seed=frame_seed(movie.id, frame.id, cfg.seed),
-                           **shared, **(condition.settings(frame) if condition is not None else IDENTITY_NONE)) for frame in movie.frames}
+    drawn = {}
+    for frame in movie.frames:
+        prompt = cfg.template.format(style=word, prompt=movie.render_prompt(frame))
+        seed = frame_seed(movie.id, frame.id, cfg.seed)
+        identity = condition.settings(frame) if condition is not None else IDENTITY_NONE
+        drawn[frame.id] = dict(prompt=prompt, seed=seed, **shared, **identity)
+    return drawn
 
 # %% ../nbs/05_keyframes.ipynb #26b38eac
 def warn_truncated(tokenizer, texts: dict[str, str]) -> list[str]:
     "Warn about each text (by name) longer than the tokenizer's window; return their names."
     window = tokenizer.model_max_length
-    counts = {name: len(tokenizer(text, truncation=False, verbose=False).input_ids) for name, text in texts.items()}
+    counts = {}
+    for name, text in texts.items():
+        counts[name] = len(tokenizer(text, truncation=False, verbose=False).input_ids)
     long = {name: n for name, n in counts.items() if n > window}
     if long:
         shown = ", ".join(f"{name} ({n} tokens)" for name, n in list(long.items())[:5])
-        warnings.warn(f"{len(long)} prompt(s) exceed CLIP's {window}-token window and will be cut: {shown}"
-                      f"{' and more' if len(long) > 5 else ''}. Shorten them (or the template / negative prompt).", stacklevel=2)
+        more = " and more" if len(long) > 5 else ""
+        warnings.warn(f"{len(long)} prompt(s) exceed CLIP's {window}-token window and will be cut: "
+                      f"{shown}{more}. Shorten them (or the template / negative prompt).", stacklevel=2)
     return list(long)
 
 # %% ../nbs/05_keyframes.ipynb #c3d8a5df
@@ -125,19 +149,22 @@ def png_ok(path, size) -> bool:
 
 def frame_states(run_dir, wanted: dict[str, dict]) -> tuple[set[str], dict[str, dict]]:
     "Which of the `wanted` frames (id -> settings) are done, and the stale ones' changed settings."
-    frames_dir, lines = Path(run_dir) / "frames", read_manifest(Path(run_dir) / "frames")
+    frames_dir = Path(run_dir) / "frames"
+    lines = read_manifest(frames_dir)
     done, stale = set(), {}
     for frame_id, now in wanted.items():
         line = lines.get(frame_id)
         if line is None or not png_ok(frames_dir / f"{frame_id}.png", line.get("size")): continue
-        changes = changed_settings({name: line.get(name, OLDER_LINES.get(name)) for name in now}, now)
+        recorded = {name: line.get(name, OLDER_LINES.get(name)) for name in now}
+        changes = changed_settings(recorded, now)
         if changes: stale[frame_id] = changes
         else: done.add(frame_id)
     return done, stale
 
 def removed_frames(movie: Movie, run_dir) -> list[str]:
     "Ids with a manifest line or a PNG in `RUN/frames/` that are no longer frames of the story."
-    frames_dir, known = Path(run_dir) / "frames", {frame.id for frame in movie.frames}
+    frames_dir = Path(run_dir) / "frames"
+    known = {frame.id for frame in movie.frames}
     if not frames_dir.exists(): return []
     found = set(read_manifest(frames_dir)) | {png.stem for png in frames_dir.glob("*.png")}
     return sorted(found - known)
@@ -148,33 +175,42 @@ def select_frames(cfg: KeyframeConfig, movie: Movie) -> list:
     frames = movie.frames[: cfg.limit] if cfg.limit else list(movie.frames)
     if cfg.frame_ids is not None:
         unknown = sorted(set(cfg.frame_ids) - {frame.id for frame in movie.frames})
-        if unknown: raise ValueError(f"frame_ids: {unknown[:5]} are not frames of movie {movie.id!r} (its first is {movie.frames[0].id!r})")
+        if unknown:
+            raise ValueError(f"frame_ids: {unknown[:5]} are not frames of movie {movie.id!r} "
+                             f"(its first is {movie.frames[0].id!r})")
         frames = [frame for frame in frames if frame.id in set(cfg.frame_ids)]
     return frames
 
-def plan_keyframes(cfg: KeyframeConfig, movie: Movie, run_dir, *, model_name: str, condition=None) -> StagePlan:
-    "Done, stale and left among the selected frames, from the files alone (no model is loaded; `condition` as for drawing)."
+def plan_keyframes(cfg: KeyframeConfig, movie: Movie, run_dir, *, model_name: str,
+                   condition=None) -> StagePlan:
+    "Done, stale and left among the selected frames, from the files alone (no model is loaded)."
     selected = select_frames(cfg, movie)
-    now = frame_settings(cfg, movie, run_dir, model_name, condition)
+    now = frame_settings(cfg, movie, run_dir, model_name, condition)   # `condition` as for drawing
     done, stale = frame_states(run_dir, {frame.id: now[frame.id] for frame in selected})
     removed = removed_frames(movie, run_dir)
-    note = (f"{len(removed)} frame(s) no longer in the story ({', '.join(removed[:3])}{', …' if len(removed) > 3 else ''}) "
-            "are set aside at the next run" if removed else "")
+    note = ""
+    if removed:
+        shown = ", ".join(removed[:3]) + (", …" if len(removed) > 3 else "")
+        note = f"{len(removed)} frame(s) no longer in the story ({shown}) are set aside at the next run"
     return StagePlan("keyframes", "frames", total=len(selected), done=len(done), stale=stale, note=note)
 
 # %% ../nbs/05_keyframes.ipynb #488a282b
-def denoise_group(cfg: KeyframeConfig, pipe, prompts: list[str], seeds: list[int], refiner=None, extra: dict | None = None) -> torch.Tensor:
-    "Latents of one group of frames (one prompt and one seed each), in one batched call per model (`extra`: more arguments of the base's call)."
+def denoise_group(cfg: KeyframeConfig, pipe, prompts: list[str], seeds: list[int], refiner=None,
+                  extra: dict | None = None,  # more arguments of the base's call
+                 ) -> torch.Tensor:
+    "Latents of one group of frames (one prompt and one seed each), in one batched call per model."
     side = cfg.resolution // pipe.vae_scale_factor
-    noises, generators = zip(*(frame_noise(seed, (pipe.unet.config.in_channels, side, side)) for seed in seeds))
+    shape = (pipe.unet.config.in_channels, side, side)
+    noises, generators = zip(*(frame_noise(seed, shape) for seed in seeds))
     latents = torch.cat(noises).to(device=pipe._execution_device, dtype=pipe.unet.dtype)
-    shared = dict(prompt=list(prompts), negative_prompt=[cfg.negative_prompt] * len(prompts), generator=list(generators),
-                  guidance_scale=cfg.guidance, output_type="latent")
+    shared = dict(prompt=list(prompts), negative_prompt=[cfg.negative_prompt] * len(prompts),
+                  generator=list(generators), guidance_scale=cfg.guidance, output_type="latent")
+    size = dict(height=cfg.resolution, width=cfg.resolution)
     if not cfg.refiner_steps:
-        return pipe(**shared, **(extra or {}), latents=latents, num_inference_steps=cfg.steps, height=cfg.resolution, width=cfg.resolution).images
+        return pipe(**shared, **(extra or {}), latents=latents, num_inference_steps=cfg.steps, **size).images
     total = cfg.steps + cfg.refiner_steps
-    latents = pipe(**shared, **(extra or {}), latents=latents, num_inference_steps=total, denoising_end=cfg.steps / total,
-                   height=cfg.resolution, width=cfg.resolution).images
+    latents = pipe(**shared, **(extra or {}), latents=latents, num_inference_steps=total,
+                   denoising_end=cfg.steps / total, **size).images
     return refiner(**shared, image=latents, num_inference_steps=total, denoising_start=cfg.steps / total).images
 
 def decode_latents(pipe, latents: torch.Tensor, vae_dtype: str = "auto") -> list:
@@ -183,46 +219,61 @@ def decode_latents(pipe, latents: torch.Tensor, vae_dtype: str = "auto") -> list
     vae = pipe.vae
     overflows = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
     dtype = getattr(torch, vae_dtype) if vae_dtype != "auto" else torch.bfloat16 if overflows else vae.dtype
-    if vae.dtype != dtype: torch.nn.Module.to(vae, dtype=dtype)   # nn.Module's own `to`: diffusers' warns of fp32 modules it lacks
-    mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+    if vae.dtype != dtype:   # nn.Module's own `to`: diffusers' warns of fp32 modules it lacks
+        torch.nn.Module.to(vae, dtype=dtype)
+    mean = getattr(vae.config, "latents_mean", None)
+    std = getattr(vae.config, "latents_std", None)
     if mean is not None and std is not None:
         to = dict(device=latents.device, dtype=latents.dtype)
-        latents = latents * torch.tensor(std).view(1, -1, 1, 1).to(**to) / vae.config.scaling_factor + torch.tensor(mean).view(1, -1, 1, 1).to(**to)
+        std = torch.tensor(std).view(1, -1, 1, 1).to(**to)
+        mean = torch.tensor(mean).view(1, -1, 1, 1).to(**to)
+        latents = latents * std / vae.config.scaling_factor + mean
     else:
         latents = latents / vae.config.scaling_factor
     with torch.inference_mode():
         images = vae.decode(latents.to(device=pipe._execution_device, dtype=dtype), return_dict=False)[0]
-        pixels = ((images.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        pixels = ((images.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+        pixels = pixels.permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray(frame) for frame in pixels]
 
-def render_group(cfg: KeyframeConfig, pipe, prompts: list[str], seeds: list[int], refiner=None, extra: dict | None = None) -> list:
+def render_group(cfg: KeyframeConfig, pipe, prompts: list[str], seeds: list[int], refiner=None,
+                 extra: dict | None = None) -> list:
     "The pictures of one group of frames."
     return decode_latents(pipe, denoise_group(cfg, pipe, prompts, seeds, refiner, extra), cfg.vae_dtype)
 
 # %% ../nbs/05_keyframes.ipynb #44538ea5
 def merge_manifest(movie: Movie, run_dir) -> list[dict]:
-    "Rewrite the manifest from itself and its shards: the last line of each story frame whose PNG exists, in story order."
+    "Rewrite the manifest from itself and its shards: the last line of each story frame with a PNG, in story order."
     frames_dir = Path(run_dir) / "frames"
     lines = read_manifest(frames_dir)
-    kept = [lines[frame.id] for frame in movie.frames if frame.id in lines and (frames_dir / f"{frame.id}.png").exists()]
+    kept = []
+    for frame in movie.frames:
+        if frame.id in lines and (frames_dir / f"{frame.id}.png").exists(): kept.append(lines[frame.id])
     write_manifest(frames_dir, kept)
     return kept
 
 def set_aside(movie: Movie, run_dir) -> list[str]:
     "Move the PNGs of ids no longer in the story to `RUN/frames/set_aside/`, drop their lines; return the ids."
-    frames_dir, removed = Path(run_dir) / "frames", removed_frames(movie, run_dir)
+    frames_dir = Path(run_dir) / "frames"
+    removed = removed_frames(movie, run_dir)
     for frame_id in removed:
-        png, n = frames_dir / f"{frame_id}.png", 1
+        png = frames_dir / f"{frame_id}.png"
         target = frames_dir / "set_aside" / png.name
-        while target.exists(): target, n = target.with_name(f"{frame_id}.{n}.png"), n + 1   # an earlier one stays
-        if png.exists(): target.parent.mkdir(exist_ok=True); os.replace(png, target)
+        n = 1
+        while target.exists():   # an earlier one stays
+            target = target.with_name(f"{frame_id}.{n}.png")
+            n += 1
+        if png.exists():
+            target.parent.mkdir(exist_ok=True)
+            os.replace(png, target)
     merge_manifest(movie, run_dir)
     return removed
 
 # %% ../nbs/05_keyframes.ipynb #38765035
 def save_frame(run_dir, manifest: Path, frame_id: str, image, record: dict) -> dict:
     "Write one frame's PNG (tmp-then-rename), then append its manifest line, so a line always points at a whole file."
-    buffer = io.BytesIO(); image.save(buffer, format="PNG")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
     atomic_write_bytes(Path(run_dir) / "frames" / f"{frame_id}.png", buffer.getvalue())
     line = dict(frame_id=frame_id, path=f"frames/{frame_id}.png", **record)
     append_manifest_line(manifest, line)
@@ -234,8 +285,9 @@ def _prepare(pipe, refiner, movie: Movie, run_dir):
         if p is not None: p.set_progress_bar_config(disable=True)
     path = Path(run_dir) / STYLE_FILE
     if not path.exists():   # `style_of` has already refused a run whose settings have a style stage
-        warnings.warn(f"no style embedding at {path}, and this run's settings have no style stage: drawing with the plain "
-                      f"style keyword {movie.style_keyword!r} (train the style first for one consistent look)", stacklevel=3)
+        warnings.warn(f"no style embedding at {path}, and this run's settings have no style stage: "
+                      f"drawing with the plain style keyword {movie.style_keyword!r} "
+                      "(train the style first for one consistent look)", stacklevel=3)
         return
     from dreamframe import embedding
     loaded = (str(path), file_digest(path))
@@ -246,26 +298,36 @@ def _prepare(pipe, refiner, movie: Movie, run_dir):
 
 # %% ../nbs/05_keyframes.ipynb #31aea136
 def generate_keyframes(cfg: KeyframeConfig, pipe, movie: Movie, run_dir, *,
-                       model_name: str | None = None,  # recorded with every frame; None: the one `load_sdxl` noted on `pipe` (+ refiner's)
+                       # recorded with every frame; None: the one `load_sdxl` noted on `pipe` (+ refiner's)
+                       model_name: str | None = None,
                        refiner=None,  # SDXL refiner pipeline; needed when cfg.refiner_steps > 0
                        redo: bool = False,  # also draw again the finished frames made with other settings
                        progress: bool = True,  # show a progress bar
-                       render=render_group,  # (cfg, pipe, prompts, seeds, refiner[, extra]) -> pictures; the engine passes its own
-                       condition=None,  # identity conditioning for cfg.identity (`identity.identity_condition`); None: "none"
+                       # (cfg, pipe, prompts, seeds, refiner[, extra]) -> pictures; the engine passes its own
+                       render=render_group,
+                       # identity conditioning for cfg.identity (`identity.identity_condition`); None: "none"
+                       condition=None,
                       ) -> list[dict]:
     "Draw the selected frames that are not done into `RUN/frames/`; return their manifest lines in story order."
     from accelerate import PartialState
-    if cfg.refiner_steps and refiner is None: raise ValueError(f"refiner_steps={cfg.refiner_steps} needs a refiner pipeline (refiner=...)")
-    state, run_dir = PartialState(cpu=pipe._execution_device.type == "cpu"), Path(run_dir)
+    if cfg.refiner_steps and refiner is None:
+        raise ValueError(f"refiner_steps={cfg.refiner_steps} needs a refiner pipeline (refiner=...)")
+    state = PartialState(cpu=pipe._execution_device.type == "cpu")
+    run_dir = Path(run_dir)
     selected = select_frames(cfg, movie)
-    style_of(movie, run_dir)   # a run with a style stage but no usable embedding stops here, before any file changes
-    carried = getattr(pipe, "_dreamframe_recipe", None)   # the distilled checkpoint `distilled.apply_recipe` put in the pipeline
+    # a run with a style stage but no usable embedding stops here, before any file changes
+    style_of(movie, run_dir)
+    # the distilled checkpoint that `distilled.apply_recipe` put in the pipeline
+    carried = getattr(pipe, "_dreamframe_recipe", None)
     if model_name is None:
-        model_name = pipeline_model(run_dir, pipe, refiner if cfg.refiner_steps else None, save=state.is_main_process)
+        used_refiner = refiner if cfg.refiner_steps else None
+        model_name = pipeline_model(run_dir, pipe, used_refiner, save=state.is_main_process)
         model_name += f" + {carried}" if carried is not None else ""   # as `distilled.model_name` names it
-    if (cfg.recipe == "distilled") != (carried is not None) or (carried is not None and carried not in model_name):
-        raise ValueError(f"recipe={cfg.recipe!r}, the pipeline carries {carried or 'no distilled checkpoint'!r} and model_name={model_name!r}: "
-                         "for 'distilled' apply it with distilled.apply_recipe(pipe, cfg) and pass model_name=distilled.model_name(base, cfg)")
+    mismatch = (cfg.recipe == "distilled") != (carried is not None)
+    if mismatch or (carried is not None and carried not in model_name):
+        raise ValueError(f"recipe={cfg.recipe!r}, the pipeline carries {carried or 'no distilled checkpoint'!r} "
+                         f"and model_name={model_name!r}: for 'distilled' apply it with "
+                         "distilled.apply_recipe(pipe, cfg) and pass model_name=distilled.model_name(base, cfg)")
     if state.is_main_process:
         (run_dir / "frames").mkdir(parents=True, exist_ok=True)
         clean_partial_files(run_dir / "frames")
@@ -273,41 +335,60 @@ def generate_keyframes(cfg: KeyframeConfig, pipe, movie: Movie, run_dir, *,
         save_stage_config(run_dir, "keyframes", cfg)
     state.wait_for_everyone()
     _prepare(pipe, refiner, movie, run_dir)
-    if condition is not None: condition.prepare(pipe)
-    elif (release := getattr(pipe, "_dreamframe_release", None)) is not None: release(pipe)   # a mode an earlier run left on
+    if condition is not None:
+        condition.prepare(pipe)
+    else:
+        release = getattr(pipe, "_dreamframe_release", None)   # a mode an earlier run left on
+        if release is not None: release(pipe)
     now = frame_settings(cfg, movie, run_dir, model_name, condition)
     done, stale = frame_states(run_dir, {frame.id: now[frame.id] for frame in selected})
     state.wait_for_everyone()  # every process has read the same state before any process writes
     todo = {frame.id for frame in selected if frame.id not in done and (redo or frame.id not in stale)}
     if state.is_main_process:
-        warn_truncated(pipe.tokenizer, {"negative prompt": cfg.negative_prompt, **{i: now[i]["prompt"] for i in sorted(todo)}})
+        prompts = {frame_id: now[frame_id]["prompt"] for frame_id in sorted(todo)}
+        warn_truncated(pipe.tokenizer, {"negative prompt": cfg.negative_prompt, **prompts})
         if stale and not redo:
-            warnings.warn(f"kept {len(stale)} finished frame(s) made with other settings ({describe_changes(next(iter(stale.values())))}"
-                          f"{', …' if len(stale) > 1 else ''}); pass redo=True to draw them again", stacklevel=2)
+            first = describe_changes(next(iter(stale.values())))
+            more = ", …" if len(stale) > 1 else ""
+            warnings.warn(f"kept {len(stale)} finished frame(s) made with other settings ({first}{more}); "
+                          "pass redo=True to draw them again", stacklevel=2)
     order = [frame.id for frame in movie.frames]
     groups = [order[start: start + cfg.batch_size] for start in range(0, len(order), cfg.batch_size)]
     mine = [group for group in groups if todo.intersection(group)][state.process_index::state.num_processes]
-    manifest = run_dir / "frames" / (MANIFEST if state.num_processes == 1 else f"manifest.rank{state.process_index}.jsonl")
+    if state.num_processes == 1: manifest = run_dir / "frames" / MANIFEST
+    else: manifest = run_dir / "frames" / f"manifest.rank{state.process_index}.jsonl"
     initial = len(done) if state.num_processes == 1 else 0
+    total = initial + sum(len(todo.intersection(group)) for group in mine)
     from dreamframe.models import machine_record
-    machine = machine_record(pipe._execution_device, pipe.unet.dtype)   # what besides the settings decides the bytes
-    with tqdm(total=initial + sum(len(todo.intersection(g)) for g in mine), initial=initial, unit="frame",
-              desc="keyframes", disable=not progress) as bar, ThreadPoolExecutor(max_workers=1) as writer:
+    # what besides the settings decides the bytes
+    machine = machine_record(pipe._execution_device, pipe.unet.dtype)
+    with (tqdm(total=total, initial=initial, unit="frame", desc="keyframes", disable=not progress) as bar,
+          ThreadPoolExecutor(max_workers=1) as writer):
         writing = []
         for group in mine:
             start = time.perf_counter()
-            images = render(cfg, pipe, [now[i]["prompt"] for i in group], [now[i]["seed"] for i in group], refiner,
-                            **({"extra": condition.kwargs(group)} if condition is not None else {}))
+            prompts = [now[i]["prompt"] for i in group]
+            seeds = [now[i]["seed"] for i in group]
+            extra = {"extra": condition.kwargs(group)} if condition is not None else {}
+            images = render(cfg, pipe, prompts, seeds, refiner, **extra)
             seconds = round((time.perf_counter() - start) / len(group), 3)
-            for write in writing: write.result(); bar.update(1)   # the previous group is on disk before more is queued
+            for write in writing:   # the previous group is on disk before more is queued
+                write.result()
+                bar.update(1)
             made = {"seconds": seconds, "machine": machine}
-            writing = [writer.submit(save_frame, run_dir, manifest, i, image, {**now[i], **made})
-                       for i, image in zip(group, images) if i in todo]
-        for write in writing: write.result(); bar.update(1)
+            writing = []
+            for frame_id, image in zip(group, images):
+                if frame_id not in todo: continue
+                record = {**now[frame_id], **made}
+                writing.append(writer.submit(save_frame, run_dir, manifest, frame_id, image, record))
+        for write in writing:
+            write.result()
+            bar.update(1)
     state.wait_for_everyone()
     if state.is_main_process:
         merge_manifest(movie, run_dir)
-        if redo or not stale: finish_stage(run_dir, "keyframes", cfg)   # every selected frame is drawn with these settings
+        if redo or not stale:   # every selected frame is drawn with these settings
+            finish_stage(run_dir, "keyframes", cfg)
     state.wait_for_everyone()
     lines = read_manifest(run_dir / "frames")
     return [lines[frame.id] for frame in selected if frame.id in lines]
