@@ -3,8 +3,7 @@ other or the stand-ins at module level, notebooks named after their modules, one
 a screen (lines of at most 120 characters, one statement per line: no `;` chains).
 
 Size is not a rule: the old budgets (350 lines a module, 60 lines an exported cell) were met by squeezing lines, so
-they are retired; a module that grows moves a whole idea into its own notebook. The line rule binds every module
-except those in `NOT_YET_UNWRAPPED`, written before it; whoever unwraps one of them removes it from that list."""
+they are retired; a module that grows moves a whole idea into its own notebook. The line rule binds every module."""
 import ast
 import io
 import json
@@ -17,8 +16,6 @@ PACKAGE = ROOT / "dreamframe"
 MODULES = {p.stem: p for p in PACKAGE.glob("*.py") if not p.name.startswith("_")}
 STAGES = {"story", "style", "characters", "keyframes", "qa", "export", "viewer", "evaluate"}
 MAX_LINE = 120   # STYLE.md: "≲ 110 characters"; 120 leaves room for a field's help comment
-NOT_YET_UNWRAPPED = {   # modules written when lines were squeezed to meet a line budget (issue 22)
-    "characters", "cli", "keyframes", "low_memory", "lpips", "qa", "qa_llm", "reference", "style", "testing", "viewer"}
 
 
 def imports(path: Path) -> tuple[set[str], set[str]]:
@@ -61,7 +58,6 @@ def squeezed_lines(text: str) -> tuple[list[int], list[int]]:
 def test_unwrapped_modules_fit_a_screen():
     problems = {}
     for name, path in sorted(MODULES.items()):
-        if name in NOT_YET_UNWRAPPED: continue
         long, chained = squeezed_lines(path.read_text())
         if long or chained: problems[name] = {f"over {MAX_LINE} characters": long, "`;` chains": chained}
     assert not problems, f"lines to unwrap (see STYLE.md, rule 2), by module and line number: {problems}"
@@ -70,7 +66,6 @@ def test_unwrapped_modules_fit_a_screen():
 def test_the_line_check_sees_squeezed_code():
     squeezed = f'"""{"A long summary. " * 9}"""\nx, y = "x" * 200, []; count = 0  {"#" * 100}\ntext = "a; b"\n'
     assert squeezed_lines(squeezed) == ([2], [2])   # the generated docstring and a `;` inside a string pass
-    assert set(NOT_YET_UNWRAPPED) <= set(MODULES), f"no such modules: {set(NOT_YET_UNWRAPPED) - set(MODULES)}"
 
 
 def test_no_import_cycles():
