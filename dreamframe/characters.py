@@ -21,14 +21,13 @@ from .config import changed_settings, describe_changes, save_stage_config, setti
 from .embedding import STYLE_FILE, load_style, run_style
 from .lazy import lazy_module
 from .run_folder import StagePlan, clean_partial_files, file_digest, finish_stage, open_image, pipeline_model
-from .schema import (FormatError, Movie, atomic_write_bytes, atomic_write_json, character_ids, name_pattern,
-                               read_json, slugify)
+from .schema import (FormatError, Movie, atomic_write_bytes, atomic_write_json, character_ids, read_json,
+                               slugify)
 
 # %% auto #0
 __all__ = ['DEFAULT_SHEET_TEMPLATE', 'DEFAULT_SHEET_NEGATIVE', 'SHEETS_DIR', 'SHEETS_FILE', 'RECORDED_ONLY', 'CharacterConfig',
-           'frame_characters', 'sheet_path', 'open_sheet', 'style_word', 'load_style_word', 'sheet_prompt',
-           'sheet_seed', 'sheet_settings', 'read_sheets', 'sheet_states', 'plan_sheets', 'draw_candidates', 'png_bytes',
-           'make_sheets']
+           'sheet_path', 'open_sheet', 'style_word', 'load_style_word', 'sheet_prompt', 'sheet_seed', 'sheet_settings',
+           'read_sheets', 'sheet_states', 'plan_sheets', 'draw_candidates', 'png_bytes', 'make_sheets']
 
 # %% ../nbs/05b_characters.ipynb #0ab75834
 torch = lazy_module("torch")   # imported on first use: `dreamframe --help` and `status` need no torch
@@ -85,17 +84,6 @@ class CharacterConfig:
 # %% ../nbs/05b_characters.ipynb #38daad36
 SHEETS_DIR = "characters"
 SHEETS_FILE = "characters/characters.json"
-
-def frame_characters(movie: Movie, frame) -> list[str]:
-    """Ids of the characters `frame` (a Frame or its id) shows: its list and whole-word mentions in its
-    prompt, in cast order."""
-    frame = movie.frame(frame) if isinstance(frame, str) else frame
-    ids = character_ids(movie)
-    shown = []
-    for c in movie.characters:
-        if c.name in frame.characters or name_pattern(c.name).search(frame.prompt):
-            shown.append(ids[c.name])
-    return shown
 
 def sheet_path(run_dir, character_id: str) -> Path:
     "Where the sheet of `character_id` (from `schema.character_ids`) lives: `RUN/characters/<character_id>.png`."

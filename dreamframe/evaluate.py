@@ -17,7 +17,7 @@ from PIL import Image
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from .schema import (FormatError, Movie, atomic_write_bytes, atomic_write_json, character_ids, name_pattern,
+from .schema import (FormatError, Movie, atomic_write_bytes, atomic_write_json, frame_characters,
                                read_json)
 from .config import settings
 from .lazy import lazy_module, no_grad
@@ -26,9 +26,9 @@ from .run_folder import finish_stage, read_manifest
 # %% auto #0
 __all__ = ['CLIP_MEAN', 'CLIP_STD', 'IMAGENET_MEAN', 'IMAGENET_STD', 'METRICS', 'EvalConfig', 'to_pixels', 'EvalModels',
            'device_and_dtype', 'load_eval_models', 'clip_image_features', 'clip_text_features', 'dino_features',
-           'lpips_pairs', 'adjacent_cosine', 'pairwise_mean_cosine', 'clip_scorer', 'frame_cast',
-           'identity_consistency', 'run_frames', 'measure_run', 'summary_table', 'EvalResult', 'read_metrics',
-           'plot_eval', 'plot_metrics', 'evaluate_with', 'evaluate_run']
+           'lpips_pairs', 'adjacent_cosine', 'pairwise_mean_cosine', 'clip_scorer', 'identity_consistency',
+           'run_frames', 'measure_run', 'summary_table', 'EvalResult', 'read_metrics', 'plot_eval', 'plot_metrics',
+           'evaluate_with', 'evaluate_run']
 
 # %% ../nbs/09_evaluate.ipynb #9e7a0c01
 torch = lazy_module("torch")   # imported on first use: `dreamframe --help` and `status` need none of these
@@ -222,15 +222,6 @@ def clip_scorer(cfg: EvalConfig, device: str | torch.device = "cpu", dtype: str 
     return score
 
 # %% ../nbs/09_evaluate.ipynb #b3dbb596
-def frame_cast(movie: Movie, frame) -> list[str]:
-    "Ids (`schema.character_ids`) of the characters `frame` shows: its list and whole-word mentions in its prompt."
-    ids = character_ids(movie)
-    cast = []
-    for character in movie.characters:
-        if character.name in frame.characters or name_pattern(character.name).search(frame.prompt):
-            cast.append(ids[character.name])
-    return cast
-
 def _pair_score(gram: torch.Tensor, same: torch.Tensor, other: torch.Tensor) -> dict:
     "Mean cosine over the `same` pairs minus the mean over the `other` pairs (None when either set is empty)."
     same_mean = gram[same].mean().item() if same.any() else None
@@ -268,7 +259,7 @@ def run_frames(run_dir: Path) -> list[dict]:
         if not path.resolve().is_relative_to(run_dir.resolve()):
             raise FormatError(f"{path} leads outside the run folder {run_dir}")
         frames.append({"frame_id": frame.id, "shot_id": frame.id.rsplit(".", 1)[0], "path": path,
-                       "prompt": movie.render_prompt(frame), "characters": frame_cast(movie, frame)})
+                       "prompt": movie.render_prompt(frame), "characters": frame_characters(movie, frame)})
     return frames
 
 def _features(cfg: EvalConfig, models: EvalModels, frames: list[dict], desc: str,

@@ -18,9 +18,9 @@ from PIL import Image
 
 from .lazy import lazy_module
 from .characters import (
-    CharacterConfig, character_ids, frame_characters, open_sheet, sheet_path, sheet_prompt, style_word)
+    CharacterConfig, character_ids, open_sheet, sheet_path, sheet_prompt, style_word)
 from .run_folder import file_digest
-from .schema import Movie
+from .schema import Movie, frame_characters
 
 # %% auto #0
 __all__ = ['IdentityCondition', 'style_scales', 'ip_adapter_loaded', 'IPAdapterIdentity', 'AnchorGroup', 'shared_attention',

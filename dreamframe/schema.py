@@ -9,7 +9,7 @@ __all__ = ['Name', 'Title', 'Prompt', 'Sentence', 'Paragraph', 'FrameId', 'DiskF
            'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'redact_secrets', 'FormatError',
            'StoryFormatError', 'format_errors', 'read_json', 'clean_text', 'text_field', 'Character', 'Location',
            'Turn', 'QA', 'Frame', 'Line', 'Shot', 'Substory', 'slugify', 'Movie', 'character_ids', 'name_pattern',
-           'sample_movie']
+           'frame_characters', 'sample_movie']
 
 # %% ../nbs/00_schema.ipynb #84ad1242
 import errno
@@ -392,6 +392,17 @@ def render_prompt(self: Movie, frame: Frame | str) -> str:
     for c in sorted(self.characters, key=lambda c: -len(c.name)):
         prompt = name_pattern(c.name).sub(lambda match, look=c.look: look, prompt)   # the look taken literally
     return prompt
+
+def frame_characters(movie: Movie, frame: Frame | str) -> list[str]:
+    """Ids (`character_ids`) of the characters `frame` (a Frame or its id) shows: its list and whole-word mentions
+    in its prompt, in cast order."""
+    frame = movie.frame(frame) if isinstance(frame, str) else frame
+    ids = character_ids(movie)
+    shown = []
+    for character in movie.characters:
+        if character.name in frame.characters or name_pattern(character.name).search(frame.prompt):
+            shown.append(ids[character.name])
+    return shown
 
 # %% ../nbs/00_schema.ipynb #d73ed142
 @patch

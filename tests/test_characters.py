@@ -12,7 +12,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 import dreamframe.characters as characters
-from dreamframe.characters import CharacterConfig, frame_characters, make_sheets, plan_sheets, sheet_path
+from dreamframe.characters import CharacterConfig, make_sheets, plan_sheets, sheet_path
+from dreamframe.schema import frame_characters
 from dreamframe.evaluate import EvalConfig, evaluate_run
 from dreamframe.identity import identity_condition, random_ip_adapter
 from dreamframe.keyframes import KeyframeConfig, generate_keyframes, plan_keyframes

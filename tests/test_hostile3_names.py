@@ -43,7 +43,7 @@ from pathlib import Path
 import pytest
 
 from dreamframe.characters import sheet_path
-from dreamframe.evaluate import frame_cast
+from dreamframe.schema import frame_characters
 from dreamframe.llm import LLMConfig
 from dreamframe.schema import Character, Frame, Movie, Shot, Substory, character_ids, slugify
 from dreamframe.testing import LocalLLMServer
@@ -99,7 +99,7 @@ def test_a_name_typed_two_ways_is_one_name():
     frame = Frame(prompt=f"In the kitchen, {decomposed} is sitting", characters=[decomposed])
     movie = Movie(characters=[Character(name="Zoë", look=LOOK)], substories=[Substory(shots=[Shot(frames=[frame])])])
     assert movie.frames[0].characters == ["Zoë"] and LOOK in movie.render_prompt(movie.frames[0])
-    assert frame_cast(movie, movie.frames[0]) == ["zoë"]
+    assert frame_characters(movie, movie.frames[0]) == ["zoë"]
 
 
 def test_ascii_ids_are_unchanged():

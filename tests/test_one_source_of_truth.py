@@ -104,7 +104,8 @@ def test_truncated_png_is_redone_byte_identical(run_copy, cli):
 
 def test_demo_keeps_its_characters(demo_run):
     "The demo draws one sheet per character, conditions every frame on the ones it shows, and measures identity."
-    from dreamframe.characters import character_ids, frame_characters
+    from dreamframe.characters import character_ids
+    from dreamframe.schema import frame_characters
     from dreamframe.schema import Movie
     movie, records = Movie.load(demo_run), json.loads((demo_run / "characters" / "characters.json").read_text())["characters"]
     ids = sorted(character_ids(movie).values())
