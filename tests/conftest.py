@@ -1,8 +1,16 @@
 """Fixtures shared by test files."""
 import subprocess
+import sys
 
 import pytest
 import torch
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    "Close the matplotlib figures a test leaves open: a later notebook run in this worker would show them too."
+    yield
+    if "matplotlib.pyplot" in sys.modules: sys.modules["matplotlib.pyplot"].close("all")
 
 
 @pytest.fixture

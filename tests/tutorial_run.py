@@ -105,6 +105,7 @@ def run_tutorial(folder: Path, overrides: dict[str, str], until: str | None = No
     nb = nbformat.read(TUTORIAL, as_version=4)
     cell = parameter_cell(nb)
     cell.source = with_parameters(cell.source, overrides)
+    if "matplotlib.pyplot" in sys.modules: sys.modules["matplotlib.pyplot"].close("all")   # a fresh kernel has none
     shell = CaptureShell()
     started = {}
     here = os.getcwd()
