@@ -163,10 +163,6 @@ def _file_kind(cfg: DistilledConfig, path: Path) -> str:
                      f"{', '.join(names[:3]) or 'none'}).{hint}")
     return kind
 
-def _hub_offline() -> bool:
-    from huggingface_hub import constants
-    return bool(constants.HF_HUB_OFFLINE)
-
 def locate_checkpoint(cfg: DistilledConfig, download: bool = False) -> tuple[str, str | Path]:
     "Where `cfg`'s checkpoint is and what it is: ('lora' | 'unet', file) or ('unet folder', folder)."
     weights = cfg.weights
@@ -197,10 +193,12 @@ def locate_checkpoint(cfg: DistilledConfig, download: bool = False) -> tuple[str
     cached = try_to_load_from_cache(weights, file_name)
     if isinstance(cached, str):
         return _file_kind(cfg, Path(cached)), Path(cached)
-    if not _hub_offline():
-        return cfg.kind, weights   # downloaded, and read, when the recipe is applied
-    _refuse(cfg, f"{file_name} of hub repository {weights!r} is not in the local Hugging Face cache and the hub is "
-                 "offline (HF_HUB_OFFLINE=1); download it with the hub online, or pass a local file")
+    from dreamframe.models import _hub_offline, hub_unreachable
+    reason = "the hub is offline (HF_HUB_OFFLINE=1)" if _hub_offline() else hub_unreachable()
+    if reason is None:
+        return cfg.kind, weights   # the hub answers: downloaded, and read, when the recipe is applied
+    _refuse(cfg, f"{file_name} of hub repository {weights!r} is not in the local Hugging Face cache and {reason}; "
+                 "download it where the hub answers, or pass a local file")
 
 def check_recipe(keyframes, cfg: DistilledConfig) -> str:
     "Everything about the distilled recipe that can be checked before a model is loaded; returns the checkpoint's kind."

@@ -1,6 +1,9 @@
 """Fixtures shared by test files."""
+import os
 import subprocess
 import sys
+
+os.environ["HF_HUB_OFFLINE"] = "1"   # before huggingface_hub is imported: no test downloads, whatever the shell says
 
 import pytest
 import torch

@@ -4,11 +4,14 @@ is refused naming it before any model is loaded; the identity modes work with it
 import dataclasses
 import json
 import shutil
+import subprocess
+import time
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
+from cli_support import DREAMFRAME, ENV, one_line_failure
 from diffusers import UNet2DConditionModel
 from PIL import Image
 
@@ -202,6 +205,21 @@ def test_cli_switches_recipe_with_redo_and_refuses_bad_checkpoints_before_loadin
     assert all((run / "frames" / name).read_bytes() != data for name, data in before.items())
     again = cli("keyframes", run)   # the recipe is in RUN/config.json now
     assert again.returncode == 0 and "nothing to do" in again.stdout + again.stderr
+
+
+def test_preset_fast_with_the_hub_unreachable(tmp_path):
+    "No network and no HF_HUB_OFFLINE: the hub checkpoint is refused in one line, in seconds, before anything is spent."
+    env = {k: v for k, v in ENV.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"))   # nobody listens there; an empty cache
+    started = time.perf_counter()
+    done = subprocess.run([*DREAMFRAME, "run", tmp_path / "run", "--preset", "fast", "--theme", "a fox learns to sail",
+                           "--llm-model", "scripted", "--model", "tiny", "--only", "story,keyframes", "--quiet"],
+                          capture_output=True, text=True,
+                          env=env, timeout=300)
+    line = one_line_failure(done, "'ByteDance/SDXL-Lightning/sdxl_lightning_4step_unet.safetensors'",
+                            "http://127.0.0.1:9 cannot be reached", "pass a local file")
+    assert time.perf_counter() - started < 20, line   # no minute of retries (the probe waits 5 s at most)
+    assert not (tmp_path / "run" / "movie.json").exists()
 
 
 def test_preset_fast(checkpoints, tmp_path, cli):
