@@ -22,7 +22,7 @@ NOTEBOOKS = sorted(p for p in NBS.rglob("*.ipynb")
                    if not any(part.startswith((".", "_")) for part in p.relative_to(NBS).parts))
 DEMO_COMMAND = ("python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && pip install -e . "
                 "&& dreamframe demo demo_run")
-TEST_COMMAND = ("python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && pip install -e \".[dev]\" "
+TEST_COMMAND = ("python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 uv && uv pip install -e \".[dev]\" "
                 "&& python -m pytest -n 2 --dist loadfile -q")
 
 
@@ -63,7 +63,7 @@ def test_readme_commands_match_ci():
     ci = (ROOT / ".ci" / "run").read_text()
     test_line = TEST_COMMAND.split("&& ")[-1]
     assert test_line in ci, f".ci/run must run the README's test command {test_line!r}"
-    for step in ("pip install -q torch==2.13.0", 'pip install -q -e ".[dev]"'):
+    for step in ("pip install -q torch==2.13.0 uv", 'uv pip install -q -e ".[dev]"'):
         assert step in ci, f".ci/run must install like the README: {step!r}"
     if "chromium" in ci: assert "chromium" in readme, "CI installs chromium for the viewer test; the README must say so"
 

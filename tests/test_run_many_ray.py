@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("ray")
 
-THEMES = ["a lighthouse keeper finds a message in a bottle", "a heist in a floating city", "a robot learns to paint the sea"]
+THEMES = ["a lighthouse keeper finds a message in a bottle", "a heist in a floating city"]   # one is killed, one is not
 SMALL = ["--preset", "demo", "--substories", "2", "--shots", "1", "--frames", "2", "--quiet"]
 PINS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")   # the defaults must agree without them
 ENV = {**{k: v for k, v in os.environ.items() if k not in PINS}, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
@@ -63,7 +63,7 @@ def test_ray_matches_local_and_survives_a_killed_worker(tmp_path):
     stdout, stderr = ray.communicate(timeout=600)
     assert killed is not None, f"no worker was caught mid-movie:\n{stdout[-2000:]}"
     assert ray.returncode == 0, stderr[-3000:] + stdout[-2000:]
-    assert "3 of 3 movies complete" in stdout
+    assert "2 of 2 movies complete" in stdout
     for manifest in out.glob("*/frames/manifest.jsonl"):
         ids = [json.loads(line)["frame_id"] for line in manifest.read_text().splitlines()]
         assert len(ids) == len(set(ids)) == 4, (manifest, ids)

@@ -6,6 +6,7 @@
   has the wrong size is made again too."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -54,6 +55,21 @@ def whole(tiny, tmp_path_factory):
     return run
 
 
+@pytest.fixture(scope="module")
+def killed_at_5(tiny, tmp_path_factory):
+    "A run of the engine killed after update 5 (its one checkpoint: update 3); tests change copies of it."
+    run = tmp_path_factory.mktemp("killed") / "run"
+    dead = _child(tiny, run, 5, "engine")
+    assert dead.returncode == -signal.SIGKILL, dead.stderr[-2000:]
+    return run
+
+
+def _copy(run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    return copy
+
+
 def _embedding(run):
     return load_file(run / "style" / "embedding.safetensors")
 
@@ -68,10 +84,8 @@ def _checkpoints(run):
     return sorted(p.name for p in (run / "style" / "checkpoints").glob("*.safetensors"))
 
 
-def test_sigkill_then_resume_matches_uninterrupted(tiny, whole, tmp_path):
-    killed = tmp_path / "killed"
-    dead = _child(tiny, killed, 5, "engine")
-    assert dead.returncode == -signal.SIGKILL, dead.stderr[-2000:]
+def test_sigkill_then_resume_matches_uninterrupted(tiny, whole, killed_at_5, tmp_path):
+    killed = _copy(killed_at_5, tmp_path)
     assert not (killed / "style" / "embedding.safetensors").exists()
     assert _checkpoints(killed) == ["step-0003.safetensors"]
     assert not list((killed / "style").rglob(".*tmp*"))  # no half-written files left behind
@@ -105,10 +119,10 @@ def test_a_checkpoint_that_does_not_read_back_is_not_resumed_from(tiny, whole, t
     _assert_same_embedding(run, whole)
 
 
-def test_a_checkpoint_made_with_other_settings_or_images_is_not_resumed_from(tiny, whole, tmp_path):
+def test_a_checkpoint_made_with_other_settings_or_images_is_not_resumed_from(tiny, whole, killed_at_5, tmp_path):
     from safetensors import safe_open
     from safetensors.torch import save_file
-    run = _killed_at(tiny, tmp_path, 5)
+    run = _copy(killed_at_5, tmp_path)
     path = run / "style" / "checkpoints" / "step-0003.safetensors"
     with safe_open(str(path), "pt") as file: metadata = file.metadata()
     tensors = {key: value + 1.0 for key, value in load_file(path).items()}  # different numbers, another run's fingerprint
@@ -120,8 +134,7 @@ def test_a_checkpoint_made_with_other_settings_or_images_is_not_resumed_from(tin
 
 def test_damaged_images_and_embedding_are_made_again(tiny, whole, tmp_path):
     from PIL import Image
-    run = tmp_path / "run"
-    assert _child(tiny, run, -1, "engine").returncode == 0
+    run = _copy(whole, tmp_path)   # a finished run, then damaged as a kill or a bad copy would
     images = sorted((run / "style" / "images").glob("*.png"))
     originals = {p: p.read_bytes() for p in images}
     images[0].write_bytes(originals[images[0]][:120])  # cut short
