@@ -193,8 +193,8 @@ def locate_checkpoint(cfg: DistilledConfig, download: bool = False) -> tuple[str
     cached = try_to_load_from_cache(weights, file_name)
     if isinstance(cached, str):
         return _file_kind(cfg, Path(cached)), Path(cached)
-    from dreamframe.models import _hub_offline, hub_unreachable
-    reason = "the hub is offline (HF_HUB_OFFLINE=1)" if _hub_offline() else hub_unreachable()
+    from dreamframe.models import hub_unavailable
+    reason = hub_unavailable()
     if reason is None:
         return cfg.kind, weights   # the hub answers: downloaded, and read, when the recipe is applied
     _refuse(cfg, f"{file_name} of hub repository {weights!r} is not in the local Hugging Face cache and {reason}; "

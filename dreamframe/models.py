@@ -24,8 +24,8 @@ from .low_memory import place_low_memory
 from .run_folder import remember_models
 
 # %% auto #0
-__all__ = ['SDXL_SCHEDULER', 'HUB_PROBE_S', 'as_dtype', 'ModelConfig', 'hub_unreachable', 'check_source', 'machine_record',
-           'load_sdxl', 'load_refiner', 'byte_tokenizer', 'sdxl_from_configs']
+__all__ = ['SDXL_SCHEDULER', 'HUB_PROBE_S', 'as_dtype', 'ModelConfig', 'hub_unreachable', 'hub_unavailable', 'check_source',
+           'machine_record', 'load_sdxl', 'load_refiner', 'byte_tokenizer', 'sdxl_from_configs']
 
 # %% ../nbs/03_models.ipynb #1a2b3c02
 torch = lazy_module("torch")   # each imported on first use: `ModelConfig` (the CLI, `status`) needs none of them
@@ -82,10 +82,14 @@ def hub_unreachable() -> str | None:
         return f"{constants.ENDPOINT} cannot be reached ({' '.join(str(error).split())[:120] or type(error).__name__})"
     return None
 
+def hub_unavailable() -> str | None:
+    "Why files cannot come from the hub now (offline by setting, or unreachable); None when it answers."
+    return "the hub is offline (HF_HUB_OFFLINE=1)" if _hub_offline() else hub_unreachable()
+
 def _cache_only(source: str) -> bool:
     "Must `source` (a hub id or a folder) load from the local cache only: the hub is offline or cannot be reached?"
     if Path(source).is_dir(): return False
-    return _hub_offline() or hub_unreachable() is not None
+    return hub_unavailable() is not None
 
 @contextlib.contextmanager
 def _quiet_loading():
@@ -118,7 +122,7 @@ def check_source(model: str | Path, what: str, marker: str) -> str:
         return str(folder)
     from huggingface_hub import constants, try_to_load_from_cache
     if isinstance(try_to_load_from_cache(str(model), marker), str): return str(model)
-    reason = "the hub is offline (HF_HUB_OFFLINE=1)" if _hub_offline() else hub_unreachable()
+    reason = hub_unavailable()
     if reason is None: return str(model)   # the hub answers: it downloads (or says the id does not exist)
     raise FileNotFoundError(
         f"{what} {str(model)!r} cannot be fetched: {reason}, and it is not in the local Hugging Face cache "
